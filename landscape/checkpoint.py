@@ -1,0 +1,223 @@
+"""The self-describing checkpoint format.
+
+A checkpoint is a ``torch.save``d dict holding everything an analysis needs::
+
+    {
+      "format": "landscape-checkpoint", "format_version": 1,
+      "model": {"name": "cnn", "kwargs": {"num_classes": 100}},
+      "state_dict": {...},                 # tensors keyed by parameter/buffer name
+      "config": {...},                     # the training config (JSON-like)
+      "round": 1200, "role": "global",     # "global" | "client" | "swa" | None
+      "client_id": None,                   # int for role "client"
+      "data": {"dataset": "cifar100", "partition": {...}},
+      "metadata": {...},                   # free, JSON-like
+    }
+
+so ``landscape hessian ckpt.pt`` needs nothing else. Files are written atomically
+and read with ``torch.load(weights_only=True)``: a pickle that would run code is
+refused before any of it runs. Plain state_dicts from other projects load too when
+the caller names the architecture (``model=`` / ``--model``).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from landscape import models
+from landscape.errors import LandscapeError
+from landscape.files import atomic_write, sha256
+
+FORMAT = "landscape-checkpoint"
+FORMAT_VERSION = 1
+ROLES = ("global", "client", "swa")
+
+
+@dataclass
+class Checkpoint:
+    """A model with everything needed to rebuild and analyse it."""
+
+    model_name: str
+    model_kwargs: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any] = field(default_factory=dict)
+    round: int | None = None
+    role: str | None = None
+    client_id: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    sha256: str | None = None
+
+    def build_model(self) -> nn.Module:
+        """A fresh model of the stored architecture with the stored weights, in eval mode."""
+        model = models.build(self.model_name, **self.model_kwargs)
+        load_state_dict(model, self.state_dict, self.model_name)
+        return model.eval()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The on-disk representation."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model": {"name": self.model_name, "kwargs": self.model_kwargs},
+            "state_dict": self.state_dict,
+            "config": self.config,
+            "round": self.round,
+            "role": self.role,
+            "client_id": self.client_id,
+            "data": self.data,
+            "metadata": self.metadata,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready identification for result files."""
+        return {
+            "path": str(self.path) if self.path else None,
+            "sha256": self.sha256,
+            "model": {"name": self.model_name, "kwargs": self.model_kwargs},
+            "round": self.round,
+            "role": self.role,
+            "client_id": self.client_id,
+            "data": self.data,
+        }
+
+
+def from_model(model: nn.Module, name: str, kwargs: dict[str, Any] | None = None, **fields: Any) -> Checkpoint:
+    """Wrap a model's weights (copied to CPU) in a :class:`Checkpoint`."""
+    state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    if fields.get("role") not in (None, *ROLES):
+        raise LandscapeError(f"role must be one of {ROLES}, got {fields['role']!r}")
+    return Checkpoint(model_name=name, model_kwargs=dict(kwargs or {}), state_dict=state, **fields)
+
+
+def save(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:
+    """Atomically write a checkpoint (a crash mid-write leaves the old file intact)."""
+    payload = checkpoint.to_dict()
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def _read(path: Path) -> Any:
+    """torch.load with weights_only=True, every failure turned into a one-line error."""
+    if not path.exists():
+        raise LandscapeError(f"checkpoint not found: {path}; check the path")
+    if path.is_dir():
+        raise LandscapeError(f"{path} is a folder, not a checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
+            raise LandscapeError(
+                f"refused to load {path}: its pickle references code that would run on load "
+                "(only tensors and plain containers are accepted); re-save it with "
+                "torch.save(model.state_dict(), path) from a trusted environment"
+            ) from None
+        raise LandscapeError(f"{path} is not a PyTorch checkpoint ({exc}); pass a file written by torch.save") from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if zipfile.is_zipfile(path) or "zip" in text.lower() or isinstance(exc, EOFError):
+            raise LandscapeError(
+                f"{path} is truncated or corrupt ({text}); re-copy or re-save the checkpoint"
+            ) from None
+        raise LandscapeError(f"{path} is not a PyTorch checkpoint ({text}); pass a file written by torch.save") from None
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    )
+
+
+def load(
+    path: str | os.PathLike,
+    model: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+) -> Checkpoint:
+    """Load a checkpoint, or a plain state_dict when ``model`` names its architecture.
+
+    Args:
+        path: a file written by :func:`save`, or by ``torch.save(state_dict)``
+            (also ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers).
+        model: registered model name or ``package.module:factory``; overrides the
+            stored name (required for plain state_dicts).
+        model_kwargs: keyword arguments for the factory; override the stored ones.
+
+    Raises:
+        LandscapeError: missing, truncated, non-checkpoint or code-carrying files,
+            plain state_dicts without ``model``, weights that do not fit the model.
+    """
+    path = Path(path)
+    obj = _read(path)
+    digest = sha256(path)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        if obj.get("format_version", 0) > FORMAT_VERSION:
+            raise LandscapeError(
+                f"{path} uses checkpoint format {obj['format_version']}, newer than this "
+                f"landscape ({FORMAT_VERSION}); upgrade the package"
+            )
+        stored = obj["model"]
+        ckpt = Checkpoint(
+            model_name=model or stored["name"],
+            model_kwargs={**(stored.get("kwargs") or {}), **(model_kwargs or {})},
+            state_dict=obj["state_dict"],
+            config=obj.get("config") or {},
+            round=obj.get("round"),
+            role=obj.get("role"),
+            client_id=obj.get("client_id"),
+            data=obj.get("data") or {},
+            metadata=obj.get("metadata") or {},
+        )
+    else:
+        state = obj
+        for key in ("state_dict", "model_state_dict", "model", "net"):
+            if isinstance(obj, dict) and _is_state_dict(obj.get(key)):
+                state = obj[key]
+                break
+        if not _is_state_dict(state):
+            raise LandscapeError(
+                f"{path} holds neither a landscape checkpoint nor a state_dict "
+                "(a dict of parameter names to tensors)"
+            )
+        if model is None:
+            raise LandscapeError(
+                f"{path} is a plain state_dict with no model description; name its architecture "
+                "with --model NAME (see `landscape models`) or --model package.module:factory"
+            )
+        ckpt = Checkpoint(model_name=model, model_kwargs=dict(model_kwargs or {}), state_dict=state)
+    ckpt.path, ckpt.sha256 = path, digest
+    # Validate now, so a mismatch is reported before any analysis starts.
+    ckpt.build_model()
+    return ckpt
+
+
+def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
+    """``model.load_state_dict(state)`` with a one-line error naming what does not match."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+        if wrong:
+            parts.append(f"shape mismatch {wrong[:3]}{'...' if len(wrong) > 3 else ''}")
+        raise LandscapeError(
+            f"the weights do not match model '{name}' ({'; '.join(parts)}); "
+            "check --model and --model-kwargs (e.g. num_classes)"
+        )
+    model.load_state_dict(copy.copy(state))

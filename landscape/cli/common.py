@@ -1,0 +1,95 @@
+"""Flags shared by the analysis subcommands, and their translation to library objects."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import torch
+
+from landscape import checkpoint, data
+from landscape.errors import LandscapeError
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """``--model`` / ``--model-kwargs`` for plain state_dicts (or to override the stored model)."""
+    p.add_argument("--model", metavar="NAME", help="architecture for plain state_dicts: a name from "
+                   "`landscape models` or package.module:factory (default: the one stored in the checkpoint)")
+    p.add_argument("--model-kwargs", metavar="JSON", type=parse_json_object, default=None,
+                   help='keyword arguments for the model factory, e.g. \'{"num_classes": 10}\'')
+
+
+def add_data_args(p: argparse.ArgumentParser, default_samples: int | None = None) -> None:
+    """``--data`` / ``--data-dir`` / ``--num-samples`` / ``--batch-size``."""
+    p.add_argument("--data", metavar="SPEC", help="data set: digits, synthetic[:n=..,classes=..], cifar10, "
+                   "cifar100 (options after ':', e.g. digits:split=test) or a .npz/.pt file with x and y "
+                   "(default: the checkpoint's training data)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding CIFAR in its python format")
+    p.add_argument("--num-samples", type=int, default=default_samples, metavar="N",
+                   help=f"use a seeded random subset of N samples (default: {default_samples or 'all'})")
+    p.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help="samples per forward pass (default: all at once)")
+
+
+def add_compute_args(p: argparse.ArgumentParser) -> None:
+    """``--device`` / ``--dtype`` / ``--seed``."""
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="precision (default: float32)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+
+def parse_json_object(text: str) -> dict[str, Any]:
+    """argparse type for JSON objects, with a one-line error."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg}): {text}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"num_classes\": 10}}', got {text}")
+    return value
+
+
+def load_checkpoint(path: str, model: str | None, model_kwargs: dict[str, Any] | None) -> checkpoint.Checkpoint:
+    """Load a checkpoint or a plain state_dict named by ``--model``."""
+    return checkpoint.load(path, model=model, model_kwargs=model_kwargs)
+
+
+def load_data(
+    spec: str | None, data_dir: str | None, ckpt: checkpoint.Checkpoint, num_samples: int | None, seed: int
+) -> data.Dataset:
+    """The data named by ``--data``, else the data set recorded in the checkpoint."""
+    if spec is None:
+        stored = ckpt.data.get("dataset") if ckpt.data else None
+        if stored is None:
+            raise LandscapeError(
+                f"{ckpt.path} does not record its data set; name one with --data (e.g. --data digits or data.npz)"
+            )
+        dataset = data.load({"dataset": stored, "split": "train", **{k: v for k, v in ckpt.data.items()
+                                                                    if k in ("n", "classes", "shape", "seed", "dir")}},
+                            data_dir)
+    else:
+        dataset = data.load(spec, data_dir)
+    dataset = dataset.head(num_samples, seed)
+    check_labels(dataset, ckpt)
+    return dataset
+
+
+def check_labels(dataset: data.Dataset, ckpt: checkpoint.Checkpoint) -> None:
+    """Labels must be valid class indices for the model's output layer."""
+    model = ckpt.build_model()
+    try:
+        with torch.no_grad():
+            out = model(dataset.x[:1])
+    except RuntimeError as exc:
+        raise LandscapeError(
+            f"inputs of shape {tuple(dataset.x.shape[1:])} do not fit model '{ckpt.model_name}' "
+            f"({str(exc).splitlines()[0]}); check --data and --model-kwargs"
+        ) from None
+    if out.ndim != 2:
+        raise LandscapeError(f"model '{ckpt.model_name}' returns shape {tuple(out.shape)}, not (batch, classes)")
+    if int(dataset.y.max()) >= out.shape[1]:
+        raise LandscapeError(
+            f"labels go up to {int(dataset.y.max())} but model '{ckpt.model_name}' has {out.shape[1]} outputs; "
+            "check --data or --model-kwargs num_classes"
+        )

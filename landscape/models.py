@@ -1,0 +1,260 @@
+"""Model registry: ``build(name, **kwargs) -> nn.Module``.
+
+Every architecture used in the papers is here, built from plain layers so that
+``torch.func.functional_call`` and ``vmap`` work on all of them (no in-place
+buffer tricks, no fused attention kernels):
+
+- ``cnn``: the CIFAR CNN of [C22 §5] (conv5x5 64, conv5x5 64, FC 384, 192, C; no
+  normalization); 815,332 parameters for C = 100.
+- ``resnet18-gn``: ResNet-18 for 32x32 images with GroupNorm(2 groups) in place of
+  BatchNorm, as in [C22] on CIFAR-100.
+- ``lenet5``: LeNet-5 as used by [L26].
+- ``vit``: a small Vision Transformer (patch 4) for 32x32 images, [L26].
+- ``mlp``: a multilayer perceptron for vector inputs (the digits data set).
+
+A user architecture is reached with ``"package.module:factory"`` in place of a
+registered name: the factory is imported and called with the kwargs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from landscape.errors import LandscapeError
+
+
+class CifarCNN(nn.Module):
+    """The CNN of [C22 §5] / McMahan et al.: two 5x5 conv + max-pool blocks, three FC layers."""
+
+    def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 5)
+        self.conv2 = nn.Conv2d(64, 64, 5)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(64 * 5 * 5, 384)
+        self.fc2 = nn.Linear(384, 192)
+        self.fc3 = nn.Linear(192, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        x = torch.relu(self.fc1(x))
+        x = torch.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 for 32x32 images: conv 6, conv 16, FC 120, 84, C."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        x = torch.relu(self.fc1(x))
+        x = torch.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block with GroupNorm."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int, groups: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.norm1 = nn.GroupNorm(groups, planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.norm2 = nn.GroupNorm(groups, planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.GroupNorm(groups, planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet18GN(nn.Module):
+    """ResNet-18 for 32x32 inputs (3x3 stem, no max-pool) with GroupNorm, [C22]."""
+
+    def __init__(self, num_classes: int = 100, in_channels: int = 3, groups: int = 2) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        self.norm1 = nn.GroupNorm(groups, 64)
+        layers, in_planes = [], 64
+        for planes, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+            layers.append(
+                nn.Sequential(
+                    BasicBlock(in_planes, planes, stride, groups),
+                    BasicBlock(planes, planes, 1, groups),
+                )
+            )
+            in_planes = planes
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.norm1(self.conv1(x)))
+        x = self.layers(x)
+        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+        return self.fc(x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention written with plain Linear layers (vmap-friendly)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = torch.softmax(q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5, dim=-1)
+        return self.proj((att @ v).transpose(1, 2).reshape(b, n, d))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer block: x + attn(LN(x)), x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    """A small Vision Transformer for CIFAR-sized images (patch 4, class token), [L26]."""
+
+    def __init__(
+        self,
+        num_classes: int = 100,
+        image_size: int = 32,
+        patch_size: int = 4,
+        in_channels: int = 3,
+        dim: int = 128,
+        depth: int = 4,
+        heads: int = 4,
+        mlp_ratio: int = 2,
+    ) -> None:
+        super().__init__()
+        if image_size % patch_size or dim % heads:
+            raise LandscapeError("vit: image_size must be a multiple of patch_size and dim of heads")
+        num_patches = (image_size // patch_size) ** 2
+        self.patch = nn.Conv2d(in_channels, dim, patch_size, patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embedding = nn.Parameter(torch.randn(1, num_patches + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*[TransformerBlock(dim, heads, mlp_ratio) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embedding
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network; inputs of any shape are flattened."""
+
+    def __init__(self, in_features: int = 64, hidden: Sequence[int] = (32,), num_classes: int = 10) -> None:
+        super().__init__()
+        sizes = [in_features, *hidden]
+        layers: list[nn.Module] = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        layers.append(nn.Linear(sizes[-1], num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.flatten(x, 1))
+
+
+REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "cnn": CifarCNN,
+    "resnet18-gn": ResNet18GN,
+    "lenet5": LeNet5,
+    "vit": ViT,
+    "mlp": MLP,
+}
+
+
+def resolve(name: str) -> Callable[..., nn.Module]:
+    """The factory for a registered name or a ``package.module:factory`` path."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise LandscapeError(
+                f"cannot import module '{module_name}' for model '{name}' ({exc}); "
+                "put it on PYTHONPATH or install it"
+            ) from None
+        factory = getattr(module, attr, None)
+        if not callable(factory):
+            raise LandscapeError(f"module '{module_name}' has no callable '{attr}' for model '{name}'")
+        return factory
+    raise LandscapeError(
+        f"unknown model '{name}'; choose one of {', '.join(REGISTRY)} "
+        "or give 'package.module:factory' for your own architecture"
+    )
+
+
+def build(name: str, **kwargs: object) -> nn.Module:
+    """Build a model by registered name or ``package.module:factory`` path.
+
+    Raises:
+        LandscapeError: unknown name, or kwargs the factory does not accept.
+
+    >>> sum(p.numel() for p in build("cnn", num_classes=100).parameters())
+    815332
+    """
+    factory = resolve(name)
+    try:
+        model = factory(**kwargs)
+    except TypeError as exc:
+        raise LandscapeError(f"model '{name}' does not accept kwargs {kwargs}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise LandscapeError(f"factory '{name}' returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def describe() -> dict[str, dict[str, object]]:
+    """Registered models with their keyword arguments and defaults (``landscape models``)."""
+    out: dict[str, dict[str, object]] = {}
+    for name, factory in REGISTRY.items():
+        params = inspect.signature(factory).parameters
+        out[name] = {k: p.default for k, p in params.items() if k != "self"}
+    return out
+
+
+def num_parameters(model: nn.Module) -> int:
+    """Number of trainable scalars."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,225 @@
+"""The loss as a function of the parameters, and its matrix-free Hessian.
+
+:class:`Objective` is the mean cross-entropy of a model over fixed batches,
+
+    f(w) = (1/N) sum_b n_b * CE_b(w),   CE_b the mean loss of batch b (n_b samples),
+
+evaluated through ``torch.func.functional_call`` on a private copy of the model in
+eval mode, so the caller's model, its ``.grad`` and its buffers are never touched.
+:class:`HessianOperator` multiplies by H = d^2 f / dw^2 without forming it (curvlinops
+style): the operator only multiplies; the solvers in :mod:`landscape.eigen`,
+:mod:`landscape.trace` and :mod:`landscape.spectrum` work on it or on a dense matrix.
+
+Two exact Hessian-vector products are available:
+
+- ``"cached"`` (reverse-over-reverse with the first-order graph kept): the gradient
+  graph of every batch is built once; each product is then one backward pass through
+  it, ``Hv = vjp(grad f)(v)``. Fastest (about one gradient per product), memory grows
+  with the number of samples.
+- ``"forward"`` (forward-over-reverse): ``Hv = jvp(grad f, w; v)``, recomputed per
+  product, constant memory.
+
+``"auto"`` keeps the graph when the data holds at most ``CACHE_MAX_SAMPLES`` samples.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jvp, vjp
+
+from landscape.errors import LandscapeError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+CACHE_MAX_SAMPLES = 8192
+HVP_MODES = ("auto", "cached", "forward")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """CUDA when present unless a device is named; a clear error for unavailable ones."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise LandscapeError(f"unknown device '{device}'; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LandscapeError(f"device '{device}' requested but CUDA is not available here; use --device cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``float32`` / ``float64`` (strings as on the command line) to a torch dtype."""
+    table = {"float32": torch.float32, "float64": torch.float64, torch.float32: torch.float32, torch.float64: torch.float64}
+    if dtype not in table:
+        raise LandscapeError(f"dtype must be float32 or float64, got {dtype!r}")
+    return table[dtype]
+
+
+class Objective:
+    """Mean cross-entropy over fixed batches as a pure function of named parameters.
+
+    Args:
+        model: the network; deep-copied, cast to ``dtype``, moved to ``device``, set to eval.
+        batches: fixed ``(x, y)`` batches; the loss is their sample-weighted mean.
+        dtype: float32 or float64 for parameters and inputs.
+        device: where to compute.
+        param_names: the parameters that vary (default: all with ``requires_grad``);
+            the others stay fixed at the model's values.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: Sequence[Batch],
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = "cpu",
+        param_names: Sequence[str] | None = None,
+    ) -> None:
+        if not batches:
+            raise LandscapeError("no data: the objective needs at least one batch")
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.dtype = dtype
+        self.model = copy.deepcopy(model).to(device=self.device, dtype=dtype).eval()
+        named = dict(self.model.named_parameters())
+        names = [n for n, p in named.items() if p.requires_grad] if param_names is None else list(param_names)
+        unknown = [n for n in names if n not in named]
+        if unknown:
+            raise LandscapeError(f"unknown parameter names {unknown[:3]}")
+        self.params: dict[str, torch.Tensor] = {n: named[n].detach().clone() for n in names}
+        self.fixed: dict[str, torch.Tensor] = {
+            **{n: p.detach() for n, p in named.items() if n not in self.params},
+            **{n: b.detach() for n, b in self.model.named_buffers()},
+        }
+        self.batches = [
+            (x.to(self.device, dtype if x.is_floating_point() else x.dtype), y.to(self.device)) for x, y in batches
+        ]
+        total = sum(int(y.shape[0]) for _, y in self.batches)
+        self.num_samples = total
+        self.weights = [int(y.shape[0]) / total for _, y in self.batches]
+        self.shapes = {n: p.shape for n, p in self.params.items()}
+        self.num_params = sum(p.numel() for p in self.params.values())
+
+    # -- flat <-> named ---------------------------------------------------------------
+    def flatten(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Concatenate named tensors in parameter order into one vector."""
+        return torch.cat([tensors[n].reshape(-1) for n in self.params])
+
+    def unflatten(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split a vector into named tensors shaped like the parameters (views)."""
+        out, i = {}, 0
+        for n, shape in self.shapes.items():
+            k = math.prod(shape)
+            out[n] = vector[i : i + k].view(shape)
+            i += k
+        return out
+
+    # -- values -------------------------------------------------------------------------
+    def logits(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Model output with ``params`` substituted (the model itself is not modified)."""
+        return functional_call(self.model, {**self.fixed, **params}, (x,))
+
+    def batch_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of one batch."""
+        return nn.functional.cross_entropy(self.logits(params, x), y)
+
+    def loss(self, params: dict[str, torch.Tensor] | None = None) -> float:
+        """f(w) over all batches (at the base parameters when ``params`` is None)."""
+        p = self.params if params is None else params
+        with torch.no_grad():
+            return float(sum(w * self.batch_loss(p, x, y) for w, (x, y) in zip(self.weights, self.batches)))
+
+    def gradient(self, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """grad f(w) as a flat vector."""
+        p = self.params if params is None else params
+        g = torch.zeros(self.num_params, device=self.device, dtype=self.dtype)
+        for w, (x, y) in zip(self.weights, self.batches):
+            g += w * self.flatten(grad(self.batch_loss)(p, x, y))
+        return g
+
+    def check_finite(self) -> float:
+        """The loss at the base point, or a clear error when it is NaN or infinite."""
+        value = self.loss()
+        if not math.isfinite(value):
+            raise LandscapeError(
+                f"the loss at the checkpoint is {value} on this data: the model has diverged or the data "
+                "does not fit it (check the normalization and --data); nothing to analyse"
+            )
+        return value
+
+
+class HessianOperator:
+    """Matrix-free H = d^2 f / dw^2 at a point: ``op @ v`` for flat vectors ``v``.
+
+    The first product is computed twice and compared, so a non-deterministic
+    forward pass (dropout left on, atomics in a custom kernel) is caught before a
+    solver builds on it. ``num_matvecs`` counts every product, the check included.
+
+    Args:
+        objective: the loss.
+        mode: ``"auto"``, ``"cached"`` or ``"forward"`` (see the module docstring).
+        check_determinism: compare two evaluations of the first product.
+    """
+
+    def __init__(self, objective: Objective, mode: str = "auto", check_determinism: bool = True) -> None:
+        if mode not in HVP_MODES:
+            raise LandscapeError(f"HVP mode must be one of {HVP_MODES}, got {mode!r}")
+        self.objective = objective
+        self.mode = ("cached" if objective.num_samples <= CACHE_MAX_SAMPLES else "forward") if mode == "auto" else mode
+        self.shape = (objective.num_params, objective.num_params)
+        self.dtype, self.device = objective.dtype, objective.device
+        self.num_matvecs = 0
+        self._checked = not check_determinism
+        self._vjps: list[Callable] | None = None
+
+    def _cached_vjps(self) -> list[Callable]:
+        if self._vjps is None:
+            obj = self.objective
+            self._vjps = [
+                vjp(lambda p, x=x, y=y: grad(obj.batch_loss)(p, x, y), obj.params)[1] for x, y in obj.batches
+            ]
+        return self._vjps
+
+    def _product(self, v: torch.Tensor) -> torch.Tensor:
+        obj = self.objective
+        tangent = obj.unflatten(v.to(self.device, self.dtype))
+        out = torch.zeros(obj.num_params, device=self.device, dtype=self.dtype)
+        if self.mode == "cached":
+            for w, fn in zip(obj.weights, self._cached_vjps()):
+                out += w * obj.flatten(fn(tangent)[0])
+        else:
+            for w, (x, y) in zip(obj.weights, obj.batches):
+                hv = jvp(lambda p: grad(obj.batch_loss)(p, x, y), (obj.params,), (tangent,))[1]
+                out += w * obj.flatten(hv)
+        self.num_matvecs += 1
+        return out
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """H v for a flat vector ``v`` of length ``num_params``."""
+        if v.shape != (self.shape[0],):
+            raise ValueError(f"expected a vector of length {self.shape[0]}, got shape {tuple(v.shape)}")
+        with torch.enable_grad():
+            hv = self._product(v)
+            if not self._checked:
+                again = self._product(v)
+                tol = 1e-5 if self.dtype == torch.float32 else 1e-11
+                err = float((hv - again).norm() / hv.norm().clamp_min(1e-30))
+                if err > tol:
+                    raise LandscapeError(
+                        f"Hessian-vector products are not deterministic (relative difference {err:.1e}); "
+                        "disable dropout/random layers in the model or use --device cpu"
+                    )
+                self._checked = True
+        return hv
+
+    def __matmul__(self, v: torch.Tensor) -> torch.Tensor:
+        return self.matvec(v)
+
+    def dense(self) -> torch.Tensor:
+        """The full matrix, column by column (only for small models and tests)."""
+        eye = torch.eye(self.shape[0], device=self.device, dtype=self.dtype)
+        return torch.stack([self.matvec(eye[i]) for i in range(self.shape[0])], dim=1)
