@@ -290,3 +290,247 @@ def _check_split(split: str) -> str:
     if split not in ("train", "test"):
         raise LandscapeError(f"split must be 'train' or 'test', got '{split}'")
     return split
+
+
+# ---------------------------------------------------------------------------------------------
+# Federated partitions [H19, C22]
+# ---------------------------------------------------------------------------------------------
+
+#: Default federation per data set: (num_clients, samples_per_client). CIFAR follows [C22 §5]
+#: (100 clients x 500 images); digits has only 1,437 training images, so 20 x 70.
+DEFAULT_FEDERATION = {"cifar10": (100, 500), "cifar100": (100, 500), "digits": (20, 70)}
+
+
+def default_federation(name: str, num_samples: int) -> tuple[int, int]:
+    """``(num_clients, samples_per_client)`` used when the caller names neither.
+
+    CIFAR-10/100: 100 x 500 [C22]; digits: 20 x 70; anything else: 10 clients sharing all samples.
+    """
+    if name in DEFAULT_FEDERATION:
+        return DEFAULT_FEDERATION[name]
+    return 10, max(1, num_samples // 10)
+
+
+def _check_partition_args(num_labels: int, num_clients: int, samples_per_client: int, alpha: float) -> None:
+    if not isinstance(num_clients, (int, np.integer)) or num_clients < 1:
+        raise LandscapeError(f"--num-clients must be a positive integer, got {num_clients}")
+    if not isinstance(samples_per_client, (int, np.integer)) or samples_per_client < 1:
+        raise LandscapeError(f"--samples-per-client must be a positive integer, got {samples_per_client}")
+    if not alpha >= 0:  # also catches NaN
+        raise LandscapeError(
+            f"--alpha must be >= 0 (0: one class per client, large: iid), got {alpha}"
+        )
+    need = num_clients * samples_per_client
+    if need > num_labels:
+        raise LandscapeError(
+            f"{num_clients} clients x {samples_per_client} samples = {need} exceeds the {num_labels} training "
+            "samples; lower --num-clients or --samples-per-client"
+        )
+
+
+def partition(
+    labels: np.ndarray,
+    num_clients: int,
+    samples_per_client: int,
+    alpha: float,
+    seed: int,
+    num_classes: int | None = None,
+) -> list[np.ndarray]:
+    """Split sample indices among clients with the Dirichlet scheme of [H19] as used by [C22].
+
+    Client k draws class proportions ``q_k ~ Dir(alpha * p)`` with ``p`` the uniform prior over
+    the ``C`` classes, i.e. **total concentration alpha** (``alpha / C`` per class; "alpha = 0.5"
+    on CIFAR-100 in [C22] is 0.005 in the per-class convention of flwr-datasets/FedLab). Its
+    ``samples_per_client`` labels are drawn from ``Cat(q_k)`` and images are taken without
+    replacement from a seeded shuffle of each class; when a class runs out, the client's prior
+    is redrawn over the classes still available (``Dir(alpha / |A| * 1_A)``).
+
+    ``alpha = 0`` is handled separately (numpy's Dirichlet returns zeros or NaN there): every
+    client holds exactly one class, classes assigned by capacity ``floor(n_c / samples_per_client)``
+    in a balanced round robin (CIFAR-10 100 x 500: 10 clients per class). ``alpha = inf`` is iid;
+    large finite alpha (1000 in [C22]) approaches it.
+
+    Args:
+        labels: integer class of every sample, shape ``(N,)``.
+        num_clients: number of clients K.
+        samples_per_client: samples per client; ``K * samples_per_client <= N``.
+        alpha: total Dirichlet concentration, ``>= 0``.
+        seed: seed of the partition; the same seed gives the same partition.
+        num_classes: C (default ``max(labels) + 1``).
+
+    Returns:
+        One sorted int64 index array per client, pairwise disjoint, each of ``samples_per_client``.
+
+    Raises:
+        LandscapeError: negative alpha, too few samples, or (alpha = 0) too few classes with
+            room for a whole client.
+
+    >>> parts = partition(np.repeat(np.arange(10), 50), 10, 50, 0.0, seed=0)
+    >>> sorted(len(set(np.repeat(np.arange(10), 50)[p])) for p in parts) == [1] * 10
+    True
+    """
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    _check_partition_args(len(labels), num_clients, samples_per_client, float(alpha))
+    C = int(num_classes) if num_classes is not None else int(labels.max()) + 1
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x9A27]))
+    # A seeded shuffle of each class: images are taken from the front, without replacement.
+    pools = [rng.permutation(np.flatnonzero(labels == c)) for c in range(C)]
+    taken = np.zeros(C, dtype=np.int64)
+    available = np.array([len(p) for p in pools], dtype=np.int64)
+    out: list[np.ndarray] = []
+
+    if alpha == 0:
+        capacity = available // samples_per_client
+        if capacity.sum() < num_clients:
+            raise LandscapeError(
+                f"alpha=0 puts one class per client, but the classes only have room for {int(capacity.sum())} "
+                f"clients of {samples_per_client} samples; lower --num-clients or --samples-per-client"
+            )
+        # Balanced round robin over classes (seeded order), skipping full ones.
+        order = rng.permutation(C)
+        assigned = np.zeros(C, dtype=np.int64)
+        classes: list[int] = []
+        while len(classes) < num_clients:
+            for c in order:
+                if len(classes) < num_clients and assigned[c] < capacity[c]:
+                    classes.append(int(c))
+                    assigned[c] += 1
+        for c in classes:
+            out.append(np.sort(pools[c][taken[c] : taken[c] + samples_per_client]))
+            taken[c] += samples_per_client
+        return out
+
+    def draw_prior(mask: np.ndarray) -> np.ndarray:
+        k = int(mask.sum())
+        if np.isinf(alpha):
+            q = mask / k
+        else:
+            q = np.zeros(C)
+            q[mask] = rng.dirichlet(np.full(k, alpha / k))
+            if not np.all(np.isfinite(q)) or q.sum() <= 0:  # underflow at tiny alpha: a vertex
+                q = np.zeros(C)
+                q[rng.choice(np.flatnonzero(mask))] = 1.0
+        return q / q.sum()
+
+    for _ in range(num_clients):
+        counts = np.zeros(C, dtype=np.int64)
+        q = draw_prior(available > 0)
+        remaining = samples_per_client
+        while remaining > 0:
+            want = rng.multinomial(remaining, q)
+            got = np.minimum(want, available)
+            counts += got
+            available -= got
+            remaining -= int(got.sum())
+            if remaining > 0:  # some class ran out: redraw the prior over what is left
+                q = draw_prior(available > 0)
+        parts = []
+        for c in np.flatnonzero(counts):
+            parts.append(pools[c][taken[c] : taken[c] + counts[c]])
+            taken[c] += counts[c]
+        out.append(np.sort(np.concatenate(parts)))
+    return out
+
+
+def read_split_file(path: str | os.PathLike, labels: np.ndarray | None = None) -> list[np.ndarray]:
+    """Read a published split: CSV rows ``user_id,image_id,class`` (a header line is allowed).
+
+    Clients are numbered by sorted user id (numerically when all ids are integers). When
+    ``labels`` are given, every row's class must match ``labels[image_id]``.
+
+    Raises:
+        LandscapeError: missing file, malformed rows, images out of range, a sample given to two
+            users, or classes that disagree with the data set.
+    """
+    import csv
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise LandscapeError(f"split file not found: {path}; pass a CSV with rows user_id,image_id,class")
+    users: dict[str, list[int]] = {}
+    with open(path, newline="") as f:
+        for lineno, row in enumerate(csv.reader(f), 1):
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) < 3:
+                raise LandscapeError(f"{path}:{lineno}: expected user_id,image_id,class, got {','.join(row)}")
+            user, image, cls = (c.strip() for c in row[:3])
+            try:
+                image_id, class_id = int(image), int(cls)
+            except ValueError:
+                if lineno == 1:  # header
+                    continue
+                raise LandscapeError(f"{path}:{lineno}: image_id and class must be integers, got {image!r}, {cls!r}") from None
+            if labels is not None:
+                if not 0 <= image_id < len(labels):
+                    raise LandscapeError(f"{path}:{lineno}: image_id {image_id} is outside the {len(labels)} training images")
+                if int(labels[image_id]) != class_id:
+                    raise LandscapeError(
+                        f"{path}:{lineno}: image {image_id} has class {int(labels[image_id])} in the data set, "
+                        f"not {class_id}; is this split for another data set?"
+                    )
+            users.setdefault(user, []).append(image_id)
+    if not users:
+        raise LandscapeError(f"split file {path} has no rows user_id,image_id,class")
+    keys = sorted(users, key=lambda u: (0, int(u), "") if u.lstrip("-").isdigit() else (1, 0, u))
+    parts = [np.sort(np.asarray(users[u], dtype=np.int64)) for u in keys]
+    allidx = np.concatenate(parts)
+    if len(np.unique(allidx)) != len(allidx):
+        raise LandscapeError(f"split file {path} gives some images to more than one user")
+    return parts
+
+
+_PARTITION_CACHE: dict[tuple[Any, ...], list[np.ndarray]] = {}
+
+
+def partition_from_spec(labels: np.ndarray, partition_spec: dict[str, Any]) -> list[np.ndarray]:
+    """The client index arrays described by a checkpoint's ``data["partition"]`` dict.
+
+    A split file is re-read and its SHA-256 checked against ``split_sha256``; otherwise
+    :func:`partition` is rerun with the stored (num_clients, samples_per_client, alpha, seed).
+    Results are cached per (labels, spec).
+    """
+    import hashlib
+
+    from landscape.files import sha256
+
+    spec = dict(partition_spec.get("partition", partition_spec))
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    key = (hashlib.sha1(labels.tobytes()).hexdigest(), tuple(sorted((k, str(v)) for k, v in spec.items())))
+    if key in _PARTITION_CACHE:
+        return _PARTITION_CACHE[key]
+    if spec.get("split_file"):
+        path = Path(spec["split_file"]).expanduser()
+        if not path.is_file():
+            raise LandscapeError(f"split file not found: {path}; the partition was built from it")
+        digest = sha256(path)
+        if spec.get("split_sha256") and spec["split_sha256"] != digest:
+            raise LandscapeError(f"split file {path} changed since the run (sha256 {digest[:12]} != {spec['split_sha256'][:12]})")
+        parts = read_split_file(path, labels)
+    else:
+        missing = [k for k in ("num_clients", "samples_per_client", "alpha", "seed") if k not in spec]
+        if missing:
+            raise LandscapeError(f"partition spec lacks {missing}; it needs num_clients, samples_per_client, alpha, seed")
+        parts = partition(labels, int(spec["num_clients"]), int(spec["samples_per_client"]), float(spec["alpha"]),
+                          int(spec["seed"]), spec.get("num_classes"))
+    _PARTITION_CACHE[key] = parts
+    return parts
+
+
+def client_data(dataset: Dataset, partition_spec: dict[str, Any], client_id: int) -> Dataset:
+    """The training samples of one client, rebuilt from what a checkpoint stores.
+
+    Args:
+        dataset: the full training set (``load(ckpt.data)``).
+        partition_spec: ``ckpt.data["partition"]`` (or the whole ``ckpt.data``).
+        client_id: 0-based client index.
+
+    Raises:
+        LandscapeError: client id out of range, or an unusable spec.
+    """
+    parts = partition_from_spec(dataset.y.cpu().numpy(), partition_spec)
+    if not isinstance(client_id, (int, np.integer)) or not 0 <= client_id < len(parts):
+        raise LandscapeError(f"client id {client_id} is out of range; the partition has clients 0..{len(parts) - 1}")
+    out = dataset.subset(parts[client_id])
+    out.spec = {**dataset.spec, "partition": dict(partition_spec.get("partition", partition_spec)), "client_id": int(client_id)}
+    return out
