@@ -1,0 +1,468 @@
+"""Flatness distance and sharpness metrics between a global model and its clients.
+
+At a global model x of a federation with client losses f_i (mean cross-entropy of
+client i's train data) the global loss is the sample-weighted mean
+
+    f(w) = sum_i w_i f_i(w),   w_i = n_i / sum_j n_j,
+
+the FedAvg aggregation weights [C22 §3], so f is exactly the mean loss over the pooled
+client data. [L26] argues that SAM in federated learning fails when local flatness
+does not imply global flatness and names the gap the *flatness distance*. Only the
+abstract of [L26] was available, so every metric here is a documented
+**reconstruction** of that idea, not the paper's exact definition:
+
+- :func:`perturbation_distance`: D = mean_i ||eps_i - eps||, the distance between
+  the SAM perturbation each client computes and the one the global loss wants.
+- :func:`sharpness_gap`: mean client sharpness minus global sharpness, with the
+  first-order and an n-step projected-gradient-ascent estimate of the inner max.
+- :func:`lambda_max_local_global`: lambda_max of f_i at the trained client model
+  x_i against lambda_max of f at x_i and at x.
+- :func:`parameter_distances`: ||x_i - x|| and ||x_i - x|| / ||x||.
+
+:func:`flatness_metrics` computes all four. Every function works on a private copy of
+each model (through :class:`~landscape.operators.Objective`): the caller's models are
+never touched. Results are dataclasses whose ``to_dict()`` is JSON-ready.
+
+References: [L26] FedNSAM (arXiv 2602.23827), [C22] Caldarola et al. ECCV 2022,
+[K21] ASAM; see ``shared/design/algorithms.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from landscape.eigen import top_eigenvalues
+from landscape.errors import LandscapeError
+from landscape.operators import Batch, HessianOperator, Objective
+
+RHO = 0.05
+"""Default perturbation radius: the rho of FedNSAM's reference settings [L26]."""
+NUM_ASCENT_STEPS = 5
+"""Default number of projected-gradient-ascent steps of the sharpness estimate."""
+NORM_EPS = 1e-16
+"""Added to gradient norms, as in the SAM step e = rho g / (||g|| + 1e-16) [C22 eq. 4]."""
+
+
+@dataclass
+class PerturbationDistance:
+    """SAM perturbations of the clients against that of the global loss, at x.
+
+    Attributes:
+        rho: perturbation radius.
+        distance: D = mean_i ||eps_i - eps|| (unweighted mean over clients).
+        client_distances: ||eps_i - eps|| per client.
+        cosines: cos(grad f_i(x), grad f(x)) per client (NaN when a gradient is 0).
+        client_gradient_norms: ||grad f_i(x)|| per client.
+        gradient_norm: ||grad f(x)||.
+        weights: w_i = n_i / sum_j n_j.
+    """
+
+    rho: float
+    distance: float
+    client_distances: list[float]
+    cosines: list[float]
+    client_gradient_norms: list[float]
+    gradient_norm: float
+    weights: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of the fields."""
+        return asdict(self)
+
+
+@dataclass
+class SharpnessGap:
+    """Sharpness S_h(x) = max_{||d||<=rho} h(x+d) - h(x) of each client loss and of f.
+
+    Attributes:
+        rho: perturbation radius.
+        num_ascent_steps: projected-gradient-ascent steps of the ascent estimate.
+        client_losses: f_i(x).
+        client_first_order: first-order estimate of S_{f_i}(x) per client.
+        client_ascent: ascent estimate of S_{f_i}(x) per client.
+        global_loss: f(x).
+        global_first_order: first-order estimate of S_f(x).
+        global_ascent: ascent estimate of S_f(x).
+        gap_first_order: mean_i S_{f_i}(x) - S_f(x), first-order estimates.
+        gap_ascent: the same with the ascent estimates.
+    """
+
+    rho: float
+    num_ascent_steps: int
+    client_losses: list[float]
+    client_first_order: list[float]
+    client_ascent: list[float]
+    global_loss: float
+    global_first_order: float
+    global_ascent: float
+    gap_first_order: float
+    gap_ascent: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of the fields."""
+        return asdict(self)
+
+
+@dataclass
+class LambdaMaxComparison:
+    """Top Hessian eigenvalues of local and global losses at client and global models.
+
+    Attributes:
+        local_at_client: lambda_max(grad^2 f_i(x_i)) per client.
+        global_at_client: lambda_max(grad^2 f(x_i)) per client.
+        global_at_global: lambda_max(grad^2 f(x)).
+        converged: whether every eigenvalue met the solver tolerance.
+        tol: relative residual tolerance of the eigensolver.
+    """
+
+    local_at_client: list[float]
+    global_at_client: list[float]
+    global_at_global: float
+    converged: bool
+    tol: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of the fields."""
+        return asdict(self)
+
+
+@dataclass
+class ParameterDistances:
+    """Euclidean distances of the client models from the global model.
+
+    Attributes:
+        distances: ||x_i - x|| per client.
+        relative: ||x_i - x|| / ||x|| per client.
+        global_norm: ||x||.
+    """
+
+    distances: list[float]
+    relative: list[float]
+    global_norm: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of the fields."""
+        return asdict(self)
+
+
+@dataclass
+class FlatnessMetrics:
+    """All flatness-distance metrics of one global model and its clients."""
+
+    perturbation_distance: PerturbationDistance
+    sharpness_gap: SharpnessGap
+    lambda_max: LambdaMaxComparison
+    parameter_distances: ParameterDistances
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: one sub-dict per metric."""
+        return asdict(self)
+
+
+def client_weights(client_batches: Sequence[Sequence[Batch]]) -> list[float]:
+    """FedAvg weights w_i = n_i / sum_j n_j from the samples in each client's batches.
+
+    >>> x = torch.zeros(1, 2)
+    >>> client_weights([[(x, torch.zeros(1))], [(x, torch.zeros(1))] * 3])
+    [0.25, 0.75]
+    """
+    counts = [sum(int(y.shape[0]) for _, y in batches) for batches in client_batches]
+    if not counts or min(counts) == 0:
+        raise LandscapeError("every client needs at least one sample; got sample counts " + str(counts))
+    total = sum(counts)
+    return [n / total for n in counts]
+
+
+def check_same_architecture(models: Sequence[nn.Module], labels: Sequence[str]) -> None:
+    """Raise when the models' parameters differ in names or shapes.
+
+    Args:
+        models: the models to compare with ``models[0]``.
+        labels: one name per model for the message (e.g. checkpoint paths).
+
+    Raises:
+        LandscapeError: naming the first model and parameter that do not match.
+    """
+    reference = {n: tuple(p.shape) for n, p in models[0].named_parameters()}
+    for model, label in zip(models[1:], labels[1:]):
+        own = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        if own != reference:
+            diff = sorted(set(own.items()) ^ set(reference.items()))[0]
+            raise LandscapeError(
+                f"{label} has a different architecture from {labels[0]} (parameter {diff[0]} {diff[1]} "
+                "is not in both); all models must share one architecture"
+            )
+
+
+def _check_clients(global_model: nn.Module, client_models: Sequence[nn.Module]) -> None:
+    labels = ["the global model"] + [f"client model {i}" for i in range(len(client_models))]
+    check_same_architecture([global_model, *client_models], labels)
+
+
+def _check_rho(rho: float) -> None:
+    if not rho > 0:
+        raise LandscapeError(f"--rho must be positive, got {rho}")
+
+
+def perturbation_distance(
+    model: nn.Module,
+    client_batches: Sequence[Sequence[Batch]],
+    rho: float = RHO,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> PerturbationDistance:
+    """The flatness distance as the spread of the clients' SAM perturbations at x.
+
+    A reconstruction of the flatness distance of [L26] (paper body unavailable):
+
+        eps_i = rho * grad f_i(x) / ||grad f_i(x)||,   eps = rho * grad f(x) / ||grad f(x)||,
+        D = (1/M) sum_i ||eps_i - eps||,   ||eps_i - eps|| = rho * sqrt(2 - 2 cos_i),
+
+    with M clients, f = sum_i w_i f_i, grad f = sum_i w_i grad f_i and cos_i the
+    cosine between grad f_i and grad f. D lies in [0, 2 rho]: 0 when every client
+    perturbs along the global ascent direction (local flatness then is global
+    flatness), 2 rho when they oppose it. Norms get +1e-16 as in SAM [C22 eq. 4].
+
+    Args:
+        model: the global model x (not modified).
+        client_batches: each client's fixed batches; f_i is their mean loss.
+        rho: perturbation radius (default 0.05, [L26]).
+        dtype: computation precision.
+        device: where to compute.
+
+    Returns:
+        D with the per-client distances, cosines and gradient norms.
+    """
+    _check_rho(rho)
+    weights = client_weights(client_batches)
+    grads = [Objective(model, batches, dtype, device).gradient() for batches in client_batches]
+    g = sum(w * gi for w, gi in zip(weights, grads))
+    eps = rho * g / (g.norm() + NORM_EPS)
+    distances = [float((rho * gi / (gi.norm() + NORM_EPS) - eps).norm()) for gi in grads]
+    cosines = [float(gi @ g / (gi.norm() * g.norm())) for gi in grads]
+    return PerturbationDistance(
+        rho=rho,
+        distance=float(np.mean(distances)),
+        client_distances=distances,
+        cosines=cosines,
+        client_gradient_norms=[float(gi.norm()) for gi in grads],
+        gradient_norm=float(g.norm()),
+        weights=weights,
+    )
+
+
+def sharpness(objective: Objective, rho: float = RHO, num_ascent_steps: int = NUM_ASCENT_STEPS) -> tuple[float, float, float]:
+    """Estimates of the SAM sharpness S_h(x) = max_{||d||<=rho} h(x+d) - h(x) [C22 eq. 2].
+
+    First-order estimate (the SAM perturbation, exact for a linear h):
+
+        S_1 = h(x + d_0) - h(x),   d_0 = rho * g / ||g||,   g = grad h(x).
+
+    Ascent estimate: projected normalized gradient ascent from d_0 with step rho,
+
+        d_{k+1} = P(d_k + rho * grad h(x+d_k) / ||grad h(x+d_k)||),   P: projection onto ||d|| <= rho,
+
+    reporting max_{k=0..n} h(x + d_k) - h(x): a lower bound of S_h that is never
+    below S_1 and equals it for n = 0. On a quadratic h = g.d + d.A.d/2 the
+    iteration stops where grad h(x+d) is parallel to d, the condition for the
+    maximum on the sphere. (The step rule is this toolkit's choice in the
+    reconstruction of [L26].)
+
+    Args:
+        objective: the loss h at its base parameters x.
+        rho: ball radius.
+        num_ascent_steps: n >= 0.
+
+    Returns:
+        (h(x), S_1, ascent estimate); NaN when the loss is not finite.
+    """
+    _check_rho(rho)
+    if num_ascent_steps < 0:
+        raise LandscapeError(f"--ascent-steps must be at least 0, got {num_ascent_steps}")
+    x = objective.flatten(objective.params)
+
+    def at(d: torch.Tensor) -> dict[str, torch.Tensor]:
+        return objective.unflatten(x + d)
+
+    loss = objective.loss()
+    g = objective.gradient()
+    d = rho * g / (g.norm() + NORM_EPS)
+    values = [objective.loss(at(d))]
+    for _ in range(num_ascent_steps):
+        gd = objective.gradient(at(d))
+        d = d + rho * gd / (gd.norm() + NORM_EPS)
+        d = d * min(1.0, rho / float(d.norm()))
+        values.append(objective.loss(at(d)))
+    return loss, values[0] - loss, float(np.max(values)) - loss
+
+
+def sharpness_gap(
+    model: nn.Module,
+    client_batches: Sequence[Sequence[Batch]],
+    rho: float = RHO,
+    num_ascent_steps: int = NUM_ASCENT_STEPS,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> SharpnessGap:
+    """Mean client sharpness minus global sharpness at x.
+
+    A reconstruction of the local/global flatness inconsistency of [L26]:
+
+        gap = (1/M) sum_i S_{f_i}(x) - S_f(x),   S_h(x) = max_{||d||<=rho} h(x+d) - h(x),
+
+    each S estimated by :func:`sharpness` (first-order and n-step ascent). A positive
+    gap: the clients see sharper losses than the global model does, so flattening the
+    local losses (FedSAM) aims at a different perturbation than the global one.
+
+    Args:
+        model: the global model x (not modified).
+        client_batches: each client's fixed batches.
+        rho: perturbation radius (default 0.05, [L26]).
+        num_ascent_steps: ascent steps of the second estimate.
+        dtype: computation precision.
+        device: where to compute.
+    """
+    client_weights(client_batches)  # validates that every client has data
+    clients = [sharpness(Objective(model, b, dtype, device), rho, num_ascent_steps) for b in client_batches]
+    pooled = [b for batches in client_batches for b in batches]
+    loss, first, ascent = sharpness(Objective(model, pooled, dtype, device), rho, num_ascent_steps)
+    return SharpnessGap(
+        rho=rho,
+        num_ascent_steps=num_ascent_steps,
+        client_losses=[c[0] for c in clients],
+        client_first_order=[c[1] for c in clients],
+        client_ascent=[c[2] for c in clients],
+        global_loss=loss,
+        global_first_order=first,
+        global_ascent=ascent,
+        gap_first_order=float(np.mean([c[1] for c in clients])) - first,
+        gap_ascent=float(np.mean([c[2] for c in clients])) - ascent,
+    )
+
+
+def lambda_max_local_global(
+    global_model: nn.Module,
+    client_models: Sequence[nn.Module],
+    client_batches: Sequence[Sequence[Batch]],
+    *,
+    tol: float = 1e-3,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> LambdaMaxComparison:
+    """Local against global curvature of the trained client models.
+
+    A reconstruction of the local/global flatness comparison of [L26]: for each client
+    model x_i (trained on f_i from the global model x),
+
+        lambda_max(grad^2 f_i(x_i))   vs   lambda_max(grad^2 f(x_i))   and   lambda_max(grad^2 f(x)),
+
+    with f = sum_i w_i f_i (the mean loss over the pooled client data). A client that
+    is flat on its own loss but sharp on f has found a flatness that does not carry
+    over to the federation. Eigenvalues are the algebraically largest, by Lanczos
+    (:func:`landscape.eigen.top_eigenvalues`), the method of [C22 §5] being power
+    iteration; lambda_max of a client loss at its own model is [C22 Fig. 4].
+
+    Args:
+        global_model: x (not modified).
+        client_models: x_i, one per client, same architecture (not modified).
+        client_batches: each client's fixed batches, in the order of ``client_models``.
+        tol: relative residual tolerance of the eigensolver.
+        seed: start vector seed.
+        dtype: computation precision.
+        device: where to compute.
+    """
+    if len(client_models) != len(client_batches):
+        raise LandscapeError(f"{len(client_models)} client models but data for {len(client_batches)} clients")
+    client_weights(client_batches)
+    _check_clients(global_model, client_models)
+    pooled = [b for batches in client_batches for b in batches]
+    converged: list[bool] = []
+
+    def top(model: nn.Module, batches: Sequence[Batch]) -> float:
+        res = top_eigenvalues(HessianOperator(Objective(model, batches, dtype, device)), k=1, tol=tol, seed=seed)
+        converged.append(all(res.converged))
+        return float(res.eigenvalues[0])
+
+    local = [top(m, b) for m, b in zip(client_models, client_batches)]
+    global_at_client = [top(m, pooled) for m in client_models]
+    return LambdaMaxComparison(
+        local_at_client=local,
+        global_at_client=global_at_client,
+        global_at_global=top(global_model, pooled),
+        converged=all(converged),
+        tol=tol,
+    )
+
+
+def parameter_distances(global_model: nn.Module, client_models: Sequence[nn.Module]) -> ParameterDistances:
+    """||x_i - x|| and ||x_i - x|| / ||x|| over all parameters (buffers excluded).
+
+    Accumulated in float64. ``relative`` is NaN when ||x|| = 0.
+
+    >>> a, b = nn.Linear(1, 1), nn.Linear(1, 1)
+    >>> with torch.no_grad():
+    ...     _ = a.weight.fill_(3.0), a.bias.fill_(4.0), b.weight.fill_(0.0), b.bias.fill_(4.0)
+    >>> parameter_distances(a, [b]).distances, parameter_distances(a, [b]).global_norm
+    ([3.0], 5.0)
+    """
+    _check_clients(global_model, client_models)
+
+    def flat(model: nn.Module) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1).to("cpu", torch.float64) for p in model.parameters()])
+
+    x = flat(global_model)
+    norm = float(x.norm())
+    distances = [float((flat(m) - x).norm()) for m in client_models]
+    return ParameterDistances(
+        distances=distances,
+        relative=[d / norm if norm > 0 else math.nan for d in distances],
+        global_norm=norm,
+    )
+
+
+def flatness_metrics(
+    global_model: nn.Module,
+    client_models: Sequence[nn.Module],
+    client_batches: Sequence[Sequence[Batch]],
+    rho: float = RHO,
+    num_ascent_steps: int = NUM_ASCENT_STEPS,
+    *,
+    tol: float = 1e-3,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> FlatnessMetrics:
+    """Every flatness-distance metric of the module (reconstructions of [L26]).
+
+    The perturbation distance and sharpness gap are taken at the global model x on
+    the clients' data; the curvature comparison and distances use the client models.
+
+    Args:
+        global_model: x.
+        client_models: x_i, one per client.
+        client_batches: each client's fixed batches, in the order of ``client_models``.
+        rho: perturbation radius (default 0.05, [L26]).
+        num_ascent_steps: ascent steps of the sharpness estimate.
+        tol: eigensolver tolerance.
+        seed: eigensolver seed.
+        dtype: computation precision.
+        device: where to compute.
+    """
+    return FlatnessMetrics(
+        perturbation_distance=perturbation_distance(global_model, client_batches, rho, dtype=dtype, device=device),
+        sharpness_gap=sharpness_gap(global_model, client_batches, rho, num_ascent_steps, dtype=dtype, device=device),
+        lambda_max=lambda_max_local_global(
+            global_model, client_models, client_batches, tol=tol, seed=seed, dtype=dtype, device=device
+        ),
+        parameter_distances=parameter_distances(global_model, client_models),
+    )

@@ -1,0 +1,205 @@
+"""Flatness metrics against closed forms on a model whose loss is an exact quadratic."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from landscape import flatness
+from landscape.errors import LandscapeError
+from landscape.operators import Objective
+
+F64 = torch.float64
+
+
+class DiagonalQuadratic(nn.Module):
+    """Cross-entropy of label 0 equals q + log 2 exactly, q = 1/2 sum_k a_k (w_k - c_k)^2.
+
+    Each input row is (c, a): the sample's centre and curvature. The two logits are
+    z0 = -q and z1 = log(2 - exp(-q)), so logsumexp(z) = log 2 and CE = -z0 + log 2.
+    A client holding identical rows (c, a) has f_i(w) = 1/2 (w - c)^T diag(a) (w - c) + log 2.
+    """
+
+    def __init__(self, w: list[float]) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(w, dtype=F64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.w.shape[0]
+        c, a = x[:, :p], x[:, p:]
+        q = 0.5 * (a * (self.w - c) ** 2).sum(1)
+        return torch.stack([-q, torch.log(2 - torch.exp(-q))], 1)
+
+
+def quadratic_client(c: list[float], a: list[float], num_samples: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One batch of ``num_samples`` identical rows (c, a), label 0."""
+    row = torch.tensor([c + a], dtype=F64)
+    return [(row.repeat(num_samples, 1), torch.zeros(num_samples, dtype=torch.long))]
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def test_quadratic_model_loss_is_exact() -> None:
+    """The test model itself: f(w) = 1/2 (w-c)^T diag(a) (w-c) + log 2 and its gradient."""
+    w, c, a = np.array([0.3, -1.0]), np.array([1.0, 2.0]), np.array([4.0, 0.5])
+    obj = Objective(DiagonalQuadratic(list(w)), quadratic_client(list(c), list(a)), F64)
+    assert obj.loss() == pytest.approx(0.5 * np.sum(a * (w - c) ** 2) + math.log(2), rel=1e-13)
+    np.testing.assert_allclose(obj.gradient().numpy(), a * (w - c), rtol=1e-12)
+
+
+def test_identical_clients_have_zero_distance_and_gap() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    batches = [(torch.randn(16, 4), torch.randint(0, 3, (16,)))]
+    pd = flatness.perturbation_distance(model, [batches, batches, batches], rho=0.1, dtype=F64)
+    assert pd.distance == pytest.approx(0.0, abs=1e-12)
+    np.testing.assert_allclose(pd.cosines, 1.0, atol=1e-12)
+    assert pd.weights == pytest.approx([1 / 3] * 3)
+    gap = flatness.sharpness_gap(model, [batches, batches], rho=0.1, num_ascent_steps=2, dtype=F64)
+    assert gap.gap_first_order == pytest.approx(0.0, abs=1e-12)
+    assert gap.gap_ascent == pytest.approx(0.0, abs=1e-12)
+    assert gap.client_losses[0] == pytest.approx(gap.global_loss, abs=1e-12)
+
+
+def test_perturbation_distance_closed_form() -> None:
+    """eps_i = rho g_i/||g_i||, g_i = a_i (x - c_i), g = sum_i (n_i/N) g_i."""
+    x = np.array([0.5, -0.2, 1.0])
+    clients = [([1.0, 0.0, 2.0], [1.0, 2.0, 3.0], 1), ([-1.0, 1.0, 0.0], [0.5, 0.5, 4.0], 3), ([0.0, 0.0, 0.0], [2.0, 1.0, 1.0], 2)]
+    rho = 0.3
+    pd = flatness.perturbation_distance(
+        DiagonalQuadratic(list(x)), [quadratic_client(c, a, n) for c, a, n in clients], rho=rho, dtype=F64
+    )
+    weights = np.array([n for *_, n in clients]) / 6.0
+    grads = [np.array(a) * (x - np.array(c)) for c, a, _ in clients]
+    g = sum(w * gi for w, gi in zip(weights, grads))
+    expected = [np.linalg.norm(rho * unit(gi) - rho * unit(g)) for gi in grads]
+    np.testing.assert_allclose(pd.weights, weights, rtol=1e-15)
+    np.testing.assert_allclose(pd.client_distances, expected, rtol=1e-10)
+    assert pd.distance == pytest.approx(np.mean(expected), rel=1e-10)
+    np.testing.assert_allclose(pd.cosines, [unit(gi) @ unit(g) for gi in grads], rtol=1e-10)
+    # ||eps_i - eps|| = rho sqrt(2 - 2 cos_i)
+    np.testing.assert_allclose(pd.client_distances, rho * np.sqrt(2 - 2 * np.array(pd.cosines)), rtol=1e-8)
+    assert pd.gradient_norm == pytest.approx(np.linalg.norm(g), rel=1e-12)
+
+
+def test_opposite_clients_distance_is_rho() -> None:
+    """g_1 = -v (1 sample), g_2 = +v (3 samples): g = v/2, so eps = eps_2 = -eps_1 and D = (2 rho + 0)/2."""
+    x = [1.0, 1.0]
+    one = quadratic_client([2.0, 1.0], [1.0, 1.0], 1)  # g_1 = (-1, 0)
+    two = quadratic_client([0.0, 1.0], [1.0, 1.0], 3)  # g_2 = (+1, 0)
+    pd = flatness.perturbation_distance(DiagonalQuadratic(x), [one, two], rho=0.05, dtype=F64)
+    np.testing.assert_allclose(pd.client_distances, [0.1, 0.0], atol=1e-15)
+    assert pd.distance == pytest.approx(0.05, rel=1e-14)
+    np.testing.assert_allclose(pd.cosines, [-1.0, 1.0], rtol=1e-14)
+
+
+def test_sharpness_first_order_closed_form() -> None:
+    """h(x + rho g/||g||) - h(x) = rho ||g|| + rho^2/2 u^T A u, u = g/||g||, for h quadratic with Hessian A."""
+    x = np.array([0.5, -0.2, 1.0])
+    clients = [([1.0, 0.0, 2.0], [1.0, 2.0, 3.0], 1), ([-1.0, 1.0, 0.0], [0.5, 0.5, 4.0], 3)]
+    rho = 0.2
+    gap = flatness.sharpness_gap(
+        DiagonalQuadratic(list(x)), [quadratic_client(c, a, n) for c, a, n in clients], rho=rho, num_ascent_steps=0, dtype=F64
+    )
+
+    def first_order(g: np.ndarray, a: np.ndarray) -> float:
+        u = unit(g)
+        return rho * np.linalg.norm(g) + 0.5 * rho**2 * np.sum(a * u**2)
+
+    weights = np.array([0.25, 0.75])
+    grads = [np.array(a) * (x - np.array(c)) for c, a, _ in clients]
+    local = [first_order(gi, np.array(a)) for gi, (_, a, _) in zip(grads, clients)]
+    a_global = sum(w * np.array(a) for w, (_, a, _) in zip(weights, clients))
+    global_ = first_order(sum(w * gi for w, gi in zip(weights, grads)), a_global)
+    np.testing.assert_allclose(gap.client_first_order, local, rtol=1e-10)
+    assert gap.global_first_order == pytest.approx(global_, rel=1e-10)
+    assert gap.gap_first_order == pytest.approx(np.mean(local) - global_, rel=1e-9)
+    # zero ascent steps: the ascent estimate is the first-order one
+    assert gap.client_ascent == pytest.approx(gap.client_first_order, rel=1e-14)
+
+
+def test_ascent_finds_the_maximum_on_the_sphere() -> None:
+    """On a 2-D quadratic the exact max over ||d|| <= rho lies on the circle: sweep it densely."""
+    x, c, a = np.array([0.3, 0.2]), np.array([0.0, 0.0]), np.array([1.0, 10.0])
+    rho = 0.5
+    obj = Objective(DiagonalQuadratic(list(x)), quadratic_client(list(c), list(a)), F64)
+    t = np.linspace(0, 2 * np.pi, 2_000_001)
+    d = rho * np.stack([np.cos(t), np.sin(t)], 1)
+    h = lambda w: 0.5 * np.sum(a * (w - c) ** 2, axis=-1)  # noqa: E731
+    exact = float(np.max(h(x + d)) - h(x))
+    g = a * (x - c)
+    upper = rho * np.linalg.norm(g) + 0.5 * rho**2 * a.max()
+    loss, first, ascent = flatness.sharpness(obj, rho, num_ascent_steps=200)
+    assert loss == pytest.approx(h(x) + math.log(2), rel=1e-13)
+    assert first < exact - 1e-3  # the first-order estimate is visibly short here
+    assert ascent == pytest.approx(exact, rel=1e-8)
+    assert first <= ascent <= upper
+
+
+def test_lambda_max_of_quadratic_clients() -> None:
+    """Hessians are diag(a_i) for f_i and diag(sum_i w_i a_i) for f, at every point."""
+    a1, a2 = [1.0, 5.0, 2.0], [3.0, 0.5, 1.0]
+    batches = [quadratic_client([0.0, 0.0, 0.0], a1, 1), quadratic_client([1.0, 1.0, 1.0], a2, 3)]
+    global_model = DiagonalQuadratic([0.5, 0.5, 0.5])
+    clients = [DiagonalQuadratic([0.1, 0.0, -0.1]), DiagonalQuadratic([0.9, 1.2, 1.0])]
+    res = flatness.lambda_max_local_global(global_model, clients, batches, tol=1e-8, dtype=F64)
+    expected_global = max(0.25 * np.array(a1) + 0.75 * np.array(a2))  # 2.5
+    np.testing.assert_allclose(res.local_at_client, [5.0, 3.0], rtol=1e-8)
+    np.testing.assert_allclose(res.global_at_client, [expected_global] * 2, rtol=1e-8)
+    assert res.global_at_global == pytest.approx(expected_global, rel=1e-8)
+    assert res.converged
+
+
+def test_parameter_distances_exact() -> None:
+    torch.manual_seed(0)
+    global_model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    num_params = sum(p.numel() for p in global_model.parameters())  # 26
+    shifted = copy.deepcopy(global_model)
+    with torch.no_grad():
+        for p in shifted.parameters():
+            p.add_(0.5)
+    res = flatness.parameter_distances(global_model, [global_model, shifted])
+    norm = math.sqrt(sum(float((p.detach().double() ** 2).sum()) for p in global_model.parameters()))
+    assert res.distances[0] == 0.0
+    assert res.distances[1] == pytest.approx(0.5 * math.sqrt(num_params), rel=1e-6)
+    assert res.global_norm == pytest.approx(norm, rel=1e-12)
+    assert res.relative[1] == pytest.approx(0.5 * math.sqrt(num_params) / norm, rel=1e-6)
+
+
+def test_different_architectures_are_refused() -> None:
+    with pytest.raises(LandscapeError, match="different architecture"):
+        flatness.parameter_distances(nn.Linear(3, 2), [nn.Linear(3, 2), nn.Linear(4, 2)])
+
+
+@pytest.mark.parametrize("rho", [0.0, -0.1])
+def test_non_positive_rho_is_refused(rho: float) -> None:
+    with pytest.raises(LandscapeError, match="rho must be positive"):
+        flatness.perturbation_distance(DiagonalQuadratic([0.0]), [quadratic_client([1.0], [1.0])], rho=rho)
+
+
+def test_all_metrics_leave_models_untouched_and_serialize() -> None:
+    torch.manual_seed(1)
+    global_model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+    clients = [copy.deepcopy(global_model) for _ in range(2)]
+    with torch.no_grad():
+        for i, m in enumerate(clients):
+            for p in m.parameters():
+                p.add_(0.01 * (i + 1) * torch.randn_like(p))
+    before = [copy.deepcopy(m.state_dict()) for m in [global_model, *clients]]
+    batches = [[(torch.randn(12, 4), torch.randint(0, 3, (12,)))] for _ in clients]
+    metrics = flatness.flatness_metrics(global_model, clients, batches, rho=0.05, num_ascent_steps=2, dtype=F64)
+    for state, model in zip(before, [global_model, *clients]):
+        for name, value in model.state_dict().items():
+            assert torch.equal(state[name], value)
+    out = json.loads(json.dumps(metrics.to_dict()))
+    assert set(out) == {"perturbation_distance", "sharpness_gap", "lambda_max", "parameter_distances"}
+    assert len(out["lambda_max"]["local_at_client"]) == 2
+    assert 0 <= out["perturbation_distance"]["distance"] <= 2 * 0.05
