@@ -60,3 +60,477 @@ On disk the result is one ``.npz`` (``allow_pickle=False`` readable): arrays
 ``axis0``, ``axis1``, ..., ``done``, ``values/<source>/<metric>`` and a JSON string
 ``metadata`` that also holds ``axis_labels`` and ``markers``.
 """
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import time
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+from tqdm import tqdm
+
+import landscape
+from landscape.data import Dataset
+from landscape.directions import Directions, Plane, project
+from landscape.errors import LandscapeError
+from landscape.files import atomic_write
+
+FORMAT = "landscape-surface"
+FORMAT_VERSION = 1
+KINDS = {"line": 1, "grid": 2, "volume": 3, "plane": 2}
+BN_MODES = ("eval", "recalibrate")
+METRICS = ("loss", "accuracy")
+# Metadata fields that record progress, not identity: a continued run may differ in them.
+PROGRESS_FIELDS = ("num_done", "complete", "nonfinite", "device")
+# Memory for one stacked forward (activations of all points in it) when choosing points_per_batch.
+BATCH_MEMORY_BYTES = 1 << 28
+MAX_POINTS_PER_BATCH = 128
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def symmetric_axis(range_: float, resolution: int) -> np.ndarray:
+    """``linspace(-r, r, n)``: symmetric around the checkpoint, centre on the grid for odd n [Li18 §4].
+
+    Raises:
+        LandscapeError: a resolution below 2 or a range that is not a positive finite number.
+
+    >>> symmetric_axis(1.0, 5)
+    array([-1. , -0.5,  0. ,  0.5,  1. ])
+    """
+    if not (math.isfinite(range_) and range_ > 0):
+        raise LandscapeError(f"--range must be a positive number, got {range_}")
+    return interval_axis(-range_, range_, resolution)
+
+
+def interval_axis(start: float, stop: float, resolution: int) -> np.ndarray:
+    """``linspace(start, stop, n)`` (e.g. -0.5..1.5 for the interpolation from A to B, [G18]).
+
+    Raises:
+        LandscapeError: a resolution below 2 or an empty interval.
+    """
+    if resolution < 2:
+        raise LandscapeError(f"--resolution must be at least 2, got {resolution}")
+    if not (math.isfinite(start) and math.isfinite(stop) and start < stop):
+        raise LandscapeError(f"the interval must have start < stop, got {start}..{stop}")
+    return np.linspace(start, stop, resolution)
+
+
+def plane_axes(coords: Sequence[Sequence[float]], resolution: int, margin: float = 0.2) -> list[np.ndarray]:
+    """Axes of a plane grid covering ``coords`` with margins, in Euclidean units [G18 §3].
+
+    Both axes extend ``margin * s`` beyond the bounding box of the points, with s the
+    larger side of the box, so the margins are equal in parameter-space distance.
+
+    >>> [a.tolist() for a in plane_axes([[0, 0], [2, 0], [1, 1]], 3, margin=0.5)]
+    [[-1.0, 1.0, 3.0], [-1.0, 0.5, 2.0]]
+    """
+    pts = np.asarray(coords, dtype=np.float64)
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    pad = margin * float((hi - lo).max())
+    return [interval_axis(float(a - pad), float(b + pad), resolution) for a, b in zip(lo, hi)]
+
+
+def plane_markers(
+    plane: Plane, models: Sequence[tuple[str, str | None, Mapping[str, torch.Tensor]]]
+) -> list[dict[str, Any]]:
+    """Markers for the three models spanning ``plane`` and every other model projected onto it.
+
+    Args:
+        plane: from :func:`landscape.directions.plane_through`.
+        models: ``(label, role, parameters)``: first the three spanning models (placed at
+            ``plane.coords`` with distance 0), then any others (least-squares
+            coordinates and off-plane distance, :func:`landscape.directions.project`).
+    """
+    markers = []
+    for i, (label, role, params) in enumerate(models):
+        if i < 3:
+            coords, distance = plane.coords[i], 0.0
+        else:
+            coords, distance = project(plane.origin, plane.directions.vectors, params)
+        markers.append({"label": label, "role": role, "coords": [float(c) for c in coords], "distance": distance})
+    return markers
+
+
+def tensor_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """Hash of named tensors (names, shapes, dtypes, bytes): identifies weights and data in results."""
+    digest = hashlib.sha256()
+    for name, t in tensors.items():
+        digest.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        digest.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class _Evaluator:
+    """Loss and accuracy of stacked parameter settings on fixed, device-resident batches.
+
+    Points are evaluated ``K`` at a time: the parameters of the K points are stacked
+    and one ``vmap(functional_call)`` runs all of them on each batch (K = 1 skips vmap).
+    Works on a private copy of the model; never writes to the caller's tensors.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        origin: Mapping[str, torch.Tensor],
+        directions: Directions,
+        sources: Mapping[str, Sequence[Batch]],
+        bn: str,
+        calibration: Sequence[Batch],
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.model = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+        self.names = list(origin)
+        self.origin = {n: origin[n].detach().to(device, dtype) for n in self.names}
+        # (num_directions, *shape) per parameter: a point is origin + coords @ stacked.
+        self.stacked = {
+            n: torch.stack([v[n].detach().to(device, dtype) for v in directions.vectors]) for n in self.names
+        }
+        own = dict(self.model.named_parameters())
+        self.fixed = {
+            **{n: p.detach() for n, p in own.items() if n not in self.origin},
+            **{n: b.detach() for n, b in self.model.named_buffers()},
+        }
+        self.sources = {
+            s: [(x.to(device, dtype), y.to(device)) for x, y in batches] for s, batches in sources.items()
+        }
+        self.dtype, self.device = dtype, device
+        self.recalibrate = bn == "recalibrate" and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in self.model.modules()
+        )
+        if self.recalibrate:
+            # Only the BatchNorm layers run in training mode (dropout stays off); momentum None
+            # makes the running statistics the plain average over the calibration batches.
+            self.calibration_model = copy.deepcopy(self.model)
+            for m in self.calibration_model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                    m.train()
+                    m.momentum = None
+            self.calibration = [(x.to(device, dtype), y.to(device)) for x, y in calibration]
+
+    def params_at(self, coords: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Stacked parameters (K, *shape) at K points: w0 + sum_i c_{k,i} d_i, set from w0 every time."""
+        return {n: self.origin[n] + torch.tensordot(coords, self.stacked[n], dims=1) for n in self.names}
+
+    def recalibrated_buffers(self, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """BatchNorm statistics of one parameter setting, re-estimated on the calibration batches."""
+        buffers = {n: b.clone() for n, b in self.fixed.items() if n not in self.origin and b is not None}
+        for module_name, m in self.calibration_model.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                prefix = f"{module_name}." if module_name else ""
+                buffers[prefix + "running_mean"].zero_()
+                buffers[prefix + "running_var"].fill_(1.0)
+                buffers[prefix + "num_batches_tracked"].zero_()
+        # functional_call updates the running statistics in place in the tensors passed in.
+        for x, _ in self.calibration:
+            functional_call(self.calibration_model, {**buffers, **params}, (x,))
+        return buffers
+
+    def logits(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], batched: bool, x: torch.Tensor) -> torch.Tensor:
+        """(K, B, C) logits of the K stacked settings on one batch."""
+        if params[self.names[0]].shape[0] == 1:
+            one = {n: p[0] for n, p in params.items()}
+            state = {n: b[0] for n, b in buffers.items()} if batched else buffers
+            return functional_call(self.model, {**state, **one}, (x,)).unsqueeze(0)
+        call = lambda p, b: functional_call(self.model, {**b, **p}, (x,))  # noqa: E731
+        return vmap(call, in_dims=(0, 0 if batched else None))(params, buffers)
+
+    @torch.no_grad()
+    def __call__(self, coords: np.ndarray) -> dict[str, np.ndarray]:
+        """Loss and accuracy of every source at the points ``coords`` (K x num_directions)."""
+        c = torch.as_tensor(coords, dtype=self.dtype, device=self.device)
+        params = self.params_at(c)
+        buffers, batched = self.fixed, False
+        if self.recalibrate:
+            per_point = [self.recalibrated_buffers({n: p[k] for n, p in params.items()}) for k in range(len(c))]
+            buffers = {n: torch.stack([b[n] for b in per_point]) for n in per_point[0]}
+            batched = True
+        buffers = {n: b for n, b in buffers.items() if n not in params}
+        out: dict[str, np.ndarray] = {}
+        for source, batches in self.sources.items():
+            loss_sum = torch.zeros(len(c), dtype=torch.float64, device=self.device)
+            correct = torch.zeros(len(c), dtype=torch.float64, device=self.device)
+            for x, y in batches:
+                z = self.logits(params, buffers, batched, x)
+                k, b, num_classes = z.shape
+                ce = nn.functional.cross_entropy(z.reshape(k * b, num_classes), y.repeat(k), reduction="none")
+                loss_sum += ce.view(k, b).sum(dim=1).double()
+                correct += (z.argmax(dim=-1) == y).sum(dim=1).double()
+            n = sum(int(y.shape[0]) for _, y in batches)
+            out[f"{source}/loss"] = (loss_sum / n).cpu().numpy()
+            out[f"{source}/accuracy"] = (correct / n).cpu().numpy()
+        return out
+
+
+def auto_points_per_batch(model: nn.Module, x: torch.Tensor, batch_size: int, num_params: int, dtype: torch.dtype) -> int:
+    """How many points one stacked forward holds: activations of all K points in ``BATCH_MEMORY_BYTES``.
+
+    The activation size per sample is measured with forward hooks on one sample; a
+    point costs ``batch_size * activations + num_params`` elements. Large models on
+    large batches get K = 1 (one forward per point is already compute-bound); small
+    ones get many points per forward, which removes the per-call overhead that
+    dominates them.
+    """
+    sizes: list[int] = []
+
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            sizes.append(output.numel())
+
+    probe = copy.deepcopy(model).to(dtype=dtype).eval()
+    handles = [m.register_forward_hook(hook) for m in probe.modules()]
+    with torch.no_grad():
+        probe(x[:1].to(dtype=dtype))
+    for h in handles:
+        h.remove()
+    per_point = (batch_size * sum(sizes) + num_params) * torch.finfo(dtype).bits // 8
+    return int(min(MAX_POINTS_PER_BATCH, max(1, BATCH_MEMORY_BYTES // max(per_point, 1))))
+
+
+def _dataset_description(ds: Dataset) -> dict[str, Any]:
+    return {**ds.spec, "num_samples": len(ds), "sha256": tensor_sha256({"x": ds.x, "y": ds.y})}
+
+
+def evaluate(
+    model: nn.Module,
+    directions: Directions,
+    axes: Sequence[np.ndarray],
+    sources: Mapping[str, Dataset],
+    *,
+    kind: str = "grid",
+    origin: Mapping[str, torch.Tensor] | None = None,
+    axis_labels: Sequence[str] | None = None,
+    markers: Sequence[Mapping[str, Any]] = (),
+    bn: str = "eval",
+    calibration: Dataset | None = None,
+    batch_size: int | None = None,
+    points_per_batch: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    out: str | os.PathLike | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    progress: bool | None = None,
+    save_every: float = 10.0,
+) -> dict[str, Any]:
+    """Evaluate loss and accuracy of every source at every grid point (see the module docstring).
+
+    The point with coordinates c is w0 + sum_i c_i d_i (``w0 = origin``), set from w0
+    every time. Points are evaluated ``points_per_batch`` at a time, in a fixed order
+    (row-major over the grid) and in fixed chunks, so a run continued from its result
+    file computes exactly what an uninterrupted run computes.
+
+    Args:
+        model: the network (architecture, non-moving parameters, buffers). Deep-copied;
+            never modified.
+        directions: one direction per axis.
+        axes: coordinate vectors, one per direction (:func:`symmetric_axis`, ...).
+        sources: data sets by name (``"train"``, ``"test"``, ``"client 3"``, ...).
+        kind: ``"line"``, ``"grid"``, ``"volume"`` or ``"plane"`` (recorded; checked
+            against the number of axes).
+        origin: the base point w0 (default: the model's trainable parameters).
+        axis_labels: names of the axes (default alpha, beta, gamma).
+        markers: models to draw (see the module docstring).
+        bn: ``"eval"`` (the stored BatchNorm statistics) or ``"recalibrate"`` (re-estimate
+            them at every point on ``calibration``; a no-op for models without BatchNorm).
+        calibration: the fixed subset for ``bn="recalibrate"``.
+        batch_size: samples per forward (default: each source in one batch).
+        points_per_batch: points per forward (default: continue with the file's value,
+            else :func:`auto_points_per_batch`).
+        dtype, device: precision and place of the computation; the data moves there once.
+        out: ``.npz`` result file, written every ``save_every`` seconds, on interruption
+            and at the end; if it exists, the run continues from it.
+        metadata: extra identification (e.g. ``{"checkpoints": [...]}``), part of the run's identity.
+        progress: show a tqdm bar (default: when stderr is a terminal).
+        save_every: seconds between writes of ``out``.
+
+    Returns:
+        The result dict (module docstring).
+
+    Raises:
+        LandscapeError: inconsistent arguments, or an ``out`` file holding another run.
+    """
+    if kind not in KINDS:
+        raise LandscapeError(f"kind must be one of {tuple(KINDS)}, got {kind!r}")
+    if not (len(axes) == len(directions) == KINDS[kind]):
+        raise LandscapeError(
+            f"a {kind} needs {KINDS[kind]} axes and directions, got {len(axes)} axes and {len(directions)} directions"
+        )
+    if bn not in BN_MODES:
+        raise LandscapeError(f"bn must be one of {BN_MODES}, got {bn!r}")
+    if bn == "recalibrate" and calibration is None:
+        raise LandscapeError("bn='recalibrate' needs a calibration data set")
+    if not sources:
+        raise LandscapeError("no data sources to evaluate")
+    if points_per_batch is not None and points_per_batch < 1:
+        raise LandscapeError(f"points per batch must be at least 1, got {points_per_batch}")
+    device = torch.device(device)
+    axes = [np.asarray(a, dtype=np.float64) for a in axes]
+    shape = tuple(len(a) for a in axes)
+    coords = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(axes))
+    base = dict(origin) if origin is not None else {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    if list(directions.vectors[0]) != list(base):
+        raise LandscapeError("the directions do not cover the same parameters as the base point")
+    out = Path(out) if out is not None else None
+    previous = load_result(out) if out is not None and out.exists() else None
+    if points_per_batch is None:
+        if previous is not None:
+            points_per_batch = int(previous["metadata"]["points_per_batch"])
+        else:
+            first = next(iter(sources.values()))
+            per_forward = len(first) if batch_size is None else min(batch_size, len(first))
+            num = sum(t.numel() for t in base.values())
+            points_per_batch = auto_points_per_batch(model, first.x, per_forward, num, dtype)
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "version": landscape.__version__,
+        "kind": kind,
+        "shape": list(shape),
+        "sources": list(sources),
+        **dict(metadata or {}),
+        "origin_sha256": tensor_sha256({**base, **dict(model.named_buffers())}),
+        "directions": directions.describe(),
+        "data": {s: _dataset_description(ds) for s, ds in sources.items()},
+        "bn": bn,
+        "calibration": _dataset_description(calibration) if bn == "recalibrate" and calibration is not None else None,
+        "dtype": str(dtype).removeprefix("torch."),
+        "batch_size": batch_size,
+        "points_per_batch": points_per_batch,
+        "axis_labels": list(axis_labels or ["alpha", "beta", "gamma"][: len(axes)]),
+        "markers": [dict(m) for m in markers],
+        "device": str(device),
+    }
+    keys = [f"{s}/{m}" for s in sources for m in METRICS]
+    values = {k: np.full(coords.shape[0], np.nan) for k in keys}
+    done = np.zeros(coords.shape[0], dtype=bool)
+    if previous is not None:
+        _check_same_run(out, previous, meta, axes)
+        for k in keys:
+            values[k] = previous["values"][k].reshape(-1).copy()
+        done = previous["done"].reshape(-1).copy()
+
+    def result() -> dict[str, Any]:
+        meta["num_done"] = int(done.sum())
+        meta["complete"] = bool(done.all())
+        meta["nonfinite"] = {k: int((done & ~np.isfinite(v)).sum()) for k, v in values.items()}
+        return {
+            "kind": kind,
+            "axes": axes,
+            "axis_labels": meta["axis_labels"],
+            "values": {k: v.reshape(shape) for k, v in values.items()},
+            "done": done.reshape(shape),
+            "markers": meta["markers"],
+            "metadata": meta,
+        }
+
+    pending = [i for i in range(0, len(coords), points_per_batch) if not done[i : i + points_per_batch].all()]
+    if pending:
+        evaluator = _Evaluator(
+            model, base, directions,
+            {s: ds.batches(batch_size) for s, ds in sources.items()},
+            bn, calibration.batches(batch_size) if calibration is not None else [], dtype, device,
+        )
+        bar = tqdm(total=len(coords), initial=int(done.sum()), unit="pt", desc=kind, disable=_no_bar(progress))
+        last_save = time.monotonic()
+        try:
+            for start in pending:
+                chunk = slice(start, start + points_per_batch)
+                for k, v in evaluator(coords[chunk]).items():
+                    values[k][chunk] = v
+                done[chunk] = True
+                bar.update(int(coords[chunk].shape[0]))
+                if out is not None and time.monotonic() - last_save >= save_every:
+                    save_result(out, result())
+                    last_save = time.monotonic()
+        finally:
+            bar.close()
+            if out is not None:
+                save_result(out, result())
+    elif out is not None and previous is None:
+        save_result(out, result())
+    return result()
+
+
+def _no_bar(progress: bool | None) -> bool | None:
+    """tqdm's ``disable``: None lets tqdm hide the bar when stderr is not a terminal."""
+    return None if progress is None else not progress
+
+
+def _check_same_run(path: Path, previous: dict[str, Any], meta: Mapping[str, Any], axes: Sequence[np.ndarray]) -> None:
+    """Refuse to continue from a result file written by a different run."""
+    old = previous["metadata"]
+    fields = [k for k in {**old, **meta} if k not in PROGRESS_FIELDS]
+    for k in fields:
+        a, b = _jsonable(old.get(k)), _jsonable(meta.get(k))
+        if a != b:
+            raise LandscapeError(
+                f"refusing to continue {path}: it holds another run ('{k}' differs: {_short(a)} there, "
+                f"{_short(b)} now); pass another --out or delete the file to start over"
+            )
+    if any(a.shape != b.shape or not np.array_equal(a, b) for a, b in zip(previous["axes"], axes)):
+        raise LandscapeError(f"refusing to continue {path}: it holds another run (the grid axes differ)")
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def save_result(path: str | os.PathLike, result: Mapping[str, Any]) -> Path:
+    """Atomically write a result dict to ``.npz`` (layout in the module docstring)."""
+    arrays: dict[str, np.ndarray] = {f"axis{i}": np.asarray(a) for i, a in enumerate(result["axes"])}
+    arrays["done"] = np.asarray(result["done"])
+    arrays.update({f"values/{k}": np.asarray(v) for k, v in result["values"].items()})
+    arrays["metadata"] = np.array(json.dumps(result["metadata"]))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    return atomic_write(path, write)
+
+
+def load_result(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a result file written by :func:`evaluate` into the dict of the module docstring.
+
+    Raises:
+        LandscapeError: missing file, or a file that is not a surface result.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LandscapeError(f"result file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise LandscapeError(f"{path} is not a surface result file ({exc})") from None
+    if "metadata" not in arrays:
+        raise LandscapeError(f"{path} is not a surface result file (no metadata)")
+    meta = json.loads(str(arrays["metadata"]))
+    if meta.get("format") != FORMAT:
+        raise LandscapeError(f"{path} is not a surface result file (format {meta.get('format')!r})")
+    axes = [arrays[f"axis{i}"] for i in range(len(meta["shape"]))]
+    return {
+        "kind": meta["kind"],
+        "axes": axes,
+        "axis_labels": meta["axis_labels"],
+        "values": {k.removeprefix("values/"): v for k, v in arrays.items() if k.startswith("values/")},
+        "done": arrays["done"],
+        "markers": meta["markers"],
+        "metadata": meta,
+    }
