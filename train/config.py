@@ -1,0 +1,247 @@
+"""The training configuration (a frozen dataclass stored in every checkpoint) and paper presets.
+
+Precedence: library defaults < ``--preset`` < explicit flags. Defaults follow [C22 §5, App. C]
+(CIFAR: SGD lr 0.01, batch 64, weight decay 4e-4, no client momentum, E = 1, 5 clients per
+round; SWA from 75% of the rounds with gamma1 = 1e-2, gamma2 = 1e-4) and [L26] for FedNSAM
+(gamma = 0.85, rho = 0.05). ``rho`` defaults per algorithm: SAM 0.05, ASAM 0.5 (CIFAR-100,
+[C22 Table 11]), FedNSAM 0.05 [L26].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from landscape.errors import LandscapeError
+
+ALGORITHMS = ("fedavg", "fedavgm", "fedsam", "fedasam", "fednsam")
+PERTURBATIONS = ("global_momentum", "local_sam")
+DTYPES = ("float32", "float64")
+#: rho when the user names none, per algorithm [C22 Table 11 (CIFAR-100), L26].
+DEFAULT_RHO = {"fedsam": 0.05, "fedasam": 0.5, "fednsam": 0.05}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines the trained weights (device and engine do not).
+
+    Attributes (paper symbols where they exist):
+        algorithm: fedavg | fedavgm | fedsam | fedasam | fednsam.
+        dataset: a data spec for :func:`landscape.data.load` (``cifar100``, ``digits``,
+            ``synthetic:n=512,classes=10,shape=3x8x8``); the test split is used for evaluation.
+        model, model_kwargs: architecture for :func:`landscape.models.build` (``num_classes`` and,
+            for ``mlp``, ``in_features`` are filled in from the data).
+        num_clients, samples_per_client: the federation (None: 100 x 500 on CIFAR [C22], 20 x 70 on
+            digits, 10 clients sharing the data otherwise).
+        alpha: total Dirichlet concentration [H19] (0: one class per client; large: iid).
+        split_file: a published ``user_id,image_id,class`` split (overrides alpha).
+        clients_per_round: C, sampled uniformly without replacement each round.
+        num_rounds: T.
+        lr, batch_size, local_epochs, weight_decay, client_momentum: the client SGD [C22 App. C].
+        augment: random crop (padding 4) + horizontal flip on the device, for image data.
+        rho, eta: SAM/ASAM neighbourhood and ASAM offset [C22 eq. 4, K21].
+        asam_variant: ``kwon`` (T = |w| + eta on weights, 1 on biases) or ``davda54``.
+        bn_first_pass_only: update BatchNorm statistics only in SAM's first forward pass.
+        server_lr, server_momentum: FedAvgM server SGD (eta_s = 1, beta = 0.9 [C22]).
+        gamma: FedNSAM server momentum / Nesterov extrapolation [L26].
+        perturbation: FedNSAM perturbation, ``global_momentum`` (-rho m/||m||) or ``local_sam``.
+        fednsam_reference_momentum: reproduce the reference code's m = (1 + gamma) * Delta (a defect).
+        fednsam_extrapolate_buffers: extrapolate normalization buffers like parameters (reference).
+        swa: server-side SWA with the cyclic client learning rate [C22 §4].
+        swa_start: fraction of the rounds after which SWA starts (0.75).
+        swa_gamma1, swa_gamma2, swa_cycle: the cycle's highest/lowest lr and its length c.
+        swa_collect_early: collect right after the highest-lr round, as fedsam's code does.
+        seed: derives the partition, the initial model, the cohorts and every client stream.
+        eval_every, save_every, save_clients_every: test evaluation / global checkpoint / client
+            checkpoint period in rounds (0: never; the last round is always evaluated and saved).
+        dtype: float32 or float64 weights; bf16: bfloat16 autocast for the forward passes.
+    """
+
+    algorithm: str = "fedavg"
+    dataset: str = "cifar100"
+    model: str = "cnn"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    num_clients: int | None = None
+    samples_per_client: int | None = None
+    alpha: float = 0.0
+    split_file: str | None = None
+    clients_per_round: int = 5
+    num_rounds: int = 20000
+    lr: float = 0.01
+    batch_size: int = 64
+    local_epochs: int = 1
+    weight_decay: float = 4e-4
+    client_momentum: float = 0.0
+    augment: bool = False
+    rho: float | None = None
+    eta: float = 0.2
+    asam_variant: str = "kwon"
+    bn_first_pass_only: bool = False
+    server_lr: float = 1.0
+    server_momentum: float = 0.9
+    gamma: float = 0.85
+    perturbation: str = "global_momentum"
+    fednsam_reference_momentum: bool = False
+    fednsam_extrapolate_buffers: bool = False
+    swa: bool = False
+    swa_start: float = 0.75
+    swa_gamma1: float = 1e-2
+    swa_gamma2: float = 1e-4
+    swa_cycle: int = 20
+    swa_collect_early: bool = False
+    seed: int = 0
+    eval_every: int = 100
+    save_every: int = 1000
+    save_clients_every: int = 0
+    dtype: str = "float32"
+    bf16: bool = False
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def effective_rho(self) -> float:
+        """rho, or the per-algorithm default when None."""
+        return float(self.rho) if self.rho is not None else DEFAULT_RHO.get(self.algorithm, 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (stored in checkpoints and config.json)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise LandscapeError(f"unknown training options {unknown}; see `landscape train --help`")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value >= 1)
+    if not ok:
+        flag = "--" + name.replace("_", "-")
+        raise LandscapeError(f"{flag} must be {'a non-negative' if allow_zero else 'a positive'} integer, got {value!r}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raise a one-line :class:`LandscapeError` for any impossible setting."""
+    if cfg.algorithm not in ALGORITHMS:
+        raise LandscapeError(f"unknown algorithm '{cfg.algorithm}'; choose one of {', '.join(ALGORITHMS)}")
+    if cfg.perturbation not in PERTURBATIONS:
+        raise LandscapeError(f"unknown perturbation '{cfg.perturbation}'; choose one of {', '.join(PERTURBATIONS)}")
+    if cfg.asam_variant not in ("kwon", "davda54"):
+        raise LandscapeError(f"unknown ASAM variant '{cfg.asam_variant}'; choose kwon or davda54")
+    if cfg.dtype not in DTYPES:
+        raise LandscapeError(f"--dtype must be one of {', '.join(DTYPES)}, got '{cfg.dtype}'")
+    if not (isinstance(cfg.alpha, (int, float)) and cfg.alpha >= 0):
+        raise LandscapeError(f"--alpha must be >= 0 (0: one class per client, large: iid), got {cfg.alpha}")
+    for name in ("clients_per_round", "num_rounds", "batch_size", "local_epochs", "swa_cycle"):
+        _positive_int(name, getattr(cfg, name))
+    for name in ("eval_every", "save_every", "save_clients_every", "seed"):
+        _positive_int(name, getattr(cfg, name), allow_zero=True)
+    for name in ("num_clients", "samples_per_client"):
+        if getattr(cfg, name) is not None:
+            _positive_int(name, getattr(cfg, name))
+    if cfg.num_clients is not None and cfg.clients_per_round > cfg.num_clients:
+        raise LandscapeError(
+            f"--clients-per-round {cfg.clients_per_round} is more than the {cfg.num_clients} clients; "
+            "lower it or raise --num-clients"
+        )
+    for name in ("lr", "weight_decay", "eta", "server_lr", "swa_gamma1", "swa_gamma2"):
+        v = getattr(cfg, name)
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise LandscapeError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v!r}")
+    if cfg.rho is not None and not (math.isfinite(cfg.rho) and cfg.rho >= 0):
+        raise LandscapeError(f"--rho must be a finite number >= 0, got {cfg.rho!r}")
+    for name in ("server_momentum", "gamma", "client_momentum"):
+        v = getattr(cfg, name)
+        if not (isinstance(v, (int, float)) and 0 <= v < 1):
+            raise LandscapeError(f"--{name.replace('_', '-')} must lie in [0, 1), got {v!r}")
+    if not 0 <= cfg.swa_start <= 1:
+        raise LandscapeError(f"--swa-start is a fraction of the rounds in [0, 1], got {cfg.swa_start}")
+    if not isinstance(cfg.model_kwargs, dict):
+        raise LandscapeError(f"--model-kwargs must be a JSON object, got {cfg.model_kwargs!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets: the papers' settings. Each is a dict of TrainConfig fields; flags override them.
+# ---------------------------------------------------------------------------------------------
+
+def _c22(dataset: str, alpha: float, algorithm: str, swa: bool) -> dict[str, Any]:
+    """[C22] CIFAR settings: App. C Tables 10-12."""
+    c10 = dataset == "cifar10"
+    sam_rho = {0: 0.1, 0.05: 0.1, 100: 0.02}[alpha] if c10 else {0: 0.02, 0.5: 0.05, 1000: 0.05}[alpha]
+    asam_rho = ({0: 0.7, 0.05: 0.7, 100: 0.05}[alpha]) if c10 else 0.5
+    base = {
+        "algorithm": algorithm, "dataset": dataset, "model": "cnn", "num_clients": 100,
+        "samples_per_client": 500, "alpha": alpha, "clients_per_round": 5,
+        "num_rounds": 10000 if c10 else 20000, "lr": 0.01, "batch_size": 64, "local_epochs": 1,
+        "weight_decay": 4e-4, "client_momentum": 0.0, "augment": True, "eval_every": 100,
+        "save_every": 1000, "swa": swa, "swa_start": 0.75, "swa_gamma1": 1e-2, "swa_gamma2": 1e-4,
+        "swa_cycle": 10 if c10 else 20,
+    }
+    if algorithm == "fedsam":
+        base["rho"] = sam_rho
+    if algorithm == "fedasam":
+        base.update(rho=asam_rho, eta=0.2)
+    if algorithm == "fedavgm":
+        base.update(server_lr=1.0, server_momentum=0.9)
+    return base
+
+
+def _build_presets() -> dict[str, tuple[str, dict[str, Any]]]:
+    presets: dict[str, tuple[str, dict[str, Any]]] = {}
+    for dataset, alphas in (("cifar10", (0, 0.05, 100)), ("cifar100", (0, 0.5, 1000))):
+        for alpha in alphas:
+            for algorithm in ("fedavg", "fedavgm", "fedsam", "fedasam"):
+                for swa in (False, True):
+                    name = f"c22-{dataset}-a{alpha:g}-{algorithm}{'-swa' if swa else ''}"
+                    desc = f"[C22] {dataset} CNN, alpha={alpha:g}, {algorithm}{' + SWA' if swa else ''}"
+                    presets[name] = (desc, _c22(dataset, alpha, algorithm, swa))
+    presets["l26-cifar100-fednsam"] = (
+        "[L26] reference setting: CIFAR-100 LeNet-5, 100 clients, 10 per round, lr 0.1, rho 0.05, "
+        "gamma 0.85, wd 1e-3, Dirichlet 0.1 per class (= total alpha 10)",
+        {"algorithm": "fednsam", "dataset": "cifar100", "model": "lenet5", "num_clients": 100,
+         "samples_per_client": 500, "alpha": 10.0, "clients_per_round": 10, "num_rounds": 1000,
+         "lr": 0.1, "batch_size": 50, "local_epochs": 5, "weight_decay": 1e-3, "rho": 0.05, "gamma": 0.85,
+         "perturbation": "global_momentum", "augment": True, "eval_every": 10, "save_every": 100},
+    )
+    presets["digits-demo"] = (
+        "minutes-long demo on the offline digits data: MLP, 20 clients x 70, alpha 0.5, 5 per round",
+        {"dataset": "digits", "model": "mlp", "model_kwargs": {"hidden": [64]}, "num_clients": 20,
+         "samples_per_client": 70, "alpha": 0.5, "clients_per_round": 5, "num_rounds": 200,
+         "lr": 0.05, "batch_size": 16, "weight_decay": 4e-4, "eval_every": 10, "save_every": 50,
+         "rho": None},
+    )
+    return presets
+
+
+PRESETS = _build_presets()
+
+
+def preset(name: str) -> dict[str, Any]:
+    """The field values of a preset (a copy).
+
+    Raises:
+        LandscapeError: unknown name (lists how to see the known ones).
+    """
+    if name not in PRESETS:
+        close = [p for p in PRESETS if name.lower() in p][:5]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise LandscapeError(f"unknown preset '{name}'{hint}; list them with `landscape train --list-presets`")
+    return dict(PRESETS[name][1])
+
+
+def make_config(preset_name: str | None = None, **overrides: Any) -> TrainConfig:
+    """Defaults, then the preset, then ``overrides`` (None values are ignored)."""
+    values: dict[str, Any] = preset(preset_name) if preset_name else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.from_dict(values)

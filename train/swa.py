@@ -1,0 +1,73 @@
+"""Server-side SWA with the cyclic client learning rate [C22 §4, App. A.2, Algorithm 1].
+
+From round ``t_0 = floor(swa_start * T)`` (75% of the rounds) the client learning rate cycles
+with period c: for ``i = t - t_0``,
+
+    lr_i = (1 - s) gamma1 + s gamma2,   s = ((i mod c) + 1) / c          [C22 eq. 8]
+
+so each cycle runs from just below gamma1 down to gamma2. At the end of every cycle (after the
+round with ``i mod c = c - 1``, the lowest learning rate) the new global model joins the running
+mean ``w_swa <- (w_swa n + w) / (n + 1)`` [C22 eq. 9]; the first collected model has weight 1.
+fedsam's code collects right after the highest-lr round (``i mod c = 0``): ``swa_collect_early``.
+Only parameters are averaged; buffers are taken from the latest model (normalization statistics
+must be recomputed for the SWA weights, see :func:`train.run.recompute_batchnorm`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from train.algorithms import State
+
+
+def swa_start_round(cfg: Any) -> int:
+    """``t_0 = floor(swa_start * T)``, the first 0-based round of the SWA phase."""
+    return int(cfg.swa_start * cfg.num_rounds)
+
+
+def client_lr(cfg: Any, t: int) -> float:
+    """The client learning rate of 0-based round ``t``.
+
+    >>> from train.config import TrainConfig
+    >>> cfg = TrainConfig(num_rounds=100, swa=True, swa_cycle=4, swa_gamma1=1.0, swa_gamma2=0.0)
+    >>> [client_lr(cfg, t) for t in (74, 75, 76, 77, 78, 79)]
+    [0.01, 0.75, 0.5, 0.25, 0.0, 0.75]
+    """
+    t0 = swa_start_round(cfg)
+    if not cfg.swa or t < t0:
+        return float(cfg.lr)
+    s = ((t - t0) % cfg.swa_cycle + 1) / cfg.swa_cycle
+    return (1 - s) * cfg.swa_gamma1 + s * cfg.swa_gamma2
+
+
+def is_collection_round(cfg: Any, t: int) -> bool:
+    """Whether the global model after 0-based round ``t`` joins the SWA mean."""
+    t0 = swa_start_round(cfg)
+    if not cfg.swa or t < t0:
+        return False
+    phase = (t - t0) % cfg.swa_cycle
+    return phase == 0 if cfg.swa_collect_early else phase == cfg.swa_cycle - 1
+
+
+@dataclass(frozen=True)
+class SWAState:
+    """The running SWA mean.
+
+    Attributes:
+        weights: mean parameters (buffers of the latest collected model); None before the first.
+        num_models: number of collected models n.
+    """
+
+    weights: State | None = None
+    num_models: int = 0
+
+
+def collect(swa: SWAState, weights: State, param_names: tuple[str, ...]) -> SWAState:
+    """``w_swa <- (w_swa n + w) / (n + 1)`` on the parameters [C22 eq. 9]."""
+    n = swa.num_models
+    out = {k: v.clone() for k, v in weights.items()}
+    if swa.weights is not None and n > 0:
+        for k in param_names:
+            out[k] = (swa.weights[k] * n + weights[k]) / (n + 1)
+    return SWAState(out, n + 1)
