@@ -268,7 +268,7 @@ def eigen_directions(
         vectors.append(unflatten(q.to(objective.device), objective.params))
     info = {
         "eigenvalues": [float(x) for x in result.eigenvalues[:num]],
-        "converged": bool(result.converged),
+        "converged": [bool(c) for c in result.converged[:num]],
         "method": method,
         "tol": tol,
     }
