@@ -275,6 +275,14 @@ def eigen_directions(
     return Directions(vectors, "eigen", seed, info)
 
 
+def interpolation(w_a: Mapping[str, torch.Tensor], w_b: Mapping[str, torch.Tensor]) -> Directions:
+    """The direction d = w_b - w_a: the point at coordinate t is (1 - t) w_a + t w_b [G18].
+
+    Coordinates outside [0, 1] extrapolate beyond the two models.
+    """
+    return Directions([{n: (w_b[n] - w_a[n]).detach().clone() for n in w_a}], "interpolation", None, {})
+
+
 def require_same_shapes(params: Sequence[Mapping[str, torch.Tensor]], labels: Sequence[str]) -> None:
     """All parameter dicts have the same names and shapes, else a one-line error naming the culprit."""
     ref = params[0]

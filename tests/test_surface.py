@@ -1,0 +1,316 @@
+"""Surfaces against closed forms; batching, resuming and BN recalibration against plain loops; the CLI."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from landscape import checkpoint
+from landscape import directions as D
+from landscape import surface as S
+from landscape.cli import main
+from landscape.data import Dataset
+from landscape.errors import LandscapeError
+from tests.conftest import tiny_cnn
+
+C0 = 0.7  # the quadratic's minimum value
+
+
+class Quadratic(nn.Module):
+    """A model whose mean cross-entropy is exactly q(w) = c + (w - w*)^T A (w - w*) / 2.
+
+    Logits [log(expm1(q)), 0] with label 1 give CE = log(1 + expm1(q)) - 0 = q, and the
+    prediction is right iff expm1(q) < 1, i.e. q < log 2.
+    """
+
+    def __init__(self, a: torch.Tensor, w_star: torch.Tensor, w: torch.Tensor, c: float = C0) -> None:
+        super().__init__()
+        self.w = nn.Parameter(w.clone())
+        self.bias = nn.Parameter(torch.zeros(2))  # unused by the loss; zero in random directions
+        self.register_buffer("a", a)
+        self.register_buffer("w_star", w_star)
+        self.c = c
+
+    def q(self) -> torch.Tensor:
+        r = (self.w - self.w_star).reshape(-1)
+        return self.c + 0.5 * r @ self.a @ r
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z0 = torch.log(torch.expm1(self.q()))
+        return torch.stack([z0, torch.zeros_like(z0)]).expand(x.shape[0], 2) + 0 * self.bias
+
+
+def quadratic(at_minimum: bool, dtype: torch.dtype = torch.float64) -> Quadratic:
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(12, 12, generator=g, dtype=torch.float64)
+    a = m @ m.T / 12 + 0.1 * torch.eye(12, dtype=torch.float64)
+    w_star = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    w = w_star if at_minimum else w_star + 0.3 * torch.randn(3, 4, generator=g, dtype=torch.float64)
+    return Quadratic(a, w_star, w).to(dtype)
+
+
+def q_closed_form(model: Quadratic, point: torch.Tensor) -> float:
+    r = (point.double() - model.w_star.double()).reshape(-1)
+    return float(C0 + 0.5 * r @ model.a.double() @ r)
+
+
+def label_ones(n: int = 5, dtype: torch.dtype = torch.float32) -> Dataset:
+    return Dataset(torch.zeros(n, 1, dtype=dtype), torch.ones(n, dtype=torch.long), 2, {"dataset": "ones", "n": n})
+
+
+@pytest.mark.parametrize("kind", ["line", "grid", "volume"])
+def test_quadratic_surface_matches_closed_form(kind: str) -> None:
+    model = quadratic(at_minimum=False)
+    num = S.KINDS[kind]
+    dirs = D.random_directions(model, num, seed=1)
+    axes = [S.symmetric_axis(0.8, 5)] * num
+    res = S.evaluate(model, dirs, axes, {"train": label_ones()}, kind=kind, dtype=torch.float64, progress=False)
+    assert res["values"]["train/loss"].shape == (5,) * num and res["done"].all()
+    for idx in np.ndindex(*res["values"]["train/loss"].shape):
+        point = model.w.detach() + sum(float(axes[i][j]) * dirs.vectors[i]["w"] for i, j in enumerate(idx))
+        q = q_closed_form(model, point)
+        assert res["values"]["train/loss"][idx] == pytest.approx(q, rel=1e-12)
+        assert res["values"]["train/accuracy"][idx] == float(q < math.log(2))
+
+
+def test_quadratic_grid_centre_symmetry_and_axis_scale() -> None:
+    model = quadratic(at_minimum=True)
+    dirs = D.random_directions(model, 2, seed=2)
+    axis = S.symmetric_axis(1.5, 7)
+    res = S.evaluate(model, dirs, [axis, axis], {"train": label_ones()}, dtype=torch.float64, progress=False)
+    loss = res["values"]["train/loss"]
+    assert loss[3, 3] == pytest.approx(C0, abs=1e-14)
+    np.testing.assert_allclose(loss, loss[::-1, ::-1], rtol=1e-13)
+    for i, d in enumerate(dirs.vectors):
+        curvature = float(d["w"].reshape(-1) @ model.a @ d["w"].reshape(-1))  # d^T A d
+        along = loss[:, 3] if i == 0 else loss[3, :]
+        np.testing.assert_allclose(along, C0 + 0.5 * axis**2 * curvature, rtol=1e-12)
+    assert res["markers"] == [] and res["axis_labels"] == ["alpha", "beta"]
+
+
+def test_interpolation_line_hits_both_models_and_extrapolates() -> None:
+    a, b = quadratic(at_minimum=False), quadratic(at_minimum=True)
+    wa, wb = D.trainable_parameters(a), D.trainable_parameters(b)
+    axis = S.interval_axis(-0.5, 1.5, 9)  # 0 and 1 are grid points 2 and 6
+    res = S.evaluate(a, D.interpolation(wa, wb), [axis], {"train": label_ones()}, kind="line",
+                     dtype=torch.float64, progress=False)
+    for t, value in zip(axis, res["values"]["train/loss"]):
+        assert value == pytest.approx(q_closed_form(a, (1 - t) * wa["w"] + t * wb["w"]), rel=1e-12)
+    assert res["values"]["train/loss"][6] == pytest.approx(C0, abs=1e-14)
+
+
+def test_plane_surface_passes_through_the_three_models() -> None:
+    model = quadratic(at_minimum=False)
+    q, _ = torch.linalg.qr(torch.randn(12, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64))
+    e = [q[:, i].reshape(3, 4) for i in range(3)]
+    w1 = D.trainable_parameters(model)
+    w2 = {"w": w1["w"] + 3 * e[0], "bias": w1["bias"]}
+    w3 = {"w": w1["w"] + e[0] + 2 * e[1], "bias": w1["bias"]}
+    w4 = {"w": w1["w"] + 0.5 * e[0] + 1.5 * e[1] - 2 * e[2], "bias": w1["bias"]}
+    plane = D.plane_through(w1, w2, w3)
+    markers = S.plane_markers(plane, [("A", "global", w1), ("B", "client", w2), ("C", "client", w3), ("D", "swa", w4)])
+    axes = S.plane_axes([m["coords"] for m in markers[:3]], 7, margin=0.0)  # x: 0..3 step .5, y: 0..2 step 1/3
+    res = S.evaluate(model, plane.directions, axes, {"train": label_ones()}, kind="plane", origin=plane.origin,
+                     markers=markers, dtype=torch.float64, progress=False)
+    loss = res["values"]["train/loss"]
+    for (i, j), w in (((0, 0), w1), ((6, 0), w2), ((2, 6), w3)):
+        assert loss[i, j] == pytest.approx(q_closed_form(model, w["w"]), rel=1e-12)
+    assert res["markers"][3]["coords"] == pytest.approx([0.5, 1.5]) and res["markers"][3]["distance"] == pytest.approx(2.0)
+    assert [m["distance"] for m in res["markers"][:3]] == [0.0, 0.0, 0.0]
+
+
+def tiny_data(n: int = 12, seed: int = 1, dtype: torch.dtype = torch.float32) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    return Dataset(torch.randn(n, 1, 6, 6, generator=g, dtype=dtype), torch.randint(0, 3, (n,), generator=g), 3,
+                   {"dataset": "tiny", "seed": seed})
+
+
+def loop_reference(
+    model: nn.Module, dirs: D.Directions, axes: list[np.ndarray], data: Dataset, calibration: Dataset | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One point at a time on a deep copy, plain module calls (and a plain BN recalibration)."""
+    shape = tuple(len(a) for a in axes)
+    loss, acc = np.zeros(shape), np.zeros(shape)
+    base = D.trainable_parameters(model)
+    for idx in np.ndindex(*shape):
+        m = copy.deepcopy(model)
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                p.copy_(base[name] + sum(float(axes[i][j]) * dirs.vectors[i][name] for i, j in enumerate(idx)))
+            if calibration is not None:
+                for mod in m.modules():
+                    if isinstance(mod, nn.BatchNorm2d):
+                        mod.reset_running_stats()
+                        mod.momentum = None
+                        mod.train()
+                m(calibration.x)
+                m.eval()
+            z = m(data.x)
+        loss[idx] = float(nn.functional.cross_entropy(z, data.y))
+        acc[idx] = float((z.argmax(1) == data.y).double().mean())
+    return loss, acc
+
+
+@pytest.mark.parametrize("bn", ["eval", "recalibrate"])
+@pytest.mark.parametrize("points_per_batch", [1, 4, 25])
+def test_batched_equals_one_point_at_a_time(bn: str, points_per_batch: int) -> None:
+    model = tiny_cnn("batch").double().eval()
+    data, cal = tiny_data(dtype=torch.float64), tiny_data(8, seed=2, dtype=torch.float64)
+    dirs = D.random_directions(model, 2, seed=0)
+    axes = [S.symmetric_axis(1.0, 5), S.symmetric_axis(0.5, 3)]
+    res = S.evaluate(model, dirs, axes, {"train": data}, bn=bn, calibration=cal if bn == "recalibrate" else None,
+                     points_per_batch=points_per_batch, dtype=torch.float64, progress=False)
+    loss, acc = loop_reference(model, dirs, axes, data, cal if bn == "recalibrate" else None)
+    np.testing.assert_allclose(res["values"]["train/loss"], loss, rtol=1e-11)
+    np.testing.assert_array_equal(res["values"]["train/accuracy"], acc)
+    if bn == "recalibrate":  # the statistics really were re-estimated
+        eval_loss, _ = loop_reference(model, dirs, axes, data, None)
+        assert np.abs(eval_loss - loss).max() > 1e-3
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", None])
+@pytest.mark.parametrize("bn", ["eval", "recalibrate"])
+def test_model_parameters_and_buffers_bit_identical(norm: str | None, bn: str) -> None:
+    model = tiny_cnn(norm).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dirs = D.random_directions(model, 2, seed=0)
+    axis = S.symmetric_axis(1.0, 3)
+    S.evaluate(model, dirs, [axis, axis], {"train": tiny_data(), "test": tiny_data(seed=3)}, bn=bn,
+               calibration=tiny_data(seed=4), points_per_batch=4, progress=False)
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert torch.equal(after[k], v) and after[k].dtype == v.dtype, k
+    assert model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_several_sources_in_one_evaluation() -> None:
+    model = tiny_cnn().eval()
+    dirs = D.random_directions(model, 1, seed=0)
+    axis = S.symmetric_axis(1.0, 3)
+    sources = {"train": tiny_data(), "test": tiny_data(seed=7), "client 0": tiny_data(5, seed=8)}
+    res = S.evaluate(model, dirs, [axis], sources, kind="line", progress=False)
+    assert sorted(res["values"]) == sorted(f"{s}/{m}" for s in sources for m in ("loss", "accuracy"))
+    for name, ds in sources.items():
+        with torch.no_grad():
+            centre = float(nn.functional.cross_entropy(model(ds.x), ds.y))
+        assert res["values"][f"{name}/loss"][1] == pytest.approx(centre, rel=1e-5)
+    assert res["metadata"]["data"]["client 0"]["num_samples"] == 5
+
+
+class Interrupt(Exception):
+    """Raised by the patched evaluator to simulate Ctrl-C / a killed job."""
+
+
+def test_interrupted_and_continued_equals_uninterrupted(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_cnn().eval()
+    dirs = D.random_directions(model, 2, seed=0)
+    axis = S.symmetric_axis(1.0, 5)
+    kwargs = dict(points_per_batch=3, progress=False, save_every=0.0, metadata={"checkpoints": ["x"]})
+    full = S.evaluate(model, dirs, [axis, axis], {"train": tiny_data()}, out=tmp_path / "full.npz", **kwargs)
+
+    calls = {"n": 0}
+    original = S._Evaluator.__call__
+
+    def flaky(self: S._Evaluator, coords: np.ndarray) -> dict[str, np.ndarray]:
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise Interrupt
+        return original(self, coords)
+
+    monkeypatch.setattr(S._Evaluator, "__call__", flaky)
+    with pytest.raises(Interrupt):
+        S.evaluate(model, dirs, [axis, axis], {"train": tiny_data()}, out=tmp_path / "part.npz", **kwargs)
+    partial = S.load_result(tmp_path / "part.npz")
+    assert partial["done"].sum() == 9 and not partial["metadata"]["complete"]
+    assert np.isnan(partial["values"]["train/loss"][~partial["done"]]).all()
+    monkeypatch.setattr(S._Evaluator, "__call__", original)
+    resumed = S.evaluate(model, dirs, [axis, axis], {"train": tiny_data()}, out=tmp_path / "part.npz",
+                         progress=False, metadata={"checkpoints": ["x"]})  # points_per_batch from the file
+    on_disk = S.load_result(tmp_path / "part.npz")
+    for res in (resumed, on_disk):
+        for k, v in full["values"].items():
+            assert np.array_equal(res["values"][k], v), k
+        assert res["metadata"] == full["metadata"]
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [({"seed": 1}, "directions"), ({"bn": "recalibrate"}, "bn"), ({"data_seed": 9}, "data"), ({"range": 2.0}, "axes")],
+)
+def test_refuses_to_continue_another_run(tmp_path, change: dict, field: str) -> None:
+    model = tiny_cnn().eval()
+
+    def run(seed: int = 0, bn: str = "eval", data_seed: int = 1, range: float = 1.0) -> None:
+        axis = S.symmetric_axis(range, 3)
+        S.evaluate(model, D.random_directions(model, 2, seed=seed), [axis, axis], {"train": tiny_data(seed=data_seed)},
+                   bn=bn, calibration=tiny_data(), out=tmp_path / "r.npz", progress=False)
+
+    run()
+    with pytest.raises(LandscapeError, match=f"refusing to continue .*r.npz: it holds another run.*{field}"):
+        run(**change)
+
+
+def test_nonfinite_points_recorded_not_raised() -> None:
+    model = quadratic(at_minimum=True, dtype=torch.float32)
+    dirs = D.random_directions(model, 2, seed=3)
+    axis = S.symmetric_axis(40.0, 9)
+    res = S.evaluate(model, dirs, [axis, axis], {"train": label_ones()}, progress=False)
+    loss = res["values"]["train/loss"]
+    bad = ~np.isfinite(loss)
+    assert 0 < bad.sum() < bad.size and res["metadata"]["nonfinite"]["train/loss"] == bad.sum()
+    for idx in np.ndindex(*loss.shape):
+        point = model.w.detach() + float(axis[idx[0]]) * dirs.vectors[0]["w"] + float(axis[idx[1]]) * dirs.vectors[1]["w"]
+        q = q_closed_form(model, point)
+        if q < 80:  # expm1 overflows float32 only beyond q = 88.7
+            assert loss[idx] == pytest.approx(q, rel=1e-4)
+        elif bad[idx]:
+            assert q > 88
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: S.symmetric_axis(1.0, 1), "resolution must be at least 2"),
+        (lambda: S.symmetric_axis(0.0, 5), "range must be a positive number"),
+        (lambda: S.interval_axis(1.0, 1.0, 5), "start < stop"),
+    ],
+)
+def test_bad_grid_arguments(call, match: str) -> None:
+    with pytest.raises(LandscapeError, match=match):
+        call()
+
+
+def test_result_file_roundtrip_and_not_a_result(tmp_path) -> None:
+    model = tiny_cnn().eval()
+    axis = S.symmetric_axis(1.0, 3)
+    res = S.evaluate(model, D.random_directions(model, 1, seed=0), [axis], {"client 3": tiny_data()}, kind="line",
+                     out=tmp_path / "s.npz", progress=False)
+    back = S.load_result(tmp_path / "s.npz")
+    assert back["kind"] == "line" and back["metadata"] == res["metadata"]
+    np.testing.assert_array_equal(back["values"]["client 3/loss"], res["values"]["client 3/loss"])
+    np.testing.assert_array_equal(back["axes"][0], axis)
+    np.savez(tmp_path / "other.npz", x=np.zeros(2))
+    with pytest.raises(LandscapeError, match="not a surface result file"):
+        S.load_result(tmp_path / "other.npz")
+
+
+# -- command line -----------------------------------------------------------------------------------
+
+
+def save_mlp(path, hidden: tuple[int, ...] = (8,), seed: int = 0, role: str = "global", client_id: int | None = None):
+    torch.manual_seed(seed)
+    model = nn.Module()
+    from landscape.models import build
+
+    model = build("mlp", hidden=list(hidden))
+    return checkpoint.save(
+        checkpoint.from_model(model, "mlp", {"hidden": list(hidden)}, role=role, client_id=client_id,
+                              data={"dataset": "digits"}),
+        path,
+    )
