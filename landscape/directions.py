@@ -419,7 +419,7 @@ def save_directions(path: str | os.PathLike, directions: Directions, model: Mapp
 
 
 def load_directions(path: str | os.PathLike, params: Mapping[str, torch.Tensor]) -> Directions:
-    """Read a file written by :func:`save_directions` and check it fits ``params``.
+    """Read a file of :func:`save_directions` (or ``landscape hessian --save-eigenvectors``), checked against ``params``.
 
     Args:
         path: the ``.pt`` file.
@@ -437,6 +437,10 @@ def load_directions(path: str | os.PathLike, params: Mapping[str, torch.Tensor])
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise LandscapeError(f"cannot read direction file {path} ({str(exc).splitlines()[0] if str(exc) else exc!r})") from None
+    if isinstance(obj, dict) and obj.get("kind") == "hessian-eigenvectors" and isinstance(obj.get("vectors"), list):
+        # Written by `landscape hessian --save-eigenvectors`: unit eigenvectors by parameter name.
+        eigenvalues = [float(e) for e in obj.get("eigenvalues", [])]
+        obj = {"format": FORMAT, "kind": "eigen", "info": {"eigenvalues": eigenvalues}, "vectors": obj["vectors"]}
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise LandscapeError(f"{path} is not a direction file (write one with `landscape surface --save-directions`)")
     stored = obj.get("model") or {}

@@ -469,17 +469,28 @@ def _no_bar(progress: bool | None) -> bool | None:
 
 def _check_same_run(path: Path, previous: dict[str, Any], meta: Mapping[str, Any], axes: Sequence[np.ndarray]) -> None:
     """Refuse to continue from a result file written by a different run."""
-    old = previous["metadata"]
-    fields = [k for k in {**old, **meta} if k not in PROGRESS_FIELDS]
-    for k in fields:
-        a, b = _jsonable(old.get(k)), _jsonable(meta.get(k))
-        if a != b:
-            raise LandscapeError(
-                f"refusing to continue {path}: it holds another run ('{k}' differs: {_short(a)} there, "
-                f"{_short(b)} now); pass another --out or delete the file to start over"
-            )
-    if any(a.shape != b.shape or not np.array_equal(a, b) for a, b in zip(previous["axes"], axes)):
-        raise LandscapeError(f"refusing to continue {path}: it holds another run (the grid axes differ)")
+    old = {k: v for k, v in previous["metadata"].items() if k not in PROGRESS_FIELDS}
+    new = {k: v for k, v in meta.items() if k not in PROGRESS_FIELDS}
+    diff = _first_difference(_jsonable(old), _jsonable(new))
+    if diff is None and any(a.shape != b.shape or not np.array_equal(a, b) for a, b in zip(previous["axes"], axes)):
+        diff = ("axes", "other grid axes", "these")
+    if diff is not None:
+        key, a, b = diff
+        raise LandscapeError(
+            f"refusing to continue {path}: it holds another run ('{key}' differs: {_short(a)} there, {_short(b)} "
+            "now); pass another --out, or --overwrite / delete the file to start over"
+        )
+
+
+def _first_difference(a: Any, b: Any, key: str = "") -> tuple[str, Any, Any] | None:
+    """The dotted key of the first leaf where two JSON values differ, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in [*a, *(k for k in b if k not in a)]:
+            found = _first_difference(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))
+            if found is not None:
+                return found
+        return None
+    return None if a == b else (key, a, b)
 
 
 def _jsonable(value: Any) -> Any:

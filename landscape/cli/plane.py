@@ -1,0 +1,39 @@
+"""``landscape plane A B C``: the loss on the plane through three models, other models projected onto it."""
+
+from __future__ import annotations
+
+import argparse
+
+from landscape import directions, surface
+from landscape.cli.surface import add_evaluation_args, evaluate, load_same_architecture, load_sources, marker_label
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plane",
+        help="loss on the plane through three models, with other models projected onto it",
+        description="The plane through models A, B, C [G18]: u = B - A, v = (C - A) orthogonalized against u, "
+        "both normalized, so the axes are Euclidean distances in parameter space. Models given with --project "
+        "(e.g. every client) are drawn at their projection, with their distance to the plane. "
+        "Example: landscape plane global.pt client0.pt client1.pt --project client*.pt --html plane.html",
+    )
+    p.add_argument("models", nargs=3, metavar="CKPT", help="the three models A, B, C spanning the plane")
+    p.add_argument("--project", nargs="+", default=[], metavar="CKPT", help="more models to project onto the plane")
+    p.add_argument("--resolution", type=int, default=21, metavar="N", help="points per axis (default: 21, [C22])")
+    p.add_argument("--margin", type=float, default=0.2, metavar="M",
+                   help="grid margin beyond the models, as a fraction of their larger extent (default: 0.2)")
+    add_evaluation_args(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    ckpts = load_same_architecture([*args.models, *args.project], args.model, args.model_kwargs)
+    params = [directions.trainable_parameters(c.build_model()) for c in ckpts]
+    plane = directions.plane_through(*params[:3])
+    markers = surface.plane_markers(plane, [(marker_label(c), c.role, p) for c, p in zip(ckpts, params)])
+    axes = surface.plane_axes([m["coords"] for m in markers], args.resolution, args.margin)
+    for m in markers[3:]:
+        print(f"{m['label']:<12} at ({m['coords'][0]:.4g}, {m['coords'][1]:.4g}), {m['distance']:.4g} off the plane")
+    sources, full = load_sources(args, ckpts[0])
+    return evaluate(args, ckpts[0], plane.directions, axes, "plane", plane.origin, markers,
+                    ["u (Euclidean)", "v (Euclidean)"], ckpts, sources, full)

@@ -1,0 +1,259 @@
+"""``landscape surface CKPT``: the loss on a line, grid or volume around a checkpoint (or from A to B)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from landscape import data, directions, surface
+from landscape.checkpoint import Checkpoint
+from landscape.cli import common
+from landscape.errors import LandscapeError
+from landscape.operators import Objective, resolve_device, resolve_dtype
+
+SOURCES = ("train", "test", "clients")
+KIND_OF_DIM = {1: "line", 2: "grid", 3: "volume"}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "surface",
+        help="loss and accuracy on a line, grid or volume around a checkpoint",
+        description="Evaluate loss and accuracy of the train/test/client data on a grid w + a*d1 + b*d2 "
+        "(filter-normalized random [Li18], Hessian eigenvector or trajectory-PCA directions), or on the line "
+        "from CKPT to --to B. Resumable: rerunning with the same --out continues an interrupted run. "
+        "Example: landscape surface run/global.pt --dim 2 --resolution 21 --out s.npz --html s.html",
+    )
+    p.add_argument("checkpoint", help="checkpoint file (or plain state_dict with --model): the centre")
+    p.add_argument("--dim", type=int, choices=[1, 2, 3], default=2, help="1 line, 2 grid, 3 volume (default: 2)")
+    p.add_argument("--resolution", type=int, default=21, metavar="N", help="points per axis (default: 21, [C22])")
+    p.add_argument("--range", type=float, default=1.0, metavar="R",
+                   help="each axis is linspace(-R, R, N) in direction units (default: 1.0)")
+    p.add_argument("--directions", choices=["random", "eigen", "pca"], default="random",
+                   help="random: Gaussian, filter-normalized [Li18]; eigen: top Hessian eigenvectors (unit); "
+                   "pca: principal directions of --trajectory (default: random)")
+    p.add_argument("--directions-file", metavar="PT", help="load directions saved by --save-directions or "
+                   "`landscape hessian --save-eigenvectors` (overrides --directions)")
+    p.add_argument("--save-directions", metavar="PT", help="save the directions used")
+    p.add_argument("--to", metavar="CKPT_B", help="evaluate the line from CKPT (0) to CKPT_B (1) instead")
+    p.add_argument("--interval", type=float, nargs=2, default=(-0.5, 1.5), metavar=("START", "STOP"),
+                   help="coordinates of the --to line, extrapolating beyond both models (default: -0.5 1.5)")
+    p.add_argument("--trajectory", nargs="+", metavar="CKPT", help="checkpoints along training for --directions pca")
+    p.add_argument("--normalization", choices=list(directions.NORMALIZATIONS), default="filter",
+                   help="random directions: filter (per-filter norms of the weights, [Li18]) or none")
+    p.add_argument("--perturb-bias-norm", action="store_true",
+                   help="move biases and normalization parameters too (default: zeroed, [Li18])")
+    p.add_argument("--orthogonalize", action="store_true",
+                   help="orthogonalize random directions (the cosines are reported either way)")
+    p.add_argument("--eigen-tol", type=float, default=1e-3, help="eigen directions: solver tolerance (default: 1e-3)")
+    add_evaluation_args(p)
+    p.set_defaults(run=run)
+
+
+def add_evaluation_args(p: argparse.ArgumentParser) -> None:
+    """Flags shared by ``surface`` and ``plane``: sources, BN, batching, outputs, data/compute/model."""
+    p.add_argument("--sources", default="train,test", metavar="LIST",
+                   help="comma-separated data sources evaluated at every point: train, test (the test split of "
+                   "the data set), clients (each client's own data; needs a partition in the checkpoint) "
+                   "(default: train,test)")
+    p.add_argument("--bn", choices=list(surface.BN_MODES), default="eval",
+                   help="BatchNorm statistics: eval (stored) or recalibrate (re-estimated at every point on a "
+                   "fixed subset of the training data) (default: eval)")
+    p.add_argument("--bn-samples", type=int, default=512, metavar="N",
+                   help="training samples for --bn recalibrate (default: 512)")
+    p.add_argument("--points-per-batch", type=int, default=None, metavar="K",
+                   help="grid points per (vmapped) forward pass (default: by memory)")
+    p.add_argument("--out", metavar="NPZ", help="result file, written as the run goes; an existing one of the "
+                   "same run is continued")
+    p.add_argument("--overwrite", action="store_true", help="start over even if --out exists")
+    p.add_argument("--html", metavar="HTML", help="write an interactive (offline) HTML view")
+    p.add_argument("--png", metavar="PNG", help="write a static plot (.png or .pdf)")
+    common.add_data_args(p, default_samples=None)
+    common.add_compute_args(p)
+    common.add_model_args(p)
+
+
+def marker_label(ckpt: Checkpoint) -> str:
+    """'global', 'client 3', 'swa' from the checkpoint's role, else the file name."""
+    if ckpt.role == "client" and ckpt.client_id is not None:
+        return f"client {ckpt.client_id}"
+    return ckpt.role or (ckpt.path.stem if ckpt.path else "model")
+
+
+def load_same_architecture(paths: list[str], model: str | None, model_kwargs: dict[str, Any] | None) -> list[Checkpoint]:
+    """Load checkpoints and check that they share one architecture (one-line error otherwise)."""
+    ckpts = [common.load_checkpoint(p, model, model_kwargs) for p in paths]
+    for c in ckpts[1:]:
+        if (c.model_name, c.model_kwargs) != (ckpts[0].model_name, ckpts[0].model_kwargs):
+            raise LandscapeError(
+                f"checkpoints have different architectures: {paths[0]} is {ckpts[0].model_name} "
+                f"{ckpts[0].model_kwargs}, {c.path} is {c.model_name} {c.model_kwargs}; pass checkpoints of one model"
+            )
+    directions.require_same_shapes([c.state_dict for c in ckpts], [str(c.path) for c in ckpts])
+    return ckpts
+
+
+def load_sources(args: argparse.Namespace, ckpt: Checkpoint) -> tuple[dict[str, data.Dataset], data.Dataset]:
+    """The data sources named by ``--sources`` and the full training set (for calibration)."""
+    wanted = [s.strip() for s in args.sources.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in SOURCES]
+    if unknown or not wanted:
+        raise LandscapeError(f"--sources takes a comma-separated subset of {', '.join(SOURCES)}, got {args.sources!r}")
+    full = common.load_data(args.data, args.data_dir, ckpt, None, args.seed)
+    sources: dict[str, data.Dataset] = {}
+    if "train" in wanted:
+        sources["train"] = full.head(args.num_samples, args.seed)
+    if "test" in wanted:
+        if full.spec.get("dataset") not in data.DATASETS:
+            if args.sources != "train,test":
+                raise LandscapeError(f"the data {full.spec} has no test split; drop 'test' from --sources")
+            print("note: the data set has no test split; evaluating the training data only", file=sys.stderr)
+        else:
+            spec = {k: v for k, v in full.spec.items() if k not in ("split", "num_samples", "subset_seed")}
+            sources["test"] = data.load({**spec, "split": "test"}, args.data_dir).head(args.num_samples, args.seed)
+    if "clients" in wanted:
+        if not ckpt.data.get("partition"):
+            raise LandscapeError(f"{ckpt.path} records no federated partition; drop 'clients' from --sources")
+        num_clients = len(data.partition_from_spec(full.y.numpy(), ckpt.data))
+        for k in range(num_clients):
+            sources[f"client {k}"] = data.client_data(full, ckpt.data, k).head(args.num_samples, args.seed)
+    return sources, full
+
+
+def evaluate(
+    args: argparse.Namespace,
+    ckpt: Checkpoint,
+    dirs: directions.Directions,
+    axes: list[np.ndarray],
+    kind: str,
+    origin: dict | None,
+    markers: list[dict[str, Any]],
+    axis_labels: list[str],
+    checkpoints: list[Checkpoint],
+    sources: dict[str, data.Dataset],
+    full: data.Dataset,
+) -> int:
+    """Run the evaluation with the shared flags, print a summary, draw what was asked."""
+    if args.points_per_batch is not None and args.points_per_batch < 1:
+        raise LandscapeError(f"--points-per-batch must be at least 1, got {args.points_per_batch}")
+    if args.bn_samples < 1:
+        raise LandscapeError(f"--bn-samples must be at least 1, got {args.bn_samples}")
+    if args.out and args.overwrite:
+        Path(args.out).unlink(missing_ok=True)
+    start = time.perf_counter()
+    result = surface.evaluate(
+        ckpt.build_model(), dirs, axes, sources, kind=kind, origin=origin, axis_labels=axis_labels, markers=markers,
+        bn=args.bn, calibration=full.head(args.bn_samples, args.seed) if args.bn == "recalibrate" else None,
+        batch_size=args.batch_size, points_per_batch=args.points_per_batch, dtype=resolve_dtype(args.dtype),
+        device=resolve_device(args.device), out=args.out,
+        metadata={"checkpoints": [c.describe() for c in checkpoints]}, progress=sys.stderr.isatty(),
+    )
+    print(format_summary(result, time.perf_counter() - start))
+    for key, count in result["metadata"]["nonfinite"].items():
+        if count:
+            print(f"warning: {count} points have a non-finite {key} (recorded as NaN/inf, drawn as gaps)",
+                  file=sys.stderr)
+    if args.out:
+        print(f"wrote {args.out}")
+    draw(result, args.html, args.png)
+    return 0
+
+
+def draw(result: dict[str, Any], html: str | None, png: str | None) -> None:
+    """Write the HTML and PNG views (the drawing lives in :mod:`landscape.plots`)."""
+    if html:
+        from landscape.plots.interactive import write_html
+
+        write_html(result, html)
+        print(f"wrote {html}")
+    if png:
+        from landscape.plots.static import plot_surface
+
+        plot_surface(result, png)
+        print(f"wrote {png}")
+
+
+def format_summary(result: dict[str, Any], seconds: float) -> str:
+    """Per source: the value at the centre of the grid and the range over it."""
+    meta = result["metadata"]
+    shape = "x".join(str(n) for n in meta["shape"])
+    lines = [
+        f"{result['kind']} {shape} ({meta['directions']['kind']} directions, {meta['num_done']} of "
+        f"{int(np.prod(meta['shape']))} points, {meta['points_per_batch']} per forward, {seconds:.1f} s)",
+        f"{'source':<12} {'centre loss':>12} {'min loss':>10} {'max loss':>10} {'centre acc':>10}",
+    ]
+    centre = tuple(n // 2 for n in meta["shape"])
+    for source in meta["sources"]:
+        loss, acc = result["values"][f"{source}/loss"], result["values"][f"{source}/accuracy"]
+        finite = loss[np.isfinite(loss)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (float("nan"), float("nan"))
+        lines.append(f"{source:<12} {loss[centre]:>12.4f} {lo:>10.4f} {hi:>10.4f} {acc[centre]:>10.3f}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    ckpt = common.load_checkpoint(args.checkpoint, args.model, args.model_kwargs)
+    sources, full = load_sources(args, ckpt)
+    model = ckpt.build_model()
+    params = directions.trainable_parameters(model)
+    checkpoints, markers = [ckpt], [{"label": marker_label(ckpt), "role": ckpt.role, "coords": None, "distance": 0.0}]
+    if args.to:
+        if args.directions_file or args.trajectory:
+            raise LandscapeError("--to (interpolation) cannot be combined with --directions-file or --trajectory")
+        ckpt_a, ckpt_b = load_same_architecture([args.checkpoint, args.to], args.model, args.model_kwargs)
+        dirs = directions.interpolation(params, directions.trainable_parameters(ckpt_b.build_model()))
+        axes = [surface.interval_axis(args.interval[0], args.interval[1], args.resolution)]
+        markers = [
+            {"label": f"A: {marker_label(ckpt_a)}", "role": ckpt_a.role, "coords": [0.0], "distance": 0.0},
+            {"label": f"B: {marker_label(ckpt_b)}", "role": ckpt_b.role, "coords": [1.0], "distance": 0.0},
+        ]
+        return evaluate(args, ckpt, dirs, axes, "line", None, markers, ["interpolation"], [ckpt_a, ckpt_b],
+                        sources, full)
+    axes = [surface.symmetric_axis(args.range, args.resolution)] * args.dim
+    if args.directions_file:
+        dirs = directions.load_directions(args.directions_file, params)
+        if len(dirs) < args.dim:
+            raise LandscapeError(f"{args.directions_file} holds {len(dirs)} directions; --dim {args.dim} needs {args.dim}")
+        dirs.vectors = dirs.vectors[: args.dim]
+    elif args.directions == "random":
+        dirs = directions.random_directions(
+            model, args.dim, seed=args.seed, normalization=args.normalization,
+            ignore=() if args.perturb_bias_norm else ("bias", "norm"), orthogonal=args.orthogonalize,
+        )
+        if "cosines" in dirs.info:
+            worst = max(abs(c) for i, row in enumerate(dirs.info["cosines"]) for c in row[:i])
+            print(f"largest |cosine| between the random directions: {worst:.2e}"
+                  f"{' (orthogonalized)' if args.orthogonalize else ''}")
+    elif args.directions == "eigen":
+        train = sources.get("train", full)
+        objective = Objective(model, train.batches(args.batch_size), resolve_dtype(args.dtype),
+                              resolve_device(args.device))
+        dirs = directions.eigen_directions(objective, args.dim, seed=args.seed, tol=args.eigen_tol)
+        print("Hessian eigenvalues of the directions: " + ", ".join(f"{e:.4g}" for e in dirs.info["eigenvalues"]))
+    elif args.directions == "pca":
+        if not args.trajectory:
+            raise LandscapeError("--directions pca needs --trajectory CKPT... (checkpoints along training)")
+        traj = load_same_architecture([args.checkpoint, *args.trajectory], args.model, args.model_kwargs)[1:]
+        dirs, projected = directions.pca_directions(
+            params, [directions.trainable_parameters(c.build_model()) for c in traj], num=args.dim
+        )
+        checkpoints += traj
+        markers += [
+            {"label": f"round {c.round}" if c.round is not None else marker_label(c), "role": "trajectory",
+             "coords": coords, "distance": distance}
+            for c, (coords, distance) in zip(traj, projected)
+        ]
+        print("explained variance: " + ", ".join(f"{e:.3f}" for e in dirs.info["explained_variance"]))
+    else:
+        raise LandscapeError(f"unknown --directions {args.directions!r}")
+    markers[0]["coords"] = [0.0] * args.dim
+    if args.save_directions:
+        directions.save_directions(args.save_directions, dirs, {"name": ckpt.model_name, "kwargs": ckpt.model_kwargs})
+        print(f"wrote {args.save_directions}")
+    labels = ["alpha", "beta", "gamma"][: args.dim]
+    return evaluate(args, ckpt, dirs, axes, KIND_OF_DIM[args.dim], None, markers, labels, checkpoints, sources, full)
