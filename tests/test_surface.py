@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from landscape import surface as S
 from landscape.cli import main
 from landscape.data import Dataset
 from landscape.errors import LandscapeError
+from landscape.models import build
 from tests.conftest import tiny_cnn
 
 C0 = 0.7  # the quadratic's minimum value
@@ -303,14 +305,59 @@ def test_result_file_roundtrip_and_not_a_result(tmp_path) -> None:
 # -- command line -----------------------------------------------------------------------------------
 
 
-def save_mlp(path, hidden: tuple[int, ...] = (8,), seed: int = 0, role: str = "global", client_id: int | None = None):
+def save_mlp(path, hidden: int = 8, seed: int = 0, state: dict | None = None) -> str:
+    """A digits MLP checkpoint (random weights from ``seed``, or the given state_dict)."""
     torch.manual_seed(seed)
-    model = nn.Module()
-    from landscape.models import build
+    model = build("mlp", hidden=[hidden])
+    if state is not None:
+        model.load_state_dict(state)
+    ckpt = checkpoint.from_model(model, "mlp", {"hidden": [hidden]}, role="global", data={"dataset": "digits"})
+    return str(checkpoint.save(ckpt, path))
 
-    model = build("mlp", hidden=list(hidden))
-    return checkpoint.save(
-        checkpoint.from_model(model, "mlp", {"hidden": list(hidden)}, role=role, client_id=client_id,
-                              data={"dataset": "digits"}),
-        path,
-    )
+
+FAST = ["--num-samples", "40", "--resolution", "3", "--device", "cpu", "--sources", "train"]
+
+
+def test_cli_surface_plane_view(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b, c, d = (save_mlp(tmp_path / f"m{i}.pt", seed=i) for i in range(4))
+    out = tmp_path / "s.npz"
+    assert main(["surface", a, "--out", str(out), *FAST]) == 0
+    res = S.load_result(out)
+    assert res["kind"] == "grid" and res["done"].all() and res["values"]["train/loss"].shape == (3, 3)
+    assert res["metadata"]["checkpoints"][0]["sha256"] == checkpoint.load(a).sha256
+    assert res["markers"][0]["coords"] == [0.0, 0.0]
+    assert main(["plane", a, b, c, "--project", d, "--out", str(tmp_path / "p.npz"), *FAST]) == 0
+    plane = S.load_result(tmp_path / "p.npz")
+    assert [m["distance"] for m in plane["markers"][:3]] == [0.0, 0.0, 0.0] and plane["markers"][3]["distance"] > 0
+    assert main(["surface", a, "--to", b, "--dim", "1", "--out", str(tmp_path / "l.npz"), *FAST]) == 0
+    line = S.load_result(tmp_path / "l.npz")
+    assert line["axes"][0][0] == -0.5 and line["axes"][0][-1] == 1.5 and line["kind"] == "line"
+    assert main(["view", str(out), "--png", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 0
+    capsys.readouterr()
+
+
+def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = save_mlp(tmp_path / "a.pt", seed=0), save_mlp(tmp_path / "b.pt", seed=1)
+    wa, wb = torch.load(a)["state_dict"], torch.load(b)["state_dict"]
+    collinear = save_mlp(tmp_path / "c.pt", state={k: wa[k] + 2 * (wb[k] - wa[k]) for k in wa})
+    small = save_mlp(tmp_path / "small.pt", hidden=4)
+    model = checkpoint.load(small).build_model()
+    D.save_directions(tmp_path / "d.pt", D.random_directions(model, 2), {"name": "mlp", "kwargs": {"hidden": [4]}})
+    out = str(tmp_path / "s.npz")
+    assert main(["surface", a, "--out", out, *FAST]) == 0
+    capsys.readouterr()
+    cases = [
+        (["plane", a, b, collinear, *FAST], "collinear"),
+        (["plane", a, b, small, *FAST], "different architectures"),
+        (["surface", a, "--to", small, *FAST], "different architectures"),
+        (["surface", a, *FAST, "--resolution", "1"], "resolution must be at least 2"),
+        (["surface", a, *FAST, "--range", "0"], "range must be a positive number"),
+        (["surface", a, "--out", out, "--seed", "1", *FAST], "refusing to continue .*directions.seed"),
+        (["surface", a, "--directions-file", str(tmp_path / "d.pt"), *FAST], "does not match the model"),
+    ]
+    for argv, match in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: "), err
+        assert re.search(match, err), (match, err)
