@@ -215,11 +215,11 @@ def _build_presets() -> dict[str, tuple[str, dict[str, Any]]]:
          "perturbation": "global_momentum", "augment": True, "eval_every": 10, "save_every": 100},
     )
     presets["digits-demo"] = (
-        "minutes-long demo on the offline digits data: MLP, 20 clients x 70, alpha 0.5, 5 per round",
+        "a minute-long demo on the offline digits data: MLP, 20 clients x 70, alpha 1, 5 per round",
         {"dataset": "digits", "model": "mlp", "model_kwargs": {"hidden": [64]}, "num_clients": 20,
-         "samples_per_client": 70, "alpha": 0.5, "clients_per_round": 5, "num_rounds": 200,
-         "lr": 0.05, "batch_size": 16, "weight_decay": 4e-4, "eval_every": 10, "save_every": 50,
-         "rho": None},
+         "samples_per_client": 70, "alpha": 1.0, "clients_per_round": 5, "num_rounds": 200,
+         "lr": 0.1, "batch_size": 16, "local_epochs": 2, "weight_decay": 4e-4, "eval_every": 10,
+         "save_every": 50},
     )
     return presets
 
