@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from landscape.directions import require_same_shapes
 from landscape.eigen import top_eigenvalues
 from landscape.errors import LandscapeError
 from landscape.operators import Batch, HessianOperator, Objective
@@ -180,30 +181,9 @@ def client_weights(client_batches: Sequence[Sequence[Batch]]) -> list[float]:
     return [n / total for n in counts]
 
 
-def check_same_architecture(models: Sequence[nn.Module], labels: Sequence[str]) -> None:
-    """Raise when the models' parameters differ in names or shapes.
-
-    Args:
-        models: the models to compare with ``models[0]``.
-        labels: one name per model for the message (e.g. checkpoint paths).
-
-    Raises:
-        LandscapeError: naming the first model and parameter that do not match.
-    """
-    reference = {n: tuple(p.shape) for n, p in models[0].named_parameters()}
-    for model, label in zip(models[1:], labels[1:]):
-        own = {n: tuple(p.shape) for n, p in model.named_parameters()}
-        if own != reference:
-            diff = sorted(set(own.items()) ^ set(reference.items()))[0]
-            raise LandscapeError(
-                f"{label} has a different architecture from {labels[0]} (parameter {diff[0]} {diff[1]} "
-                "is not in both); all models must share one architecture"
-            )
-
-
 def _check_clients(global_model: nn.Module, client_models: Sequence[nn.Module]) -> None:
     labels = ["the global model"] + [f"client model {i}" for i in range(len(client_models))]
-    check_same_architecture([global_model, *client_models], labels)
+    require_same_shapes([dict(m.named_parameters()) for m in [global_model, *client_models]], labels)
 
 
 def _check_rho(rho: float) -> None:

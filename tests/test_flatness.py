@@ -5,13 +5,17 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from landscape import flatness
+import landscape
+from landscape import checkpoint, data, flatness, models
+from landscape.cli import main
 from landscape.errors import LandscapeError
 from landscape.operators import Objective
 
@@ -175,7 +179,7 @@ def test_parameter_distances_exact() -> None:
 
 
 def test_different_architectures_are_refused() -> None:
-    with pytest.raises(LandscapeError, match="different architecture"):
+    with pytest.raises(LandscapeError, match="different architectures"):
         flatness.parameter_distances(nn.Linear(3, 2), [nn.Linear(3, 2), nn.Linear(4, 2)])
 
 
@@ -203,3 +207,94 @@ def test_all_metrics_leave_models_untouched_and_serialize() -> None:
     assert set(out) == {"perturbation_distance", "sharpness_gap", "lambda_max", "parameter_distances"}
     assert len(out["lambda_max"]["local_at_client"]) == 2
     assert 0 <= out["perturbation_distance"]["distance"] <= 2 * 0.05
+
+
+# -- command line ---------------------------------------------------------------------------------------------
+
+MLP_KWARGS = {"in_features": 8, "hidden": [6], "num_classes": 4}
+SYNTHETIC = {"dataset": "synthetic", "n": 240, "classes": 4, "shape": [8], "seed": 3}
+PARTITION = {"num_clients": 4, "samples_per_client": 50, "alpha": 0.5, "seed": 0}
+
+
+def save_federation(tmp_path: Path, data_spec: dict[str, Any] | None) -> tuple[Path, list[Path]]:
+    """A global MLP and two trained-looking clients (ids 0 and 2), as self-describing checkpoints."""
+    torch.manual_seed(0)
+    global_model = models.build("mlp", **MLP_KWARGS)
+    paths = [tmp_path / "global.pt"]
+    checkpoint.save(checkpoint.from_model(global_model, "mlp", MLP_KWARGS, role="global", data=data_spec or {}), paths[0])
+    for cid in (0, 2):
+        client = copy.deepcopy(global_model)
+        with torch.no_grad():
+            for p in client.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        paths.append(tmp_path / f"client{cid}.pt")
+        checkpoint.save(checkpoint.from_model(client, "mlp", MLP_KWARGS, role="client", client_id=cid,
+                                              data=data_spec or {}), paths[-1])
+    return paths[0], paths[1:]
+
+
+def library_metrics(global_path: Path, client_paths: list[Path], datasets: list[data.Dataset]) -> dict[str, Any]:
+    models_ = [checkpoint.load(p).build_model() for p in [global_path, *client_paths]]
+    return flatness.flatness_metrics(models_[0], models_[1:], [d.batches(None) for d in datasets], rho=0.1,
+                                     num_ascent_steps=2, dtype=F64).to_dict()
+
+
+def test_cli_rebuilds_client_data_from_the_partition(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    global_path, client_paths = save_federation(tmp_path, {**SYNTHETIC, "split": "train", "partition": PARTITION})
+    out = tmp_path / "flat.json"
+    rc = main(["flatness", str(global_path), "--clients", *map(str, client_paths), "--rho", "0.1", "--ascent-steps", "2",
+               "--dtype", "float64", "--device", "cpu", "--out", str(out), "--png", str(tmp_path / "flat.png")])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "client 2" in printed and "perturbation distance D" in printed
+    result = json.loads(out.read_text())
+    full = data.load({**SYNTHETIC, "split": "train"})
+    own = [data.client_data(full, {"partition": PARTITION}, cid) for cid in (0, 2)]
+    expected = library_metrics(global_path, client_paths, own)
+    assert result["metrics"]["perturbation_distance"]["distance"] == pytest.approx(
+        expected["perturbation_distance"]["distance"], rel=1e-10)
+    assert result["metrics"]["lambda_max"]["local_at_client"] == pytest.approx(
+        expected["lambda_max"]["local_at_client"], rel=1e-6)
+    assert [c["num_samples"] for c in result["clients"]] == [len(d) for d in own]
+    meta = result["metadata"]
+    assert meta["checkpoints"]["global"]["sha256"] == checkpoint.load(global_path).sha256
+    assert [c["sha256"] for c in meta["checkpoints"]["clients"]] == [checkpoint.load(p).sha256 for p in client_paths]
+    assert meta["version"] == landscape.__version__ and meta["settings"]["rho"] == 0.1
+    assert (tmp_path / "flat.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_cli_reads_explicit_client_data_files(tmp_path: Path) -> None:
+    global_path, client_paths = save_federation(tmp_path, None)
+    g = torch.Generator().manual_seed(5)
+    files, sets = [], []
+    for i in range(2):
+        x, y = torch.randn(30 + 10 * i, 8, generator=g), torch.randint(0, 4, (30 + 10 * i,), generator=g)
+        files.append(tmp_path / f"c{i}.npz")
+        np.savez(files[-1], x=x.numpy(), y=y.numpy(), num_classes=4)
+        sets.append(data.Dataset(x, y, 4))
+    out = tmp_path / "flat.json"
+    rc = main(["flatness", str(global_path), "--clients", *map(str, client_paths), "--client-data", *map(str, files),
+               "--rho", "0.1", "--ascent-steps", "2", "--dtype", "float64", "--device", "cpu", "--out", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())["metrics"]
+    expected = library_metrics(global_path, client_paths, sets)
+    assert result["perturbation_distance"]["weights"] == pytest.approx([30 / 70, 40 / 70])
+    assert result["sharpness_gap"]["gap_ascent"] == pytest.approx(expected["sharpness_gap"]["gap_ascent"], rel=1e-9)
+
+
+def test_cli_refuses_mixed_architectures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    global_path, client_paths = save_federation(tmp_path, None)
+    other = tmp_path / "other.pt"
+    checkpoint.save(checkpoint.from_model(models.build("mlp", **{**MLP_KWARGS, "hidden": [5]}), "mlp",
+                                          {**MLP_KWARGS, "hidden": [5]}, role="client", client_id=1), other)
+    rc = main(["flatness", str(global_path), "--clients", str(client_paths[0]), str(other), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "different architectures" in err and "other.pt" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_without_partition_asks_for_client_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    global_path, client_paths = save_federation(tmp_path, None)
+    rc = main(["flatness", str(global_path), "--clients", *map(str, client_paths), "--device", "cpu"])
+    assert rc == 2
+    assert "--client-data" in capsys.readouterr().err
