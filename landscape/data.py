@@ -297,14 +297,15 @@ def _check_split(split: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 #: Default federation per data set: (num_clients, samples_per_client). CIFAR follows [C22 §5]
-#: (100 clients x 500 images); digits has only 1,437 training images, so 20 x 70.
-DEFAULT_FEDERATION = {"cifar10": (100, 500), "cifar100": (100, 500), "digits": (20, 70)}
+#: (100 clients x 500 images); digits has only 1,437 training images (smallest class: 130), so
+#: 20 x 65, which also fits alpha = 0.
+DEFAULT_FEDERATION = {"cifar10": (100, 500), "cifar100": (100, 500), "digits": (20, 65)}
 
 
 def default_federation(name: str, num_samples: int) -> tuple[int, int]:
     """``(num_clients, samples_per_client)`` used when the caller names neither.
 
-    CIFAR-10/100: 100 x 500 [C22]; digits: 20 x 70; anything else: 10 clients sharing all samples.
+    CIFAR-10/100: 100 x 500 [C22]; digits: 20 x 65; anything else: 10 clients sharing all samples.
     """
     if name in DEFAULT_FEDERATION:
         return DEFAULT_FEDERATION[name]
@@ -496,14 +497,16 @@ def partition_from_spec(labels: np.ndarray, partition_spec: dict[str, Any]) -> l
 
     spec = dict(partition_spec.get("partition", partition_spec))
     labels = np.asarray(labels).astype(np.int64).reshape(-1)
-    key = (hashlib.sha1(labels.tobytes()).hexdigest(), tuple(sorted((k, str(v)) for k, v in spec.items())))
-    if key in _PARTITION_CACHE:
-        return _PARTITION_CACHE[key]
+    digest = None
     if spec.get("split_file"):
         path = Path(spec["split_file"]).expanduser()
         if not path.is_file():
             raise LandscapeError(f"split file not found: {path}; the partition was built from it")
         digest = sha256(path)
+    key = (hashlib.sha1(labels.tobytes()).hexdigest(), digest, tuple(sorted((k, str(v)) for k, v in spec.items())))
+    if key in _PARTITION_CACHE:
+        return _PARTITION_CACHE[key]
+    if digest is not None:
         if spec.get("split_sha256") and spec["split_sha256"] != digest:
             raise LandscapeError(f"split file {path} changed since the run (sha256 {digest[:12]} != {spec['split_sha256'][:12]})")
         parts = read_split_file(path, labels)

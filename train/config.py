@@ -33,7 +33,7 @@ class TrainConfig:
             ``synthetic:n=512,classes=10,shape=3x8x8``); the test split is used for evaluation.
         model, model_kwargs: architecture for :func:`landscape.models.build` (``num_classes`` and,
             for ``mlp``, ``in_features`` are filled in from the data).
-        num_clients, samples_per_client: the federation (None: 100 x 500 on CIFAR [C22], 20 x 70 on
+        num_clients, samples_per_client: the federation (None: 100 x 500 on CIFAR [C22], 20 x 65 on
             digits, 10 clients sharing the data otherwise).
         alpha: total Dirichlet concentration [H19] (0: one class per client; large: iid).
         split_file: a published ``user_id,image_id,class`` split (overrides alpha).
@@ -215,9 +215,9 @@ def _build_presets() -> dict[str, tuple[str, dict[str, Any]]]:
          "perturbation": "global_momentum", "augment": True, "eval_every": 10, "save_every": 100},
     )
     presets["digits-demo"] = (
-        "a minute-long demo on the offline digits data: MLP, 20 clients x 70, alpha 1, 5 per round",
+        "a minute-long demo on the offline digits data: MLP, 20 clients x 65, alpha 1, 5 per round",
         {"dataset": "digits", "model": "mlp", "model_kwargs": {"hidden": [64]}, "num_clients": 20,
-         "samples_per_client": 70, "alpha": 1.0, "clients_per_round": 5, "num_rounds": 200,
+         "samples_per_client": 65, "alpha": 1.0, "clients_per_round": 5, "num_rounds": 200,
          "lr": 0.1, "batch_size": 16, "local_epochs": 2, "weight_decay": 4e-4, "eval_every": 10,
          "save_every": 50},
     )

@@ -24,7 +24,7 @@ HELP = {
     "model": "architecture from `landscape models` or package.module:factory (default: cnn)",
     "model_kwargs": "JSON keyword arguments for the model; num_classes etc. are filled in from the data",
     "num_clients": "number of clients K (default: 100 on CIFAR, 20 on digits)",
-    "samples_per_client": "training samples per client (default: 500 on CIFAR, 70 on digits)",
+    "samples_per_client": "training samples per client (default: 500 on CIFAR, 65 on digits)",
     "alpha": "total Dirichlet concentration [H19] (alpha/C per class): 0 = one class per client, "
              "large = iid (default: 0)",
     "split_file": "a published split, CSV rows user_id,image_id,class (replaces --alpha)",

@@ -1,0 +1,152 @@
+"""Federated partitions [H19, C22]: Dirichlet split statistics, alpha = 0 by capacity, split files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from landscape import data
+from landscape.errors import LandscapeError
+
+CIFAR10_LABELS = np.repeat(np.arange(10), 5000)  # CIFAR-10-shaped: 10 classes x 5,000 images
+
+
+def classes_per_client(parts: list[np.ndarray], labels: np.ndarray) -> list[int]:
+    return [len(np.unique(labels[p])) for p in parts]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.05, 1.0, 100.0, float("inf")])
+def test_sizes_and_disjoint(alpha: float) -> None:
+    parts = data.partition(CIFAR10_LABELS, 100, 500, alpha, seed=3)
+    assert len(parts) == 100
+    assert all(len(p) == 500 for p in parts)
+    everything = np.concatenate(parts)
+    assert len(np.unique(everything)) == len(everything) == 50000  # no sample used twice
+    assert everything.min() >= 0 and everything.max() < len(CIFAR10_LABELS)
+
+
+def test_alpha_zero_one_class_per_client_ten_per_class() -> None:
+    parts = data.partition(CIFAR10_LABELS, 100, 500, 0.0, seed=0)
+    assert classes_per_client(parts, CIFAR10_LABELS) == [1] * 100
+    owners = np.bincount([int(CIFAR10_LABELS[p[0]]) for p in parts], minlength=10)
+    assert owners.tolist() == [10] * 10
+
+
+def test_alpha_zero_cifar100_one_client_per_class() -> None:
+    labels = np.repeat(np.arange(100), 500)
+    parts = data.partition(labels, 100, 500, 0.0, seed=1)
+    assert sorted(int(labels[p[0]]) for p in parts) == list(range(100))
+    assert classes_per_client(parts, labels) == [1] * 100
+
+
+def test_mean_classes_grows_with_alpha() -> None:
+    means = [np.mean(classes_per_client(data.partition(CIFAR10_LABELS, 100, 500, a, seed=0), CIFAR10_LABELS))
+             for a in (0.0, 0.05, 0.5, 5.0, 1000.0)]
+    assert means[0] == 1.0
+    assert all(a < b for a, b in zip(means, means[1:])), means
+    assert means[-1] > 9.9  # large alpha: iid, every client sees (almost) every class
+
+
+def test_iid_limit_has_uniform_class_counts() -> None:
+    parts = data.partition(CIFAR10_LABELS, 100, 500, float("inf"), seed=0)
+    counts = np.array([np.bincount(CIFAR10_LABELS[p], minlength=10) for p in parts])
+    # Multinomial(500, 1/10): mean 50, std sqrt(45) ~ 6.7 per cell.
+    assert abs(counts.mean() - 50) < 1e-9
+    assert 5 < counts.std() < 8.5
+
+
+def test_same_seed_same_partition_other_seed_differs() -> None:
+    a = data.partition(CIFAR10_LABELS, 20, 100, 0.5, seed=7)
+    b = data.partition(CIFAR10_LABELS, 20, 100, 0.5, seed=7)
+    c = data.partition(CIFAR10_LABELS, 20, 100, 0.5, seed=8)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
+def test_exhausted_class_is_redrawn() -> None:
+    # 3 classes of 100 images, 3 clients x 100 at tiny alpha: clients want one class but some
+    # classes run out, so the prior is redrawn over what is left and every image is still used once.
+    labels = np.repeat(np.arange(3), 100)
+    parts = data.partition(labels, 3, 100, 1e-3, seed=0)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(300))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"alpha": -0.1}, "alpha must be >= 0"),
+        ({"alpha": float("nan")}, "alpha must be >= 0"),
+        ({"num_clients": 101}, "exceeds the 50000 training samples"),
+        ({"num_clients": 0}, "num-clients must be a positive integer"),
+        ({"samples_per_client": 0}, "samples-per-client must be a positive integer"),
+        ({"alpha": 0.0, "samples_per_client": 490, "num_clients": 102}, "room for 100 clients"),
+    ],
+)
+def test_bad_partition_arguments(kwargs: dict, match: str) -> None:
+    args = {"num_clients": 100, "samples_per_client": 500, "alpha": 0.5, "seed": 0, **kwargs}
+    with pytest.raises(LandscapeError, match=match):
+        data.partition(CIFAR10_LABELS, **args)
+
+
+def test_digits_defaults_fit() -> None:
+    train = data.load("digits")
+    k, n = data.default_federation("digits", len(train))
+    parts = data.partition(train.y.numpy(), k, n, 0.0, seed=0)
+    assert k * n <= len(train) and len(parts) == k
+
+
+def write_split(path, rows: list[tuple[object, int, int]], header: bool = True) -> None:
+    lines = (["user_id,image_id,class"] if header else []) + [f"{u},{i},{c}" for u, i, c in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_split_file_round_trip(tmp_path) -> None:
+    labels = np.array([0, 1, 1, 0, 2, 2])
+    write_split(tmp_path / "split.csv", [(10, 0, 0), (2, 1, 1), (2, 2, 1), (10, 3, 0), (2, 4, 2)])
+    parts = data.read_split_file(tmp_path / "split.csv", labels)
+    assert [p.tolist() for p in parts] == [[1, 2, 4], [0, 3]]  # users sorted numerically: 2, 10
+
+
+@pytest.mark.parametrize(
+    "rows, match",
+    [
+        ([(0, 0, 1)], "has class 0 in the data set, not 1"),
+        ([(0, 9, 0)], "outside the 6 training images"),
+        ([(0, 0, 0), (1, 0, 0)], "more than one user"),
+        ([(0, 1, 1), (0, "x", 0)], "must be integers"),
+    ],
+)
+def test_bad_split_file(tmp_path, rows: list, match: str) -> None:
+    write_split(tmp_path / "split.csv", rows, header=False)
+    with pytest.raises(LandscapeError, match=match):
+        data.read_split_file(tmp_path / "split.csv", np.array([0, 1, 1, 0, 2, 2]))
+
+
+def test_missing_split_file(tmp_path) -> None:
+    with pytest.raises(LandscapeError, match="split file not found"):
+        data.read_split_file(tmp_path / "nope.csv")
+
+
+def test_client_data_rebuilds_partition_from_spec() -> None:
+    ds = data.make_synthetic(n=400, classes=4, shape=(1, 2, 2), seed=0)
+    spec = {"num_clients": 8, "samples_per_client": 50, "alpha": 0.3, "seed": 5}
+    parts = data.partition(ds.y.numpy(), 8, 50, 0.3, 5)
+    client = data.client_data(ds, {"dataset": "synthetic", "partition": spec}, 3)
+    assert torch.equal(client.x, ds.x[torch.as_tensor(parts[3])])
+    assert client.spec["client_id"] == 3 and client.spec["partition"] == spec
+    with pytest.raises(LandscapeError, match="client id 8 is out of range"):
+        data.client_data(ds, spec, 8)
+
+
+def test_client_data_from_split_file_checks_hash(tmp_path) -> None:
+    from landscape.files import sha256
+
+    ds = data.Dataset(torch.zeros(6, 1), torch.tensor([0, 1, 1, 0, 2, 2]), 3, {"dataset": "file"})
+    path = tmp_path / "split.csv"
+    write_split(path, [(0, 0, 0), (0, 1, 1), (1, 2, 1)])
+    spec = {"split_file": str(path), "split_sha256": sha256(path)}
+    assert data.client_data(ds, spec, 1).y.tolist() == [1]
+    write_split(path, [(0, 0, 0), (1, 1, 1), (1, 2, 1)])
+    with pytest.raises(LandscapeError, match="changed since the run"):
+        data.client_data(ds, spec, 1)
