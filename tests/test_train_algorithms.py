@@ -1,0 +1,262 @@
+"""Client steps and server updates against closed forms and float64 equivalences [C22, K21, L26]."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from train import algorithms, swa
+from train.algorithms import ClientStart
+from train.config import TrainConfig
+from train.engine import FederatedData, SequentialEngine, sample_cohort
+
+CPU = torch.device("cpu")
+
+
+class TinyNet(nn.Module):
+    """conv3x3(1->4) + norm + tanh + linear on 1x6x6 inputs."""
+
+    def __init__(self, norm: str | None = None, num_classes: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.norm = {"group": nn.GroupNorm(2, 4), "batch": nn.BatchNorm2d(4), None: nn.Identity()}[norm]
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(torch.tanh(self.norm(self.conv(x))), 1))
+
+
+def tiny_cnn(norm: str | None = None) -> nn.Module:
+    torch.manual_seed(0)
+    return TinyNet(norm)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models run fastest single-threaded (and the suite shares two cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def config(**kw: object) -> TrainConfig:
+    base = dict(dataset="synthetic", num_clients=4, samples_per_client=10, clients_per_round=3, batch_size=5,
+                local_epochs=1, lr=0.1, weight_decay=1e-3, dtype="float64")
+    return TrainConfig(**{**base, **kw})
+
+
+# --- closed-form gradients of softmax regression: logits = X W^T + b, mean cross-entropy ---------
+
+def ce_grad(W: torch.Tensor, b: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """dL/dW = (P - Y)^T X / n, dL/db = mean(P - Y)."""
+    P = torch.softmax(X @ W.T + b, dim=1)
+    R = P - nn.functional.one_hot(y, W.shape[0]).double()
+    return R.T @ X / len(y), R.mean(0)
+
+
+def linear_setup(n: int = 8, seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Linear(3, 2).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(2, 3, generator=g, dtype=torch.float64))
+        model.bias.copy_(torch.randn(2, generator=g, dtype=torch.float64))
+    return model, torch.randn(n, 3, generator=g, dtype=torch.float64), torch.randint(0, 2, (n,), generator=g)
+
+
+def one_step(kind: str, cfg: TrainConfig) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    model, X, y = linear_setup()
+    data = FederatedData.build(X, y, [np.arange(8)], CPU, torch.float64)
+    engine = SequentialEngine(model, data, cfg, CPU)
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    start = ClientStart({**params})
+    new, _, _, _ = engine.local_step(params, {}, {k: torch.zeros_like(v) for k, v in params.items()}, X, y,
+                                     cfg.lr, kind, start)
+    return new, params["weight"], params["bias"], X, y
+
+
+def test_sam_step_matches_closed_form() -> None:
+    cfg = config(algorithm="fedsam", rho=0.3, lr=0.2, weight_decay=0.01)
+    new, W, b, X, y = one_step("sam", cfg)
+    gW, gb = ce_grad(W, b, X, y)
+    norm = torch.sqrt((gW**2).sum() + (gb**2).sum())
+    eW, eb = 0.3 * gW / norm, 0.3 * gb / norm  # e = rho g / ||g||, global norm
+    gW2, gb2 = ce_grad(W + eW, b + eb, X, y)  # g' at w + e on the same batch
+    torch.testing.assert_close(new["weight"], W - 0.2 * (gW2 + 0.01 * W), rtol=0, atol=1e-14)
+    torch.testing.assert_close(new["bias"], b - 0.2 * (gb2 + 0.01 * b), rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("variant", ["kwon", "davda54"])
+def test_asam_step_matches_closed_form(variant: str) -> None:
+    cfg = config(algorithm="fedasam", rho=0.5, eta=0.2, lr=0.2, weight_decay=0.01, asam_variant=variant)
+    new, W, b, X, y = one_step("asam", cfg)
+    gW, gb = ce_grad(W, b, X, y)
+    if variant == "kwon":  # T = |w| + eta on weights, 1 on biases
+        TW, Tb, eps = W.abs() + 0.2, torch.ones_like(b), 1e-16
+    else:  # T = |w| everywhere
+        TW, Tb, eps = W.abs(), b.abs(), 1e-12
+    n = torch.sqrt(((TW * gW) ** 2).sum() + ((Tb * gb) ** 2).sum())
+    eW, eb = 0.5 * TW**2 * gW / (n + eps), 0.5 * Tb**2 * gb / (n + eps)
+    gW2, gb2 = ce_grad(W + eW, b + eb, X, y)
+    torch.testing.assert_close(new["weight"], W - 0.2 * (gW2 + 0.01 * W), rtol=0, atol=1e-14)
+    torch.testing.assert_close(new["bias"], b - 0.2 * (gb2 + 0.01 * b), rtol=0, atol=1e-14)
+
+
+def test_plain_step_is_sgd_with_weight_decay() -> None:
+    cfg = config(lr=0.2, weight_decay=0.01)
+    new, W, b, X, y = one_step("none", cfg)
+    gW, gb = ce_grad(W, b, X, y)
+    torch.testing.assert_close(new["weight"], W - 0.2 * (gW + 0.01 * W), rtol=0, atol=1e-14)
+
+
+# --- float64 equivalences between algorithms ----------------------------------------------------
+
+def synthetic_federation(n: int = 60, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[np.ndarray]]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 6, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (n,), generator=g)
+    return x, y, [np.arange(0, 10), np.arange(10, 23), np.arange(23, 30), np.arange(30, 48)]
+
+
+def run_rounds(cfg: TrainConfig, model: nn.Module, rounds: int = 3) -> object:
+    x, y, parts = synthetic_federation()
+    data = FederatedData.build(x, y, parts, CPU, torch.float64)
+    engine = SequentialEngine(model, data, cfg, CPU)
+    algo = algorithms.get(cfg.algorithm)
+    state = algo.init({k: v.detach().clone() for k, v in model.state_dict().items()}, engine.param_names, cfg)
+    for t in range(rounds):
+        cohort = sample_cohort(cfg.seed, t, cfg.num_clients, cfg.clients_per_round)
+        state = engine.run_round(algo, state, t, cohort, swa.client_lr(cfg, t)).state
+    return state
+
+
+def max_diff(a: dict, b: dict) -> float:
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+@pytest.mark.parametrize(
+    "left, right",
+    [
+        ({"algorithm": "fedsam", "rho": 0.0}, {"algorithm": "fedavg"}),
+        ({"algorithm": "fedavgm", "server_momentum": 0.0, "server_lr": 1.0}, {"algorithm": "fedavg"}),
+        ({"algorithm": "fednsam", "gamma": 0.0, "perturbation": "local_sam", "rho": 0.05},
+         {"algorithm": "fedsam", "rho": 0.05}),
+    ],
+    ids=["fedsam-rho0=fedavg", "fedavgm-beta0=fedavg", "fednsam-gamma0-localsam=fedsam"],
+)
+def test_equivalences_float64(left: dict, right: dict) -> None:
+    model = tiny_cnn(norm="group").double()
+    a = run_rounds(config(**left), model)
+    b = run_rounds(config(**right), model)
+    assert max_diff(a.weights, b.weights) < 1e-13
+    moved = run_rounds(config(algorithm="fedavg"), model, rounds=0).weights
+    assert max_diff(a.weights, moved) > 1e-3  # training did move the weights
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [{"algorithm": "fedsam", "rho": 0.05}, {"algorithm": "fedavgm", "server_momentum": 0.9},
+     {"algorithm": "fednsam", "gamma": 0.5, "perturbation": "local_sam", "rho": 0.05}],
+)
+def test_equivalences_are_not_vacuous(changed: dict) -> None:
+    model = tiny_cnn(norm="group").double()
+    reference = {"fedsam": {"algorithm": "fedavg"}, "fedavgm": {"algorithm": "fedavg"},
+                 "fednsam": {"algorithm": "fedsam", "rho": 0.05}}[changed["algorithm"]]
+    assert max_diff(run_rounds(config(**changed), model).weights, run_rounds(config(**reference), model).weights) > 1e-6
+
+
+# --- FedNSAM: two rounds against the hand-derived momentum [L26] --------------------------------
+
+def test_fednsam_two_rounds_by_hand() -> None:
+    model, X, y = linear_setup(n=16, seed=1)
+    parts = [np.arange(0, 6), np.arange(6, 16)]
+    gamma, rho, lr, wd, steps = 0.5, 0.1, 0.3, 0.01, 2
+    # Full-batch steps (batch >= client size), so the batch order cannot matter.
+    cfg = config(algorithm="fednsam", gamma=gamma, rho=rho, lr=lr, weight_decay=wd, num_clients=2,
+                 clients_per_round=2, batch_size=64, local_epochs=steps)
+    data = FederatedData.build(X, y, parts, CPU, torch.float64)
+    engine = SequentialEngine(model, data, cfg, CPU)
+    algo = algorithms.get("fednsam")
+    state = algo.init({k: v.detach().clone() for k, v in model.state_dict().items()}, engine.param_names, cfg)
+
+    x = (model.weight.detach().clone(), model.bias.detach().clone())
+    m = (torch.zeros_like(x[0]), torch.zeros_like(x[1]))
+    for t in range(2):
+        z = (x[0] + gamma * m[0], x[1] + gamma * m[1])
+        norm = torch.sqrt((m[0] ** 2).sum() + (m[1] ** 2).sum())
+        eps = (torch.zeros_like(m[0]), torch.zeros_like(m[1])) if norm == 0 else (-rho * m[0] / norm, -rho * m[1] / norm)
+        deltas = []
+        for p in parts:
+            u = z
+            for _ in range(steps):
+                gW, gb = ce_grad(u[0] + eps[0], u[1] + eps[1], X[p], y[p])
+                u = (u[0] - lr * (gW + wd * u[0]), u[1] - lr * (gb + wd * u[1]))
+            deltas.append((u[0] - z[0], u[1] - z[1]))
+        n = [len(p) for p in parts]
+        delta = tuple((n[0] * deltas[0][i] + n[1] * deltas[1][i]) / sum(n) for i in range(2))
+        m = (gamma * m[0] + delta[0], gamma * m[1] + delta[1])
+        x = (z[0] + delta[0], z[1] + delta[1])
+        state = engine.run_round(algo, state, t, [0, 1], lr).state
+        torch.testing.assert_close(state.momentum["weight"], m[0], rtol=0, atol=1e-13)
+        torch.testing.assert_close(state.momentum["bias"], m[1], rtol=0, atol=1e-13)
+        torch.testing.assert_close(state.weights["weight"], x[0], rtol=0, atol=1e-13)
+        torch.testing.assert_close(state.weights["bias"], x[1], rtol=0, atol=1e-13)
+    assert float(m[0].abs().max()) > 1e-3
+
+
+def test_fednsam_reference_momentum_flag() -> None:
+    model, X, y = linear_setup(n=16, seed=1)
+    cfg = config(algorithm="fednsam", gamma=0.5, num_clients=2, clients_per_round=2, batch_size=64,
+                 fednsam_reference_momentum=True)
+    engine = SequentialEngine(model, FederatedData.build(X, y, [np.arange(6), np.arange(6, 16)], CPU, torch.float64),
+                              cfg, CPU)
+    algo = algorithms.get("fednsam")
+    s0 = algo.init({k: v.detach().clone() for k, v in model.state_dict().items()}, engine.param_names, cfg)
+    s1 = engine.run_round(algo, s0, 0, [0, 1], cfg.lr).state
+    s2 = engine.run_round(algo, s1, 1, [0, 1], cfg.lr).state
+    z = {k: s1.weights[k] + 0.5 * s1.momentum[k] for k in s1.momentum}
+    for k in ("weight", "bias"):
+        torch.testing.assert_close(s1.momentum[k], 1.5 * (s1.weights[k] - s0.weights[k]), rtol=0, atol=1e-14)
+        torch.testing.assert_close(s2.momentum[k], 1.5 * (s2.weights[k] - z[k]), rtol=0, atol=1e-14)
+
+
+def test_fednsam_buffers_averaged_not_extrapolated() -> None:
+    cfg = config(algorithm="fednsam", gamma=0.5)
+    w = {"w": torch.ones(2, dtype=torch.float64), "bn.running_mean": torch.zeros(2, dtype=torch.float64)}
+    algo = algorithms.get("fednsam")
+    state = algo.init(w, ("w",), cfg)
+    assert set(state.momentum) == {"w"}
+    extrap = algo.init(w, ("w",), cfg.replace(fednsam_extrapolate_buffers=True))
+    assert set(extrap.momentum) == {"w", "bn.running_mean"}
+
+
+# --- SWA [C22 §4, eq. 8-9] ---------------------------------------------------------------------
+
+def test_swa_learning_rate_schedule_and_collection() -> None:
+    g1, g2, c, T = 1e-2, 1e-4, 4, 40
+    cfg = TrainConfig(num_rounds=T, lr=0.05, swa=True, swa_start=0.75, swa_gamma1=g1, swa_gamma2=g2, swa_cycle=c)
+    t0 = 30  # 75% of 40
+    lrs = [swa.client_lr(cfg, t) for t in range(T)]
+    assert lrs[:t0] == [0.05] * t0
+    cycle = [g1 - (g1 - g2) * j / c for j in (1, 2, 3, 4)]  # eq. 8: t(i) = (mod(i, c) + 1) / c
+    np.testing.assert_allclose(lrs[t0:], cycle * 2 + cycle[:2], rtol=1e-12)
+    # End of each cycle = after its lowest-lr round; fedsam's code: after the highest-lr round.
+    assert [t for t in range(T) if swa.is_collection_round(cfg, t)] == [33, 37]
+    early = cfg.replace(swa_collect_early=True)
+    assert [t for t in range(T) if swa.is_collection_round(early, t)] == [30, 34, 38]
+    assert not any(swa.is_collection_round(cfg.replace(swa=False), t) for t in range(T))
+    assert swa.client_lr(cfg.replace(swa=False), 35) == 0.05
+
+
+def test_swa_running_mean() -> None:
+    models = [{"w": torch.tensor([float(i), 2.0 * i]), "bn.running_mean": torch.tensor([10.0 * i])} for i in (1, 2, 6)]
+    state = swa.SWAState()
+    for m in models:
+        state = swa.collect(state, m, ("w",))
+    assert state.num_models == 3
+    torch.testing.assert_close(state.weights["w"], torch.tensor([3.0, 6.0]))  # mean of 1, 2, 6
+    torch.testing.assert_close(state.weights["bn.running_mean"], torch.tensor([60.0]))  # latest buffers
