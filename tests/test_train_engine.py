@@ -1,0 +1,129 @@
+"""The batched cohort engine equals the sequential reference engine (float64, every algorithm)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_train_algorithms import TinyNet
+from train import algorithms, augment, swa
+from train.config import TrainConfig
+from train.engine import (BatchedEngine, FederatedData, SequentialEngine, derive_seed, make_engine, plan_client,
+                          sample_cohort)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# Unequal clients (10, 13, 7, 18, 3 samples) with batch 4: 3, 4, 2, 5 and 1 steps per epoch and
+# partial last batches of different sizes, so groups and masks are exercised.
+PARTS = [np.arange(0, 10), np.arange(10, 23), np.arange(23, 30), np.arange(30, 48), np.arange(48, 51)]
+
+CASES = [
+    {"algorithm": "fedavg"},
+    {"algorithm": "fedavgm", "server_momentum": 0.9},
+    {"algorithm": "fedsam", "rho": 0.1},
+    {"algorithm": "fedsam", "rho": 0.1, "bn_first_pass_only": True},
+    {"algorithm": "fedasam", "rho": 0.5, "eta": 0.2},
+    {"algorithm": "fedasam", "rho": 0.5, "asam_variant": "davda54"},
+    {"algorithm": "fednsam", "rho": 0.1, "gamma": 0.85},
+    {"algorithm": "fednsam", "rho": 0.1, "perturbation": "local_sam"},
+    {"algorithm": "fednsam", "rho": 0.1, "fednsam_reference_momentum": True, "fednsam_extrapolate_buffers": True},
+    {"algorithm": "fedavg", "client_momentum": 0.9, "swa": True, "swa_start": 0.0, "swa_cycle": 2},
+]
+
+
+def run(engine_cls: type, cfg: TrainConfig, norm: str | None, rounds: int = 3) -> tuple[object, list[float], dict]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 1, 6, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (60,), generator=g)
+    torch.manual_seed(0)
+    model = TinyNet(norm).double()
+    data = FederatedData.build(x, y, PARTS, CPU, torch.float64, augment=cfg.augment)
+    engine = engine_cls(model, data, cfg, CPU)
+    algo = algorithms.get(cfg.algorithm)
+    state = algo.init({k: v.detach().clone() for k, v in model.state_dict().items()}, engine.param_names, cfg)
+    losses, clients = [], {}
+    for t in range(rounds):
+        cohort = sample_cohort(cfg.seed, t, cfg.num_clients, cfg.clients_per_round)
+        result = engine.run_round(algo, state, t, cohort, swa.client_lr(cfg, t), keep_clients=True)
+        state = result.state
+        losses.append(result.train_loss)
+        clients = result.client_weights
+    return state, losses, clients
+
+
+@pytest.mark.parametrize("norm", ["batch", None])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{v}" for v in c.values()))
+def test_batched_equals_sequential(case: dict, norm: str | None) -> None:
+    cfg = TrainConfig(**{"dataset": "synthetic", "num_clients": 5, "clients_per_round": 4, "batch_size": 4,
+                         "local_epochs": 2, "lr": 0.1, "num_rounds": 3, "dtype": "float64", "augment": True, **case})
+    seq, seq_losses, seq_clients = run(SequentialEngine, cfg, norm)
+    bat, bat_losses, bat_clients = run(BatchedEngine, cfg, norm)
+    for k, v in seq.weights.items():
+        torch.testing.assert_close(bat.weights[k], v, rtol=0, atol=1e-12, msg=f"{k} differs")
+    for name in ("velocity", "momentum"):
+        for k, v in getattr(seq, name, {}).items():
+            torch.testing.assert_close(getattr(bat, name)[k], v, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(bat_losses, seq_losses, rtol=1e-12)
+    assert seq_clients.keys() == bat_clients.keys()
+    for cid in seq_clients:
+        for k, v in seq_clients[cid].items():
+            torch.testing.assert_close(bat_clients[cid][k], v, rtol=0, atol=1e-12)
+    if norm == "batch":  # the BatchNorm statistics did move
+        assert not torch.equal(seq.weights["norm.running_mean"], torch.zeros(4, dtype=torch.float64))
+
+
+def test_clients_with_fewer_steps_are_masked() -> None:
+    """A client with one step must end exactly where one SGD step takes it, not 5 steps of decay."""
+    cfg = TrainConfig(dataset="synthetic", num_clients=5, clients_per_round=5, batch_size=4, local_epochs=1,
+                      lr=0.1, weight_decay=0.5, dtype="float64")
+    _, _, seq = run(SequentialEngine, cfg, None, rounds=1)
+    _, _, bat = run(BatchedEngine, cfg, None, rounds=1)
+    for k, v in seq[4].items():  # client 4 has 3 samples: 1 step, the others up to 5
+        torch.testing.assert_close(bat[4][k], v, rtol=0, atol=1e-13)
+
+
+def test_plans_depend_only_on_seed_round_client() -> None:
+    x, y = torch.zeros(51, 1, 6, 6), torch.zeros(51, dtype=torch.long)
+    data = FederatedData.build(x, y, PARTS, CPU, torch.float32, augment=True)
+    a = plan_client(data, 0, 3, 1, 4, 2)
+    b = plan_client(data, 0, 3, 1, 4, 2)
+    c = plan_client(data, 0, 4, 1, 4, 2)
+    assert [s.idx.tolist() for s in a] == [s.idx.tolist() for s in b]
+    assert [s.idx.tolist() for s in a] != [s.idx.tolist() for s in c]
+    assert sorted(torch.cat([s.idx for s in a[:4]]).tolist()) == list(range(10, 23))  # epoch 1 = client 1's data
+    assert [len(s.idx) for s in a] == [4, 4, 4, 1] * 2
+    assert sample_cohort(0, 5, 100, 10) == sample_cohort(0, 5, 100, 10) != sample_cohort(0, 6, 100, 10)
+    assert len(set(sample_cohort(1, 0, 10, 10))) == 10
+    assert derive_seed(0, 1, 2, 3) != derive_seed(0, 1, 3, 2)
+
+
+def test_augmentation_is_crop_and_flip() -> None:
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5)
+    crop = torch.tensor([[4, 4], [2, 5]])
+    flip = torch.tensor([False, True])
+    out = augment.apply(x, crop, flip, pad=4)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    torch.testing.assert_close(out[0], padded[0, :, 4:9, 4:9])  # offset (pad, pad) = identity
+    torch.testing.assert_close(out[0], x[0])
+    torch.testing.assert_close(out[1], padded[1, :, 2:7, 5:10].flip(-1))
+
+
+def test_unknown_engine() -> None:
+    from landscape.errors import LandscapeError
+
+    data = FederatedData.build(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), [np.arange(3)], CPU, torch.float32)
+    with pytest.raises(LandscapeError, match="unknown engine 'fast'; choose one of sequential, batched, auto"):
+        make_engine("fast", torch.nn.Linear(2, 2), data, TrainConfig(), CPU)
+    assert make_engine("auto", torch.nn.Linear(2, 2), data, TrainConfig(), CPU).name == "sequential"
