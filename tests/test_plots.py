@@ -134,6 +134,8 @@ def test_html_is_offline_and_holds_the_data(tmp_path: Path) -> None:
     data = json.loads(re.search(r"Plotly\.newPlot\(\s*\"[^\"]+\",\s*(\[.*?\]),\s*\{", html, re.DOTALL).group(1))
     assert [t["type"] for t in data] == ["surface", "contour", "scatter3d", "scatter"] * 2
     assert data[0]["contours"]["z"]["project"]["z"] is True
+    # client 3 sits on the grid point (0.4, -0.6): loss 0.16 + 0.18 + 0.1, accuracy 1/1.44
+    assert data[2]["hovertext"][1].endswith("train/loss 0.44<br>train/accuracy 0.69444")
     assert [t.get("visible") for t in data[::4]] == [True, False]
     # both rounds share one color range so the slider compares like with like
     assert data[0]["cmax"] == data[4]["cmax"] == pytest.approx(float(np.nanmax(bowl(2.0))))

@@ -3,7 +3,8 @@
 :func:`write_html` draws a 3D surface with its contour lines projected on the floor
 and, beside it, a 2D contour view of the same values; the models (global, clients,
 SWA, trajectory points) are labelled markers in both, with their role, coordinates,
-off-surface distance and the value at the nearest grid point on hover. Several
+off-surface distance and every value (loss and accuracy of each data source) at the
+nearest grid point on hover; hovering the surface shows every value at that point. Several
 surfaces (rounds, algorithms) given together share one color scale and are switched
 with a slider; a volume is shown as its slices along the third axis, on the slider
 too. plotly.js is embedded in the file (no CDN, no network access when opened), and the
@@ -42,12 +43,13 @@ ROLE_MARKERS: dict[str | None, dict[str, Any]] = {
 
 @dataclass
 class Frame:
-    """One 2D view on the slider: z[i, j] at (x[i], y[j]) and the models to mark."""
+    """One 2D view on the slider: z[i, j] at (x[i], y[j]) drawn, every value for hover, the models to mark."""
 
     label: str
     x: np.ndarray
     y: np.ndarray
     z: np.ndarray
+    values: dict[str, np.ndarray]
     markers: list[dict[str, Any]]
     axis_labels: list[str]
 
@@ -64,31 +66,31 @@ def _result_label(result: Mapping[str, Any], index: int) -> str:
 def _frames(result: Mapping[str, Any], value: str, label: str) -> list[Frame]:
     """A grid or plane as one frame; a volume as one frame per slice along its third axis."""
     axes = [np.asarray(a, dtype=np.float64) for a in result["axes"]]
-    z = finite_or_nan(result["values"][value])
+    values = {k: finite_or_nan(v) for k, v in result["values"].items()}
     names = axis_labels(result)
     markers = list(result.get("markers", []))
     if result["kind"] in ("grid", "plane"):
-        return [Frame(label, axes[0], axes[1], z, markers, names)]
+        return [Frame(label, axes[0], axes[1], values[value], values, markers, names)]
     if result["kind"] == "volume":
         return [
-            Frame(f"{label}, {names[2]} = {w:.3g}", axes[0], axes[1], z[:, :, k], markers, names)
+            Frame(f"{label}, {names[2]} = {w:.3g}", axes[0], axes[1], values[value][:, :, k],
+                  {key: v[:, :, k] for key, v in values.items()}, markers, names)
             for k, w in enumerate(axes[2])
         ]
     raise LandscapeError(f"cannot draw a result of kind '{result['kind']}' as a surface; expected grid, plane or volume")
 
 
-def _nearest_value(frame: Frame, coords: Sequence[float]) -> float:
-    """The value at the grid point nearest to a marker (a lookup, not an interpolation)."""
-    i = int(np.argmin(np.abs(frame.x - coords[0])))
-    j = int(np.argmin(np.abs(frame.y - coords[1])))
-    return float(frame.z[i, j])
+def _nearest_point(frame: Frame, coords: Sequence[float]) -> tuple[int, int]:
+    """The grid point nearest to a marker (a lookup, not an interpolation)."""
+    return int(np.argmin(np.abs(frame.x - coords[0]))), int(np.argmin(np.abs(frame.y - coords[1])))
 
 
 def _marker_traces(frame: Frame, value: str, log: bool) -> tuple[go.Scatter3d, go.Scatter]:
     """The models as labelled markers on the 3D surface and on the contour view."""
     xs, ys, zs, texts, hovers, symbols, colors, sizes = [], [], [], [], [], [], [], []
     for m in frame.markers:
-        v = _nearest_value(frame, m["coords"])
+        i, j = _nearest_point(frame, m["coords"])
+        v = float(frame.z[i, j])
         style = ROLE_MARKERS.get(m.get("role"), ROLE_MARKERS[None])
         xs.append(m["coords"][0])
         ys.append(m["coords"][1])
@@ -96,8 +98,9 @@ def _marker_traces(frame: Frame, value: str, log: bool) -> tuple[go.Scatter3d, g
         texts.append(str(m["label"]))
         coords = ", ".join(f"{c:.4g}" for c in m["coords"])
         distance = "" if m.get("distance") is None else f"<br>off-surface distance {m['distance']:.4g}"
+        at = "".join(f"<br>{key} {float(vals[i, j]):.5g}" for key, vals in frame.values.items())
         hovers.append(f"<b>{m['label']}</b> ({m.get('role')})<br>coords ({coords}){distance}"
-                      f"<br>{value} {v:.5g} (nearest grid point)")
+                      f"<br>at the nearest grid point:{at}")
         symbols.append(style["symbol"])
         colors.append(style["color"])
         sizes.append(style["size"])
@@ -128,14 +131,16 @@ def _surface_figure(frames: list[Frame], value: str) -> go.Figure:
     per_frame = 4
     for k, (frame, z) in enumerate(zip(frames, shown)):
         visible = k == 0
-        hover = f"{names[0]} %{{x:.4g}}<br>{names[1]} %{{y:.4g}}<br>{value} %{{customdata:.5g}}<extra>{frame.label}</extra>"
+        every = "".join(f"<br>{key} %{{customdata[{n}]:.5g}}" for n, key in enumerate(frame.values))
+        hover = f"{names[0]} %{{x:.4g}}<br>{names[1]} %{{y:.4g}}{every}<extra>{frame.label}</extra>"
+        custom = np.stack([v.T for v in frame.values.values()], axis=-1).tolist()
         fig.add_trace(go.Surface(
-            x=frame.x.tolist(), y=frame.y.tolist(), z=z.T.tolist(), customdata=frame.z.T.tolist(), hovertemplate=hover,
+            x=frame.x.tolist(), y=frame.y.tolist(), z=z.T.tolist(), customdata=custom, hovertemplate=hover,
             visible=visible, colorscale=COLORSCALE, cmin=lo, cmax=hi, colorbar={"title": {"text": scale}, "x": 0.47, "len": 0.8},
             contours={"z": {"show": True, "usecolormap": True, "project": {"z": True}, "width": 1}},
         ), row=1, col=1)
         fig.add_trace(go.Contour(
-            x=frame.x.tolist(), y=frame.y.tolist(), z=z.T.tolist(), customdata=frame.z.T.tolist(), hovertemplate=hover,
+            x=frame.x.tolist(), y=frame.y.tolist(), z=z.T.tolist(), customdata=custom, hovertemplate=hover,
             visible=visible, colorscale=COLORSCALE, zmin=lo, zmax=hi, showscale=False, ncontours=25,
             contours={"coloring": "heatmap", "showlabels": True, "labelfont": {"size": 9, "color": "white"}},
         ), row=1, col=2)

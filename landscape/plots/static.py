@@ -141,7 +141,7 @@ def draw_surface3d(ax: Axes, x: np.ndarray, y: np.ndarray, z: np.ndarray, levels
 
 def add_colorbar(fig: Figure, mappable: Any, ax: Axes | Sequence[Axes], label: str, log: bool) -> None:
     """A colorbar beside ``ax``, with decade ticks when the scale is logarithmic."""
-    ticks = {"ticks": LogLocator(), "format": LogFormatterSciNotation()} if log else {}
+    ticks = {"ticks": LogLocator(), "format": LogFormatterSciNotation()} if log else {"format": "%.4g"}
     fig.colorbar(mappable, ax=ax, shrink=0.8, label=label, **ticks)
 
 
@@ -349,7 +349,7 @@ def plot_flatness(metrics: Mapping[str, Any], path: str | os.PathLike, client_la
     bars = ax.bar(idx, pd["client_distances"], color="C0")
     ax.axhline(pd["distance"], color="black", linestyle="--", label=f"D = {pd['distance']:.3g}")
     ax.axhline(2 * pd["rho"], color="gray", linestyle=":", label="2 rho (opposite)")
-    ax.bar_label(bars, [f"cos {c:.2f}" for c in pd["cosines"]], fontsize=7)
+    ax.bar_label(bars, [f"cos {c:.2f}" for c in pd["cosines"]], fontsize=7, label_type="center", color="white")
     ax.set_title(f"perturbation distance ||eps_i - eps||, rho = {pd['rho']:g}", fontsize=9)
 
     ax = axes[1]
