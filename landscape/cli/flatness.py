@@ -10,7 +10,7 @@ from typing import Any
 from landscape import __version__, data, flatness
 from landscape.checkpoint import Checkpoint
 from landscape.cli import common
-from landscape.directions import require_same_shapes
+from landscape.cli.surface import load_same_architecture, marker_label
 from landscape.errors import LandscapeError
 from landscape.files import write_json
 from landscape.operators import resolve_device, resolve_dtype
@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "losses f_i on each client's own train data and f = sum_i (n_i/N) f_i: the perturbation distance "
         "mean_i ||eps_i - eps|| with per-client cosines, the sharpness gap (first-order and ascent), lambda_max of "
         "f_i at x_i against f at x_i and at x, and ||x_i - x||. Each client's data is rebuilt from the partition "
-        "its checkpoint records, or read from --client-data. Example: landscape flatness run/global.pt "
+        "its checkpoint records, or read from --client-data; --num-samples takes a seeded subset of each client's "
+        "data (the clients are then weighted by the samples used). Example: landscape flatness run/global.pt "
         "--clients run/client_*.pt --rho 0.05 --out flat.json --png flat.png",
     )
     p.add_argument("checkpoint", help="the global model's checkpoint (or plain state_dict with --model)")
@@ -47,24 +48,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="JSON", help="write the metrics and their metadata as JSON")
     p.add_argument("--png", metavar="PNG", help="draw the per-client bar charts (.png or .pdf)")
     p.set_defaults(run=run)
-
-
-def client_label(ckpt: Checkpoint, index: int) -> str:
-    """'client 3' from the checkpoint's client id, else its position on the command line."""
-    return f"client {ckpt.client_id if ckpt.client_id is not None else index}"
-
-
-def load_checkpoints(paths: list[str], model: str | None, model_kwargs: dict[str, Any] | None) -> list[Checkpoint]:
-    """Load every checkpoint; one-line error when they are not all one architecture."""
-    ckpts = [common.load_checkpoint(p, model, model_kwargs) for p in paths]
-    for c in ckpts[1:]:
-        if (c.model_name, c.model_kwargs) != (ckpts[0].model_name, ckpts[0].model_kwargs):
-            raise LandscapeError(
-                f"checkpoints have different architectures: {paths[0]} is {ckpts[0].model_name} "
-                f"{ckpts[0].model_kwargs}, {c.path} is {c.model_name} {c.model_kwargs}; pass checkpoints of one model"
-            )
-    require_same_shapes([c.state_dict for c in ckpts], paths)
-    return ckpts
 
 
 def load_client_data(args: argparse.Namespace, clients: list[Checkpoint]) -> list[data.Dataset]:
@@ -96,7 +79,7 @@ def load_client_data(args: argparse.Namespace, clients: list[Checkpoint]) -> lis
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype)
-    ckpts = load_checkpoints([args.checkpoint, *args.clients], args.model, args.model_kwargs)
+    ckpts = load_same_architecture([args.checkpoint, *args.clients], args.model, args.model_kwargs)
     global_ckpt, clients = ckpts[0], ckpts[1:]
     datasets = load_client_data(args, clients)
     start = time.perf_counter()
@@ -104,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         global_ckpt.build_model(), [c.build_model() for c in clients], [d.batches(args.batch_size) for d in datasets],
         rho=args.rho, num_ascent_steps=args.ascent_steps, tol=args.tol, seed=args.seed, dtype=dtype, device=device,
     )
-    labels = [client_label(c, i) for i, c in enumerate(clients)]
+    labels = [marker_label(c) for c in clients]
     result = {
         "kind": "flatness",
         "clients": [{"label": lab, "num_samples": len(d), "data": d.spec, "sha256": c.sha256}
