@@ -239,7 +239,9 @@ def perturbation_distance(
     )
 
 
-def sharpness(objective: Objective, rho: float = RHO, num_ascent_steps: int = NUM_ASCENT_STEPS) -> tuple[float, float, float]:
+def sharpness(
+    objective: Objective, rho: float = RHO, num_ascent_steps: int = NUM_ASCENT_STEPS
+) -> tuple[float, float, float]:
     """Estimates of the SAM sharpness S_h(x) = max_{||d||<=rho} h(x+d) - h(x) [C22 eq. 2].
 
     First-order estimate (the SAM perturbation, exact for a linear h):

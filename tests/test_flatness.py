@@ -76,7 +76,11 @@ def test_identical_clients_have_zero_distance_and_gap() -> None:
 def test_perturbation_distance_closed_form() -> None:
     """eps_i = rho g_i/||g_i||, g_i = a_i (x - c_i), g = sum_i (n_i/N) g_i."""
     x = np.array([0.5, -0.2, 1.0])
-    clients = [([1.0, 0.0, 2.0], [1.0, 2.0, 3.0], 1), ([-1.0, 1.0, 0.0], [0.5, 0.5, 4.0], 3), ([0.0, 0.0, 0.0], [2.0, 1.0, 1.0], 2)]
+    clients = [  # (centre c_i, curvature a_i, samples n_i)
+        ([1.0, 0.0, 2.0], [1.0, 2.0, 3.0], 1),
+        ([-1.0, 1.0, 0.0], [0.5, 0.5, 4.0], 3),
+        ([0.0, 0.0, 0.0], [2.0, 1.0, 1.0], 2),
+    ]
     rho = 0.3
     pd = flatness.perturbation_distance(
         DiagonalQuadratic(list(x)), [quadratic_client(c, a, n) for c, a, n in clients], rho=rho, dtype=F64
@@ -111,7 +115,8 @@ def test_sharpness_first_order_closed_form() -> None:
     clients = [([1.0, 0.0, 2.0], [1.0, 2.0, 3.0], 1), ([-1.0, 1.0, 0.0], [0.5, 0.5, 4.0], 3)]
     rho = 0.2
     gap = flatness.sharpness_gap(
-        DiagonalQuadratic(list(x)), [quadratic_client(c, a, n) for c, a, n in clients], rho=rho, num_ascent_steps=0, dtype=F64
+        DiagonalQuadratic(list(x)), [quadratic_client(c, a, n) for c, a, n in clients], rho=rho, num_ascent_steps=0,
+        dtype=F64,
     )
 
     def first_order(g: np.ndarray, a: np.ndarray) -> float:

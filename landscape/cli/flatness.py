@@ -135,9 +135,10 @@ def format_table(result: dict[str, Any], global_path: str) -> str:
             f"{dist['relative'][i]:>6.2%}"
         )
     lines += [
-        f"perturbation distance D = mean_i ||eps_i - eps|| = {pd['distance']:.5g}  (D/rho = {pd['distance'] / pd['rho']:.4f}, "
-        "0: aligned, 2: opposite)",
-        f"sharpness at x: global f {sg['global_first_order']:.5g} (first-order), {sg['global_ascent']:.5g} ({steps}-step ascent); "
+        f"perturbation distance D = mean_i ||eps_i - eps|| = {pd['distance']:.5g}  "
+        f"(D/rho = {pd['distance'] / pd['rho']:.4f}, 0: aligned, 2: opposite)",
+        f"sharpness at x: global f {sg['global_first_order']:.5g} (first-order), "
+        f"{sg['global_ascent']:.5g} ({steps}-step ascent); "
         f"gap mean_i S(f_i) - S(f) = {sg['gap_first_order']:.5g} (first-order), {sg['gap_ascent']:.5g} (ascent)",
         f"lambda_max of f at the global model x = {lm['global_at_global']:.5g}"
         + ("" if lm["converged"] else f"  (WARNING: not every eigenvalue met tol {lm['tol']:g})"),

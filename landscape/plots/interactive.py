@@ -136,7 +136,8 @@ def _surface_figure(frames: list[Frame], value: str) -> go.Figure:
         custom = np.stack([v.T for v in frame.values.values()], axis=-1).tolist()
         fig.add_trace(go.Surface(
             x=frame.x.tolist(), y=frame.y.tolist(), z=z.T.tolist(), customdata=custom, hovertemplate=hover,
-            visible=visible, colorscale=COLORSCALE, cmin=lo, cmax=hi, colorbar={"title": {"text": scale}, "x": 0.47, "len": 0.8},
+            visible=visible, colorscale=COLORSCALE, cmin=lo, cmax=hi,
+            colorbar={"title": {"text": scale}, "x": 0.47, "len": 0.8},
             contours={"z": {"show": True, "usecolormap": True, "project": {"z": True}, "width": 1}},
         ), row=1, col=1)
         fig.add_trace(go.Contour(
@@ -172,8 +173,9 @@ def _line_figure(results: Sequence[Mapping[str, Any]], labels: Sequence[str]) ->
             source, _, metric = key.rpartition("/")
             if metric not in ("loss", "accuracy"):
                 continue
-            fig.add_trace(go.Scatter(x=x.tolist(), y=finite_or_nan(values).tolist(), name=f"{source} {metric}", visible=k == 0,
-                                     legendgroup=source, hovertemplate=f"%{{x:.4g}}: %{{y:.5g}}<extra>{label} {key}</extra>"),
+            hover = f"%{{x:.4g}}: %{{y:.5g}}<extra>{label} {key}</extra>"
+            fig.add_trace(go.Scatter(x=x.tolist(), y=finite_or_nan(values).tolist(), name=f"{source} {metric}",
+                                     visible=k == 0, legendgroup=source, hovertemplate=hover),
                           row=1, col=1 if metric == "loss" else 2)
             n += 1
         counts.append(n)
