@@ -118,7 +118,7 @@ def _flat_symbol(symbol: str) -> str:
     return {"cross": "x"}.get(symbol, symbol)
 
 
-def _surface_figure(frames: list[Frame], value: str) -> go.Figure:
+def _surface_figure(frames: list[Frame], value: str, equal_aspect: bool) -> go.Figure:
     everything = np.concatenate([f.z.ravel() for f in frames])
     log = use_log_scale(everything)
     shown = [np.log10(f.z) if log else f.z for f in frames]
@@ -151,7 +151,9 @@ def _surface_figure(frames: list[Frame], value: str) -> go.Figure:
         fig.add_trace(markers2d, row=1, col=2)
     fig.update_scenes(xaxis_title=names[0], yaxis_title=names[1], zaxis_title=scale, zaxis_range=[lo, hi])
     fig.update_xaxes(title_text=names[0], row=1, col=2)
-    fig.update_yaxes(title_text=names[1], row=1, col=2, scaleanchor="x", scaleratio=1)
+    fig.update_yaxes(title_text=names[1], row=1, col=2)
+    if equal_aspect:  # a plane is in Euclidean units on both axes: keep distances true
+        fig.update_yaxes(scaleanchor="x", scaleratio=1, row=1, col=2)
     if len(frames) > 1:
         steps = []
         for k, frame in enumerate(frames):
@@ -228,7 +230,7 @@ def write_html(
         frames = [f for r, lab in zip(results, labels) for f in _frames(r, value, lab)]
         if not np.isfinite(np.concatenate([f.z.ravel() for f in frames])).any():
             raise LandscapeError("nothing to draw: every value is NaN or infinite")
-        fig = _surface_figure(frames, value)
+        fig = _surface_figure(frames, value, equal_aspect=kinds == {"plane"})
     fig.update_layout(title=f"{value} ({results[0]['kind']})", height=650, template="plotly_white")
     html = fig.to_html(include_plotlyjs=True, full_html=True)
     return atomic_write(path, lambda tmp: tmp.write_text(html, encoding="utf-8"))
