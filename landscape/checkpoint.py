@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,20 +115,25 @@ def _read(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
+        found = re.search(r"GLOBAL (\S+)", str(exc), flags=re.IGNORECASE)
+        if found:
             raise LandscapeError(
-                f"refused to load {path}: its pickle references code that would run on load "
-                "(only tensors and plain containers are accepted); re-save it with "
-                "torch.save(model.state_dict(), path) from a trusted environment"
+                f"refused to load {path}: its pickle references {found.group(1)}, code that would run on "
+                "load (only tensors and plain containers are accepted); re-save the weights with "
+                "torch.save(model.state_dict(), path) in a trusted environment"
             ) from None
-        raise LandscapeError(f"{path} is not a PyTorch checkpoint ({exc}); pass a file written by torch.save") from None
-    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise LandscapeError(
+            f"{path} is not a PyTorch checkpoint (unreadable pickle); pass a file written by torch.save"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for unreadable files
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if zipfile.is_zipfile(path) or "zip" in text.lower() or isinstance(exc, EOFError):
             raise LandscapeError(
                 f"{path} is truncated or corrupt ({text}); re-copy or re-save the checkpoint"
             ) from None
-        raise LandscapeError(f"{path} is not a PyTorch checkpoint ({text}); pass a file written by torch.save") from None
+        raise LandscapeError(
+            f"{path} is not a PyTorch checkpoint ({type(exc).__name__}: {text}); pass a file written by torch.save"
+        ) from None
 
 
 def _is_state_dict(obj: Any) -> bool:

@@ -25,7 +25,6 @@ iteration), returned in descending order.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -227,41 +226,44 @@ def power_iteration(
     matvec, n, dtype, device = as_operator(A)
     _check_k(k, n)
     g = torch.Generator().manual_seed(seed)
-    vecs: list[torch.Tensor] = []
-    vals, res, conv = [], [], []
-    products = 0
+    V = torch.empty(0, n, dtype=dtype, device=device)
+    W = torch.empty(0, n, dtype=dtype, device=device)
     bar = tqdm(total=k * max_iter, desc=f"power top-{k}", unit="hvp", disable=not progress, leave=False)
 
-    def deflate(v: torch.Tensor) -> torch.Tensor:
+    def project(v: torch.Tensor) -> torch.Tensor:
         for _ in range(2):
-            for u in vecs:
-                v = v - (u @ v) * u
-        return v / v.norm()
+            v = v - V.T @ (V @ v)
+        return v
 
+    products = 0
     for _ in range(k):
-        v = deflate(torch.randn(n, generator=g, dtype=dtype).to(device))
-        lam, r = torch.tensor(0.0), torch.tensor(math.inf)
-        for _it in range(max_iter):
+        v = project(torch.randn(n, generator=g, dtype=dtype).to(device))
+        v = v / v.norm()
+        for it in range(max_iter):
             w = matvec(v)
             products += 1
             bar.update(1)
-            lam = v @ w
-            r = (w - lam * v).norm()
-            if r <= tol * lam.abs():
+            pw = project(w)  # the deflated operator P A P applied to v (v = P v)
+            lam = v @ pw
+            if (pw - lam * v).norm() <= tol * lam.abs() or it == max_iter - 1:
                 break
-            v = deflate(w)
-        vecs.append(v)
-        vals.append(lam)
-        res.append(r)
-        conv.append(bool(r <= tol * lam.abs()))
+            v = pw / pw.norm()
+        V, W = torch.cat([V, v[None]]), torch.cat([W, w[None]])
     bar.close()
-    values = torch.stack(vals)
-    order = torch.argsort(values, descending=True)
-    if not all(conv):
-        warnings.warn(f"power iteration: {k - sum(conv)} of {k} eigenpairs missed tol={tol} within "
+    # Rayleigh-Ritz on the span of the k vectors: removes the leakage that deflation
+    # against slightly inexact earlier vectors leaves, and gives exact residuals.
+    H = V @ W.T
+    theta, S = torch.linalg.eigh((H + H.T) / 2)
+    order = torch.argsort(theta.abs(), descending=True)
+    theta, S = theta[order], S[:, order]
+    residuals = (S.T @ W - theta[:, None] * (S.T @ V)).norm(dim=1)
+    desc = torch.argsort(theta, descending=True)
+    theta, S, residuals = theta[desc], S[:, desc], residuals[desc]
+    converged = _tolerance_met(residuals, theta, tol).tolist()
+    if not all(converged):
+        warnings.warn(f"power iteration: {k - sum(converged)} of {k} eigenpairs missed tol={tol} within "
                       f"{max_iter} iterations each", stacklevel=2)
-    return EigenResult(values[order], torch.stack(vecs)[order], torch.stack(res)[order], products,
-                       [conv[i] for i in order.tolist()], "power", {"max_iter": max_iter, "tol": tol})
+    return EigenResult(theta, S.T @ V, residuals, products, converged, "power", {"max_iter": max_iter, "tol": tol})
 
 
 def top_eigenvalues(

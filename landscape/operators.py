@@ -60,6 +60,18 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return table[dtype]
 
 
+def unflatten(vector: torch.Tensor, shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+    """Split a flat vector into named views with the given shapes, in dict order."""
+    out, i = {}, 0
+    for name, shape in shapes.items():
+        k = math.prod(shape)
+        out[name] = vector[i : i + k].view(shape)
+        i += k
+    if i != vector.numel():
+        raise ValueError(f"vector has {vector.numel()} entries, the shapes need {i}")
+    return out
+
+
 class Objective:
     """Mean cross-entropy over fixed batches as a pure function of named parameters.
 
@@ -111,12 +123,7 @@ class Objective:
 
     def unflatten(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split a vector into named tensors shaped like the parameters (views)."""
-        out, i = {}, 0
-        for n, shape in self.shapes.items():
-            k = math.prod(shape)
-            out[n] = vector[i : i + k].view(shape)
-            i += k
-        return out
+        return unflatten(vector, self.shapes)
 
     # -- values -------------------------------------------------------------------------
     def logits(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -205,16 +212,22 @@ class HessianOperator:
         with torch.enable_grad():
             hv = self._product(v)
             if not self._checked:
-                again = self._product(v)
-                tol = 1e-5 if self.dtype == torch.float32 else 1e-11
-                err = float((hv - again).norm() / hv.norm().clamp_min(1e-30))
-                if err > tol:
-                    raise LandscapeError(
-                        f"Hessian-vector products are not deterministic (relative difference {err:.1e}); "
-                        "disable dropout/random layers in the model or use --device cpu"
-                    )
-                self._checked = True
+                self._check_determinism(v, hv)
         return hv
+
+    def _check_determinism(self, v: torch.Tensor, hv: torch.Tensor) -> None:
+        """Two losses and two products must agree (to rounding, for GPU atomics)."""
+        tol = 1e-5 if self.dtype == torch.float32 else 1e-11
+        first, second = self.objective.loss(), self.objective.loss()
+        again = self._product(v)
+        errors = [abs(first - second) / max(abs(first), 1e-30),
+                  float((hv - again).norm() / hv.norm().clamp_min(1e-30))]
+        if max(errors) > tol:
+            raise LandscapeError(
+                f"the loss or its Hessian-vector products are not deterministic (relative difference "
+                f"{max(errors):.1e}); remove dropout/noise from the model's eval forward pass"
+            )
+        self._checked = True
 
     def __matmul__(self, v: torch.Tensor) -> torch.Tensor:
         return self.matvec(v)

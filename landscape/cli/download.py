@@ -1,0 +1,21 @@
+"""``landscape download cifar10|cifar100 --data-dir DIR``: fetch CIFAR in its python format."""
+
+from __future__ import annotations
+
+import argparse
+
+from landscape import data
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("download", help="download CIFAR-10/100 (python format) into a folder",
+                       description="Download and unpack CIFAR-10 or CIFAR-100 (needs internet).")
+    p.add_argument("dataset", choices=sorted(data.CIFAR_URLS))
+    p.add_argument("--data-dir", default="data", help="destination folder (default: ./data)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    folder = data.download_cifar(args.dataset, args.data_dir)
+    print(f"{args.dataset} ready in {folder}")
+    return 0

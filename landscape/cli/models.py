@@ -1,0 +1,22 @@
+"""``landscape models``: the registered architectures and their keyword arguments."""
+
+from __future__ import annotations
+
+import argparse
+
+from landscape import models
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the registered models and their kwargs",
+                       description="List model names usable with --model, with their keyword arguments.")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    for name, kwargs in models.describe().items():
+        params = models.num_parameters(models.build(name))
+        text = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        print(f"{name:<12} {params:>11,} params  kwargs: {text}")
+    print("or any package.module:factory on the Python path (with --model-kwargs JSON)")
+    return 0

@@ -1,0 +1,119 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from landscape import checkpoint, models
+from landscape.errors import LandscapeError
+
+
+def _ckpt(**fields):
+    torch.manual_seed(0)
+    model = models.build("mlp", hidden=[4])
+    return model, checkpoint.from_model(model, "mlp", {"hidden": [4]}, **fields)
+
+
+def test_round_trip_keeps_weights_and_description(tmp_path):
+    model, ckpt = _ckpt(round=7, role="client", client_id=3, config={"lr": 0.01},
+                        data={"dataset": "digits", "split": "train"}, metadata={"note": "x"})
+    path = checkpoint.save(ckpt, tmp_path / "c.pt")
+    back = checkpoint.load(path)
+    assert (back.round, back.role, back.client_id) == (7, "client", 3)
+    assert back.config == {"lr": 0.01} and back.data["dataset"] == "digits" and back.metadata == {"note": "x"}
+    rebuilt = back.build_model()
+    for (k, a), (_, b) in zip(model.state_dict().items(), rebuilt.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert len(back.sha256) == 64
+
+
+def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
+    _, ckpt = _ckpt(round=1)
+    path = checkpoint.save(ckpt, tmp_path / "c.pt")
+    before = path.read_bytes()
+
+    def broken(obj, f):
+        open(f, "wb").write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(OSError):
+        checkpoint.save(ckpt, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_plain_state_dict_needs_and_accepts_a_model_name(tmp_path):
+    model, _ = _ckpt()
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(LandscapeError, match="plain state_dict.*--model"):
+        checkpoint.load(tmp_path / "sd.pt")
+    back = checkpoint.load(tmp_path / "sd.pt", model="mlp", model_kwargs={"hidden": [4]})
+    assert back.model_name == "mlp" and back.role is None
+
+
+def test_wrapped_state_dict_is_found(tmp_path):
+    model, _ = _ckpt()
+    torch.save({"epoch": 3, "state_dict": model.state_dict()}, tmp_path / "w.pt")
+    assert checkpoint.load(tmp_path / "w.pt", model="mlp", model_kwargs={"hidden": [4]}).model_name == "mlp"
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED_MARKER",))
+
+
+def test_pickle_that_would_run_code_is_refused_and_not_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "payload": _RunsCode()}, path)
+    with pytest.raises(LandscapeError, match="refused to load"):
+        checkpoint.load(path)
+    assert not (tmp_path / "PWNED_MARKER").exists()
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"hello, I am a text file\n", "not a PyTorch checkpoint"),
+        (None, "truncated or corrupt"),
+    ],
+)
+def test_unreadable_files_are_clear_errors(tmp_path, content, match):
+    path = tmp_path / "bad.pt"
+    if content is None:
+        _, ckpt = _ckpt()
+        checkpoint.save(ckpt, path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(LandscapeError, match=match):
+        checkpoint.load(path)
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(LandscapeError, match="checkpoint not found"):
+        checkpoint.load(tmp_path / "nope.pt")
+    with pytest.raises(LandscapeError, match="is a folder"):
+        checkpoint.load(tmp_path)
+
+
+def test_state_dict_that_does_not_fit_the_model_names_the_mismatch(tmp_path):
+    model, _ = _ckpt()
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(LandscapeError, match=r"do not match model 'mlp'.*shape mismatch.*num_classes"):
+        checkpoint.load(tmp_path / "sd.pt", model="mlp", model_kwargs={"hidden": [5]})
+    with pytest.raises(LandscapeError, match="missing"):
+        checkpoint.load(tmp_path / "sd.pt", model="cnn")
+
+
+def test_non_state_dict_objects_are_rejected(tmp_path):
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(LandscapeError, match="neither a landscape checkpoint nor a state_dict"):
+        checkpoint.load(tmp_path / "list.pt", model="mlp")
+
+
+def test_invalid_role_is_rejected():
+    with pytest.raises(LandscapeError, match="role must be one of"):
+        _ckpt(role="server")

@@ -1,0 +1,91 @@
+"""Solvers against torch.linalg.eigh on matrices with known spectra."""
+
+import pytest
+import torch
+
+from landscape.eigen import lanczos, power_iteration, top_eigenvalues
+from landscape.errors import LandscapeError
+
+
+def matrix_with_spectrum(values: list[float], n: int = 120, seed: int = 0) -> torch.Tensor:
+    """Q diag(values + filler) Q^T with a random orthogonal Q; filler eigenvalues in [-0.5, 0.5]."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    filler = torch.rand(n - len(values), generator=g, dtype=torch.float64) - 0.5
+    spectrum = torch.cat([torch.tensor(values, dtype=torch.float64), filler])
+    return q @ torch.diag(spectrum) @ q.T
+
+
+SPECTRA = {
+    "separated": [10.0, 7.0, 5.0, 3.0, 2.0],
+    "clustered": [5.0, 4.99, 4.98, 4.97, 1.5],
+    "negative": [6.0, 4.0, 3.0, 2.0, 1.0, -8.0, -9.0],
+    "degenerate": [8.0, 8.0, 8.0, 3.0, 2.0],
+}
+
+
+@pytest.mark.parametrize("name", SPECTRA)
+def test_lanczos_finds_the_algebraically_largest(name):
+    A = matrix_with_spectrum(SPECTRA[name])
+    k = 5
+    expected = torch.linalg.eigvalsh(A).flip(0)[:k]
+    result = lanczos(A, k, tol=1e-9, block_size=3 if name == "degenerate" else 1)
+    torch.testing.assert_close(result.eigenvalues, expected, atol=1e-7, rtol=1e-8)
+    assert all(result.converged)
+    # The residuals are exact: recompute them.
+    for lam, v, r in zip(result.eigenvalues, result.eigenvectors, result.residuals):
+        assert float((A @ v - lam * v).norm()) == pytest.approx(float(r), abs=1e-9)
+        assert float(r) <= 1e-9 * abs(float(lam)) + 1e-12
+    gram = result.eigenvectors @ result.eigenvectors.T
+    torch.testing.assert_close(gram, torch.eye(k, dtype=torch.float64), atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize("name", SPECTRA)
+def test_power_iteration_finds_the_largest_in_magnitude(name):
+    A = matrix_with_spectrum(SPECTRA[name])
+    k = 5
+    values = torch.linalg.eigvalsh(A)
+    expected = values[values.abs().argsort(descending=True)][:k].sort(descending=True).values
+    result = power_iteration(A, k, tol=1e-7, max_iter=5000)
+    torch.testing.assert_close(result.eigenvalues, expected, atol=1e-5, rtol=1e-6)
+    assert result.num_matvecs <= 5 * 5000
+
+
+def test_residual_certificate_bounds_the_error():
+    # Bauer-Fike: a symmetric matrix has an eigenvalue within the residual of each Ritz value.
+    A = matrix_with_spectrum(SPECTRA["clustered"], seed=3)
+    result = lanczos(A, 3, tol=1e-2)
+    true = torch.linalg.eigvalsh(A)
+    for lam, r in zip(result.eigenvalues, result.residuals):
+        assert float((true - lam).abs().min()) <= float(r) + 1e-12
+
+
+def test_lanczos_uses_far_fewer_products_than_power_iteration():
+    A = matrix_with_spectrum([10.0, 9.5, 9.0, 8.5, 8.0], n=300)
+    fast = lanczos(A, 5, tol=1e-6)
+    slow = power_iteration(A, 5, tol=1e-6, max_iter=10000)
+    torch.testing.assert_close(fast.eigenvalues, slow.eigenvalues, atol=1e-4, rtol=1e-5)
+    assert fast.num_matvecs * 5 < slow.num_matvecs
+
+
+def test_unconverged_pairs_are_flagged():
+    A = matrix_with_spectrum(SPECTRA["clustered"])
+    with pytest.warns(UserWarning, match="missed tol"):
+        result = lanczos(A, 4, tol=1e-12, max_iter=6)
+    assert not all(result.converged)
+
+
+def test_small_matrices_are_solved_exactly():
+    A = torch.diag(torch.tensor([3.0, 1.0, 2.0], dtype=torch.float64))
+    assert lanczos(A, 3, tol=1e-12).eigenvalues.tolist() == pytest.approx([3.0, 2.0, 1.0])
+
+
+@pytest.mark.parametrize("k, match", [(0, "at least 1"), (4, "exceeds the number of parameters")])
+def test_bad_k(k, match):
+    with pytest.raises(LandscapeError, match=match):
+        top_eigenvalues(torch.eye(3), k)
+
+
+def test_unknown_method():
+    with pytest.raises(LandscapeError, match="unknown eigen method"):
+        top_eigenvalues(torch.eye(3), 1, method="arnoldi")
