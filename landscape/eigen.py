@@ -98,22 +98,33 @@ class KrylovBasis:
     the whole basis (classical Gram-Schmidt, repeated: "twice is enough") and queued as
     a future basis vector, so ``block_size`` start vectors give the block Krylov space.
     When a queued vector vanishes (an invariant subspace), a random vector orthogonal to
-    the basis replaces it. Memory: 2 m n numbers for m steps.
+    the basis replaces it. H grows by one column per step (m n work), and storage grows
+    by doubling, so a step costs O(m n) besides its product. Memory: 2 m n numbers.
     """
 
     def __init__(self, matvec: Callable, n: int, dtype: torch.dtype, device: torch.device,
                  start: torch.Tensor, generator: torch.Generator) -> None:
         self.matvec, self.n, self.generator = matvec, n, generator
         self.dtype, self.device = dtype, device
-        self.Q = torch.empty(0, n, dtype=dtype, device=device)
-        self.W = torch.empty(0, n, dtype=dtype, device=device)
-        self.queue = [self._orthonormal(v) for v in start]
+        self.size = 0
+        self._Q = torch.empty(8, n, dtype=dtype, device=device)
+        self._W = torch.empty(8, n, dtype=dtype, device=device)
+        self.H = torch.empty(0, 0, dtype=torch.float64, device=device)
+        self.queue = list(start)
+
+    @property
+    def Q(self) -> torch.Tensor:
+        return self._Q[: self.size]
+
+    @property
+    def W(self) -> torch.Tensor:
+        return self._W[: self.size]
 
     def _random(self) -> torch.Tensor:
         return torch.randn(self.n, generator=self.generator, dtype=self.dtype).to(self.device)
 
-    def _orthonormal(self, v: torch.Tensor, basis: torch.Tensor | None = None) -> torch.Tensor | None:
-        basis = self.Q if basis is None else basis
+    def _orthonormal(self, v: torch.Tensor) -> torch.Tensor | None:
+        basis = self.Q
         norm0 = v.norm()
         for _ in range(2):
             v = v - basis.T @ (basis @ v)
@@ -121,10 +132,6 @@ class KrylovBasis:
         if norm <= 1e-10 * norm0 or norm == 0:
             return None
         return v / norm
-
-    @property
-    def size(self) -> int:
-        return self.Q.shape[0]
 
     def step(self) -> None:
         """Add one basis vector and its product."""
@@ -134,19 +141,27 @@ class KrylovBasis:
         while q is None:
             q = self._orthonormal(self._random())
         w = self.matvec(q)
-        self.Q = torch.cat([self.Q, q[None]])
-        self.W = torch.cat([self.W, w[None]])
+        if self.size == self._Q.shape[0]:
+            grow = lambda t: torch.cat([t, torch.empty_like(t)])  # noqa: E731
+            self._Q, self._W = grow(self._Q), grow(self._W)
+        self._Q[self.size], self._W[self.size] = q, w
+        self.size += 1
+        column = (self.Q @ w).double()  # H[:, m] = Q^T A q_m (= H[m, :] by symmetry)
+        H = torch.zeros(self.size, self.size, dtype=torch.float64, device=self.device)
+        H[:-1, :-1] = self.H
+        H[:, -1] = column
+        H[-1, :] = column
+        self.H = H
         if self.size < self.n:
             self.queue.append(w)
 
-    def ritz(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Ritz values (descending), coefficient vectors S (columns) and exact residuals."""
-        H = self.Q @ self.W.T
-        H = (H + H.T) / 2
-        theta, S = torch.linalg.eigh(H)
-        theta, S = theta.flip(0), S.flip(1)
-        R = S.T @ self.W - theta[:, None] * (S.T @ self.Q)
-        return theta, S, R.norm(dim=1)
+    def ritz(self, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Top ``k`` Ritz values (descending), their coefficients S (columns) and exact residuals."""
+        theta, S = torch.linalg.eigh(self.H)
+        theta, S = theta.flip(0)[:k], S.flip(1)[:, :k]
+        Sd = S.to(self.dtype)
+        R = Sd.T @ self.W - theta.to(self.dtype)[:, None] * (Sd.T @ self.Q)
+        return theta.to(self.dtype), Sd, R.norm(dim=1)
 
 
 def lanczos(
@@ -189,19 +204,19 @@ def lanczos(
         basis.step()
         bar.update(1)
         if basis.size >= k + block_size - 1:
-            theta, S, res = basis.ritz()
-            done = _tolerance_met(res[:k], theta[:k], tol).cpu()
+            theta, S, res = basis.ritz(k)
+            done = _tolerance_met(res, theta, tol).cpu()
             bar.set_postfix(converged=f"{int(done.sum())}/{k}", lam1=f"{float(theta[0]):.4g}")
             if bool(done.all()):
                 break
     bar.close()
-    theta, S, res = basis.ritz()
-    vectors = (S[:, :k].T @ basis.Q)
-    converged = _tolerance_met(res[:k], theta[:k], tol).tolist()
+    theta, S, res = basis.ritz(k)
+    vectors = S.T @ basis.Q
+    converged = _tolerance_met(res, theta, tol).tolist()
     if not all(converged):
         warnings.warn(f"lanczos: {k - sum(converged)} of {k} eigenpairs missed tol={tol} after {basis.size} products; "
                       "raise max_iter", stacklevel=2)
-    return EigenResult(theta[:k].clone(), vectors, res[:k].clone(), basis.size, converged, "lanczos",
+    return EigenResult(theta, vectors, res, basis.size, converged, "lanczos",
                        {"basis_size": basis.size, "block_size": block_size, "tol": tol})
 
 

@@ -65,8 +65,8 @@ def slq(A: torch.Tensor | Operator, num_steps: int = 80, num_runs: int = 1, seed
         for _ in range(steps):
             basis.step()
             bar.update(1)
-        theta, S, _ = basis.ritz()
-        nodes.append(theta.double().cpu().numpy())
-        weights.append((S[0].double() ** 2).cpu().numpy())
+        theta, S = torch.linalg.eigh(basis.H)
+        nodes.append(theta.cpu().numpy())
+        weights.append((S[0] ** 2).cpu().numpy())
     bar.close()
     return SpectralDensity(np.stack(nodes), np.stack(weights), steps * num_runs)

@@ -117,3 +117,13 @@ def test_non_state_dict_objects_are_rejected(tmp_path):
 def test_invalid_role_is_rejected():
     with pytest.raises(LandscapeError, match="role must be one of"):
         _ckpt(role="server")
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    _, ckpt = _ckpt()
+    umask = os.umask(0o022)
+    try:
+        path = checkpoint.save(ckpt, tmp_path / "c.pt")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
