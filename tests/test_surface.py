@@ -18,7 +18,6 @@ from landscape.cli import main
 from landscape.data import Dataset
 from landscape.errors import LandscapeError
 from landscape.models import build
-from tests.conftest import tiny_cnn
 
 C0 = 0.7  # the quadratic's minimum value
 
@@ -126,9 +125,31 @@ def test_plane_surface_passes_through_the_three_models() -> None:
     assert [m["distance"] for m in res["markers"][:3]] == [0.0, 0.0, 0.0]
 
 
+class SmallCNN(nn.Module):
+    """conv 3x3 -> optional norm -> tanh -> linear, on 1x5x5 inputs."""
+
+    def __init__(self, norm: str | None) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.norm = {"group": nn.GroupNorm(2, 4), "batch": nn.BatchNorm2d(4), None: nn.Identity()}[norm]
+        self.fc = nn.Linear(4 * 3 * 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(torch.tanh(self.norm(self.conv(x))), 1))
+
+
+def tiny_cnn(norm: str | None = None) -> SmallCNN:
+    torch.manual_seed(0)
+    model = SmallCNN(norm)
+    if norm == "batch":  # non-trivial running statistics, as after training
+        model.norm.running_mean.uniform_(-0.5, 0.5)
+        model.norm.running_var.uniform_(0.5, 2.0)
+    return model
+
+
 def tiny_data(n: int = 12, seed: int = 1, dtype: torch.dtype = torch.float32) -> Dataset:
     g = torch.Generator().manual_seed(seed)
-    return Dataset(torch.randn(n, 1, 6, 6, generator=g, dtype=dtype), torch.randint(0, 3, (n,), generator=g), 3,
+    return Dataset(torch.randn(n, 1, 5, 5, generator=g, dtype=dtype), torch.randint(0, 3, (n,), generator=g), 3,
                    {"dataset": "tiny", "seed": seed})
 
 

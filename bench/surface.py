@@ -1,0 +1,134 @@
+"""Benchmark: a 2D loss surface, this toolkit vs ``loss-landscapes`` 3.0.6 vs a plain loop vs the floor.
+
+For each workload (a small MLP on digits; the CIFAR CNN of [C22] on 512 CIFAR-shaped
+samples) and the same N x N grid (default 21 x 21), in one run and one process:
+
+- ``landscape``: :func:`landscape.surface.evaluate` with filter-normalized random
+  directions (direction set-up included), loss and accuracy at every point;
+- ``loss-landscapes``: ``loss_landscapes.random_plane(model, Loss(...), distance=2,
+  steps=N, normalization="filter", deepcopy_model=True)`` (loss only);
+- ``plain loop``: one point at a time, ``p.copy_(w + a d1 + b d2)`` then one forward
+  (loss and accuracy);
+- ``floor``: one forward pass over the data per point and nothing else (no parameter
+  updates) -- the cost of evaluating N^2 points one by one.
+
+Every method gets one untimed warm-up (3 x 3 grid); the reported time is the median of
+``--repeats`` timed runs, interleaved across the methods. Run: ``python bench/surface.py`` (add ``--device cuda`` on a GPU,
+``--cnn-samples 10000 --resolution 51`` for the GPU target of the issue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from landscape import data, directions, models, surface
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fns: dict[str, Callable[[int], object]], n: int, repeats: int, device: torch.device) -> dict[str, float]:
+    """Median wall time per method for an n x n grid: one warm-up each on a 3 x 3 grid, then
+    ``repeats`` rounds that run every method once in turn (interleaved, so a burst of load
+    elsewhere hits all methods alike)."""
+    for fn in fns.values():
+        fn(3)
+        sync(device)
+    times: dict[str, list[float]] = {label: [] for label in fns}
+    for _ in range(repeats):
+        for label, fn in fns.items():
+            start = time.perf_counter()
+            fn(n)
+            sync(device)
+            times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(t) for label, t in times.items()}
+
+
+def workload(model: nn.Module, ds: data.Dataset, n: int, device: torch.device, repeats: int) -> dict[str, float]:
+    """Seconds per method for an n x n grid."""
+    import loss_landscapes
+    from loss_landscapes.metrics import Loss
+
+    model = model.to(device).eval()
+    x, y = ds.x.to(device), ds.y.to(device)
+    on_device = data.Dataset(x, y, ds.num_classes, ds.spec)
+
+    def ours(steps: int) -> None:
+        axis = surface.symmetric_axis(1.0, steps)
+        dirs = directions.random_directions(model, 2, seed=0)
+        surface.evaluate(model, dirs, [axis, axis], {"train": on_device}, device=device, progress=False)
+
+    def theirs(steps: int) -> None:
+        loss_landscapes.random_plane(model, Loss(nn.functional.cross_entropy, x, y), distance=2, steps=steps,
+                                     normalization="filter", deepcopy_model=True)
+
+    dirs = directions.random_directions(model, 2, seed=0)
+    work = copy.deepcopy(model)
+    params = dict(work.named_parameters())
+    base = {k: p.detach().clone() for k, p in params.items()}
+    d1, d2 = dirs.vectors
+
+    @torch.no_grad()
+    def loop(steps: int) -> None:
+        axis = surface.symmetric_axis(1.0, steps)
+        for a in axis:
+            for b in axis:
+                for k, p in params.items():
+                    p.copy_(base[k] + float(a) * d1[k] + float(b) * d2[k])
+                z = work(x)
+                nn.functional.cross_entropy(z, y).item()
+                (z.argmax(1) == y).float().mean().item()
+
+    @torch.no_grad()
+    def floor(steps: int) -> None:
+        for _ in range(steps * steps):
+            nn.functional.cross_entropy(model(x), y)
+
+    return timed({"landscape": ours, "loss-landscapes": theirs, "plain loop": loop, "floor": floor}, n, repeats, device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolution", type=int, default=21)
+    parser.add_argument("--cnn-samples", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workloads", default="mlp,cnn", help="comma-separated subset of mlp,cnn")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    n = args.resolution
+    torch.manual_seed(0)
+    cases = {
+        "mlp": ("MLP 64-32-10, digits (1,437)", lambda: models.build("mlp"), lambda: data.load("digits")),
+        "cnn": (f"CIFAR CNN (C=10), synthetic ({args.cnn_samples})", lambda: models.build("cnn", num_classes=10),
+                lambda: data.load(f"synthetic:n={args.cnn_samples}")),
+    }
+    import loss_landscapes  # noqa: F401  (fail before any timing if it is missing)
+    from importlib.metadata import version
+
+    print(f"{n}x{n} grid, {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"loss-landscapes {version('loss-landscapes')}, {platform.processor() or platform.machine()}")
+    print(f"{'workload':<40} {'method':<16} {'seconds':>9} {'points/s':>10} {'x floor':>8} {'x loss-landscapes':>18}")
+    for key in args.workloads.split(","):
+        name, build_model, load_data = cases[key]
+        secs = workload(build_model(), load_data(), n, device, args.repeats)
+        for label, t in secs.items():
+            print(f"{name:<40} {label:<16} {t:>9.3f} {n * n / t:>10.1f} {secs['floor'] / t:>8.2f} "
+                  f"{secs['loss-landscapes'] / t:>18.2f}")
+
+
+if __name__ == "__main__":
+    main()
