@@ -93,8 +93,10 @@ BN_MODES = ("eval", "recalibrate")
 METRICS = ("loss", "accuracy")
 # Metadata fields that record progress, not identity: a continued run may differ in them.
 PROGRESS_FIELDS = ("num_done", "complete", "nonfinite", "device")
-# Memory for one stacked forward (activations of all points in it) when choosing points_per_batch.
+# Memory for one stacked forward (activations of all points in it) when choosing points_per_batch:
+# on a CPU about a cache-friendly working set; on a GPU a quarter of the free memory, at most 8 GiB.
 BATCH_MEMORY_BYTES = 1 << 28
+GPU_BATCH_MEMORY_BYTES = 1 << 33
 MAX_POINTS_PER_BATCH = 128
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -278,14 +280,17 @@ class _Evaluator:
         return out
 
 
-def auto_points_per_batch(model: nn.Module, x: torch.Tensor, batch_size: int, num_params: int, dtype: torch.dtype) -> int:
-    """How many points one stacked forward holds: activations of all K points in ``BATCH_MEMORY_BYTES``.
+def auto_points_per_batch(
+    model: nn.Module, x: torch.Tensor, batch_size: int, num_params: int, dtype: torch.dtype, device: torch.device
+) -> int:
+    """How many points one stacked forward holds: activations of all K points within a memory budget.
 
     The activation size per sample is measured with forward hooks on one sample; a
-    point costs ``batch_size * activations + num_params`` elements. Large models on
-    large batches get K = 1 (one forward per point is already compute-bound); small
-    ones get many points per forward, which removes the per-call overhead that
-    dominates them.
+    point costs ``batch_size * activations + num_params`` elements. The budget is
+    ``BATCH_MEMORY_BYTES`` on a CPU and a quarter of the free memory (at most
+    ``GPU_BATCH_MEMORY_BYTES``) on a GPU. Large models on large batches get K = 1 (one
+    forward per point is already compute-bound); small ones get many points per
+    forward, which removes the per-call overhead that dominates them.
     """
     sizes: list[int] = []
 
@@ -293,14 +298,17 @@ def auto_points_per_batch(model: nn.Module, x: torch.Tensor, batch_size: int, nu
         if isinstance(output, torch.Tensor):
             sizes.append(output.numel())
 
-    probe = copy.deepcopy(model).to(dtype=dtype).eval()
+    probe = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
     handles = [m.register_forward_hook(hook) for m in probe.modules()]
     with torch.no_grad():
-        probe(x[:1].to(dtype=dtype))
+        probe(x[:1].to(device=device, dtype=dtype))
     for h in handles:
         h.remove()
+    budget = BATCH_MEMORY_BYTES
+    if device.type == "cuda":
+        budget = min(GPU_BATCH_MEMORY_BYTES, torch.cuda.mem_get_info(device)[0] // 4)
     per_point = (batch_size * sum(sizes) + num_params) * torch.finfo(dtype).bits // 8
-    return int(min(MAX_POINTS_PER_BATCH, max(1, BATCH_MEMORY_BYTES // max(per_point, 1))))
+    return int(min(MAX_POINTS_PER_BATCH, max(1, budget // max(per_point, 1))))
 
 
 def _dataset_description(ds: Dataset) -> dict[str, Any]:
@@ -395,7 +403,7 @@ def evaluate(
             first = next(iter(sources.values()))
             per_forward = len(first) if batch_size is None else min(batch_size, len(first))
             num = sum(t.numel() for t in base.values())
-            points_per_batch = auto_points_per_batch(model, first.x, per_forward, num, dtype)
+            points_per_batch = auto_points_per_batch(model, first.x, per_forward, num, dtype, device)
     meta: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

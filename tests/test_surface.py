@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from landscape import checkpoint
+from landscape import checkpoint, data
 from landscape import directions as D
 from landscape import surface as S
 from landscape.cli import main
@@ -326,13 +326,14 @@ def test_result_file_roundtrip_and_not_a_result(tmp_path) -> None:
 # -- command line -----------------------------------------------------------------------------------
 
 
-def save_mlp(path, hidden: int = 8, seed: int = 0, state: dict | None = None) -> str:
+def save_mlp(path, hidden: int = 8, seed: int = 0, state: dict | None = None, partition: dict | None = None) -> str:
     """A digits MLP checkpoint (random weights from ``seed``, or the given state_dict)."""
     torch.manual_seed(seed)
     model = build("mlp", hidden=[hidden])
     if state is not None:
         model.load_state_dict(state)
-    ckpt = checkpoint.from_model(model, "mlp", {"hidden": [hidden]}, role="global", data={"dataset": "digits"})
+    recorded = {"dataset": "digits", **({"partition": partition} if partition else {})}
+    ckpt = checkpoint.from_model(model, "mlp", {"hidden": [hidden]}, role="global", data=recorded)
     return str(checkpoint.save(ckpt, path))
 
 
@@ -358,6 +359,23 @@ def test_cli_surface_plane_view(tmp_path, capsys: pytest.CaptureFixture[str]) ->
     capsys.readouterr()
 
 
+def test_cli_each_clients_own_data(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    part = {"num_clients": 3, "samples_per_client": 20, "alpha": 0.5, "seed": 0}
+    path = save_mlp(tmp_path / "g.pt", partition=part)
+    out = tmp_path / "c.npz"
+    assert main(["surface", path, "--dim", "1", "--out", str(out), *FAST, "--sources", "train,clients"]) == 0
+    res = S.load_result(out)
+    assert res["metadata"]["sources"] == ["train", "client 0", "client 1", "client 2"]
+    model, full = checkpoint.load(path).build_model(), data.load("digits")
+    for k in range(3):
+        own = data.client_data(full, {"partition": part}, k)
+        with torch.no_grad():
+            expected = float(nn.functional.cross_entropy(model(own.x), own.y))
+        assert res["values"][f"client {k}/loss"][1] == pytest.approx(expected, rel=1e-5)
+        assert res["metadata"]["data"][f"client {k}"]["num_samples"] == 20
+    capsys.readouterr()
+
+
 def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     a, b = save_mlp(tmp_path / "a.pt", seed=0), save_mlp(tmp_path / "b.pt", seed=1)
     wa, wb = torch.load(a)["state_dict"], torch.load(b)["state_dict"]
@@ -376,6 +394,8 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys: pytest.CaptureFix
         (["surface", a, *FAST, "--range", "0"], "range must be a positive number"),
         (["surface", a, "--out", out, "--seed", "1", *FAST], "refusing to continue .*directions.seed"),
         (["surface", a, "--directions-file", str(tmp_path / "d.pt"), *FAST], "does not match the model"),
+        (["surface", a, *FAST, "--sources", "train,clients"], "records no federated partition"),
+        (["surface", a, *FAST, "--sources", "train,valid"], "--sources takes"),
     ]
     for argv, match in cases:
         assert main(argv) == 2, argv
