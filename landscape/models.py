@@ -28,17 +28,21 @@ from torch import nn
 from landscape.errors import LandscapeError
 
 
-class CifarCNN(nn.Module):
-    """The CNN of [C22 §5] / McMahan et al.: two 5x5 conv + max-pool blocks, three FC layers."""
+class TwoConvNet(nn.Module):
+    """Two 5x5 conv + ReLU + 2x2 max-pool blocks, then three fully connected layers.
 
-    def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
+    On 32x32 inputs: 32 -> conv 28 -> pool 14 -> conv 10 -> pool 5, so the first FC
+    layer sees ``channels[1] * 5 * 5`` features. ``cnn`` and ``lenet5`` are instances.
+    """
+
+    def __init__(self, channels: tuple[int, int], hidden: tuple[int, int], num_classes: int, in_channels: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 5)
-        self.conv2 = nn.Conv2d(64, 64, 5)
+        self.conv1 = nn.Conv2d(in_channels, channels[0], 5)
+        self.conv2 = nn.Conv2d(channels[0], channels[1], 5)
         self.pool = nn.MaxPool2d(2)
-        self.fc1 = nn.Linear(64 * 5 * 5, 384)
-        self.fc2 = nn.Linear(384, 192)
-        self.fc3 = nn.Linear(192, num_classes)
+        self.fc1 = nn.Linear(channels[1] * 5 * 5, hidden[0])
+        self.fc2 = nn.Linear(hidden[0], hidden[1])
+        self.fc3 = nn.Linear(hidden[1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(torch.relu(self.conv1(x)))
@@ -49,25 +53,14 @@ class CifarCNN(nn.Module):
         return self.fc3(x)
 
 
-class LeNet5(nn.Module):
-    """LeNet-5 for 32x32 images: conv 6, conv 16, FC 120, 84, C."""
+def cifar_cnn(num_classes: int = 100, in_channels: int = 3) -> TwoConvNet:
+    """The CNN of [C22 §5] (McMahan et al.): conv 64, conv 64, FC 384, 192, C; no normalization."""
+    return TwoConvNet((64, 64), (384, 192), num_classes, in_channels)
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 6, 5)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.pool = nn.MaxPool2d(2)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(torch.relu(self.conv1(x)))
-        x = self.pool(torch.relu(self.conv2(x)))
-        x = torch.flatten(x, 1)
-        x = torch.relu(self.fc1(x))
-        x = torch.relu(self.fc2(x))
-        return self.fc3(x)
+def lenet5(num_classes: int = 10, in_channels: int = 3) -> TwoConvNet:
+    """LeNet-5 for 32x32 images: conv 6, conv 16, FC 120, 84, C ([L26])."""
+    return TwoConvNet((6, 16), (120, 84), num_classes, in_channels)
 
 
 class BasicBlock(nn.Module):
@@ -196,9 +189,9 @@ class MLP(nn.Module):
 
 
 REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    "cnn": CifarCNN,
+    "cnn": cifar_cnn,
     "resnet18-gn": ResNet18GN,
-    "lenet5": LeNet5,
+    "lenet5": lenet5,
     "vit": ViT,
     "mlp": MLP,
 }
