@@ -79,6 +79,13 @@ def as_operator(A: torch.Tensor | Operator) -> tuple[Callable[[torch.Tensor], to
     return A.matvec, A.shape[0], A.dtype, A.device
 
 
+def rademacher(n: int, g: torch.Generator, dtype: torch.dtype, device: torch.device,
+               cols: int | None = None) -> torch.Tensor:
+    """Random signs (+-1) of shape (n,) or (n, cols), drawn on the CPU from ``g`` for reproducibility."""
+    shape = (n,) if cols is None else (n, cols)
+    return (torch.randint(0, 2, shape, generator=g) * 2 - 1).to(device=device, dtype=dtype)
+
+
 def _check_k(k: int, n: int) -> None:
     if k < 1:
         raise LandscapeError(f"--top-k must be at least 1, got {k}")

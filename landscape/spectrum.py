@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from landscape.eigen import KrylovBasis, Operator, as_operator
+from landscape.eigen import KrylovBasis, Operator, as_operator, rademacher
 from landscape.errors import LandscapeError
 
 
@@ -60,7 +60,7 @@ def slq(A: torch.Tensor | Operator, num_steps: int = 80, num_runs: int = 1, seed
     nodes, weights = [], []
     bar = tqdm(total=steps * num_runs, desc="SLQ density", unit="hvp", disable=not progress, leave=False)
     for _ in range(num_runs):
-        probe = (torch.randint(0, 2, (1, n), generator=g) * 2 - 1).to(device=device, dtype=dtype)
+        probe = rademacher(n, g, dtype, device)[None]
         basis = KrylovBasis(matvec, n, dtype, device, probe, g)
         for _ in range(steps):
             basis.step()

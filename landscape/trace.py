@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from landscape.eigen import Operator, as_operator
+from landscape.eigen import Operator, as_operator, rademacher
 from landscape.errors import LandscapeError
 
 
@@ -30,11 +30,6 @@ class TraceResult:
     stderr: float
     num_matvecs: int
     method: str
-
-
-def _rademacher(n: int, g: torch.Generator, dtype: torch.dtype, device: torch.device, cols: int | None = None) -> torch.Tensor:
-    shape = (n,) if cols is None else (n, cols)
-    return (torch.randint(0, 2, shape, generator=g) * 2 - 1).to(device=device, dtype=dtype)
 
 
 def hutchinson(
@@ -58,7 +53,7 @@ def hutchinson(
     samples: list[float] = []
     stderr = math.inf
     for _ in tqdm(range(max_samples), desc="hutchinson trace", unit="hvp", disable=not progress, leave=False):
-        z = _rademacher(n, g, dtype, device)
+        z = rademacher(n, g, dtype, device)
         samples.append(float(z @ matvec(z)))
         if len(samples) >= 2:
             t = torch.tensor(samples, dtype=torch.float64)
@@ -87,10 +82,10 @@ def hutchpp(A: torch.Tensor | Operator, num_matvecs: int = 99, seed: int = 0, pr
         bar.update(block.shape[1])
         return out
 
-    S = _rademacher(n, g, dtype, device, s)
+    S = rademacher(n, g, dtype, device, s)
     Q, _ = torch.linalg.qr(apply(S))
     exact = float(torch.trace(Q.T @ apply(Q)))
-    G = _rademacher(n, g, dtype, device, s)
+    G = rademacher(n, g, dtype, device, s)
     G = G - Q @ (Q.T @ G)
     rest = (G * apply(G)).sum(0).double()
     bar.close()
