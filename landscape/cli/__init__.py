@@ -17,7 +17,7 @@ from landscape import __version__
 from landscape.errors import LandscapeError
 
 # Subcommand modules, in the order `landscape --help` lists them.
-COMMANDS = ["hessian", "models", "download", "surface", "plane", "view", "flatness", "train", "demo"]
+COMMANDS = ["hessian", "models", "download", "surface", "plane", "view", "flatness", "train", "demo", "figures"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,93 @@
+"""[C22] Fig. 1: loss surfaces of the global models of several algorithms, side by side on one z scale.
+
+Inputs are 2D surface results of ``landscape surface`` (``--dim 2``; [C22] used 21 x 21 grids
+of filter-normalized random directions [Li18]), one per algorithm (and alpha)::
+
+    landscape surface runs/fedavg/checkpoints/global_r020000.pt --dim 2 --resolution 21 --out s_fedavg.npz
+    landscape surface runs/fedasam/checkpoints/global_r020000.pt --dim 2 --resolution 21 --out s_fedasam.npz
+    landscape figures fig01 FedAvg=s_fedavg.npz FedASAM=s_fedasam.npz --out fig01.png
+
+Writes one image (PNG, PDF or SVG by suffix) with a 3D surface per input, all on the same z
+range and color scale (log10 when the values span more than a factor 100, as in
+:mod:`landscape.plots.static`), and an interactive HTML with the surfaces on a slider
+(same color scale). ``--value`` picks what is drawn, e.g. ``test/loss`` when the surfaces were
+evaluated with ``--sources train,test``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from figures import common
+from landscape import surface
+from landscape.errors import LandscapeError
+from landscape.plots import interactive, static
+
+MAX_COLUMNS = 4
+
+
+def load_surfaces(inputs: Sequence[common.Input], value: str) -> list[dict[str, Any]]:
+    """The surface results, checked to be 2D grids holding ``value``.
+
+    Raises:
+        LandscapeError: a file that is not a 2D grid result or lacks ``value``.
+    """
+    results = []
+    for item in inputs:
+        result = surface.load_result(item.path)
+        if result["kind"] != "grid":
+            raise LandscapeError(f"{item.label}: {item.path} is a {result['kind']} result; Fig. 1 draws 2D "
+                                 "surfaces around a model (landscape surface CKPT --dim 2)")
+        if value not in result["values"]:
+            raise LandscapeError(f"{item.label}: no value '{value}' in {item.path}; it holds "
+                                 f"{', '.join(result['values'])}")
+        results.append(result)
+    return results
+
+
+def draw(results: Sequence[dict[str, Any]], labels: Sequence[str], value: str, path: Path) -> Path:
+    """One 3D panel per surface with shared z limits and colors, one colorbar; saved by suffix."""
+    levels = static.contour_levels(np.concatenate([static.finite_or_nan(r["values"][value]).ravel() for r in results]))
+    columns = min(len(results), MAX_COLUMNS)
+    rows = -(-len(results) // columns)
+    fig = Figure(figsize=(4.2 * columns + 1, 3.8 * rows), layout="constrained")
+    for i, (result, label) in enumerate(zip(results, labels)):
+        ax = fig.add_subplot(rows, columns, i + 1, projection="3d")
+        x, y = (np.asarray(a, dtype=np.float64) for a in result["axes"])
+        mappable = static.draw_surface3d(ax, x, y, static.finite_or_nan(result["values"][value]), levels)
+        names = static.axis_labels(result)
+        ax.set_xlabel(names[0], fontsize=8)
+        ax.set_ylabel(names[1], fontsize=8)
+        ax.set_title(label, fontsize=10)
+    log = static.use_log_scale(levels)
+    static.add_colorbar(fig, mappable, fig.axes, ("log10 " if log else "") + value, log=False)
+    fig.suptitle(f"{value} around each model", fontsize=11)
+    return static.save_figure(fig, path)
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Draw the figure; see the module docstring."""
+    parser = common.make_parser(__doc__, prog)
+    common.add_inputs(parser, "2D results of `landscape surface --dim 2 --out`, labelled by algorithm")
+    parser.add_argument("--out", default="fig01_surfaces.png", metavar="IMAGE",
+                        help="image file, .png, .pdf or .svg (default: fig01_surfaces.png)")
+    parser.add_argument("--html", metavar="HTML", help="interactive view with a slider (default: --out as .html)")
+    parser.add_argument("--value", default="train/loss", help="the value to draw (default: train/loss)")
+    args = parser.parse_args(argv)
+    out = common.check_suffix(args.out, static.SUFFIXES, "--out")
+    html = common.check_suffix(args.html or out.with_suffix(".html"), (".html",), "--html")
+    inputs = common.parse_inputs(args.inputs)
+    results = load_surfaces(inputs, args.value)
+    labels = [item.label for item in inputs]
+    print(f"wrote {draw(results, labels, args.value, out)}")
+    print(f"wrote {interactive.write_html(results, html, value=args.value, labels=labels)}")
+    return 0
+
+
+if __name__ == "__main__":
+    common.run_script(main)

@@ -1,0 +1,118 @@
+"""[C22] Fig. 4: lambda_max of each client's local model as the rounds pass, one panel per label.
+
+Inputs are results of ``landscape hessian --out`` on client checkpoints (saved by ``landscape
+train --save-clients-every N``); the round and the client id are read from the checkpoint
+record in each result (``metadata.checkpoint``). The label names the panel, e.g. algorithm and
+alpha as in [C22] Fig. 4; results of global or SWA checkpoints given under the same label are
+drawn as a black line, to compare the clients' curvature with the global model's::
+
+    landscape train --preset digits-demo --algorithm fedavg --save-clients-every 50 --out runs/fedavg
+    for f in runs/fedavg/clients/r*_c*.pt runs/fedavg/checkpoints/global_r*.pt; do
+        landscape hessian "$f" --top-k 1 --out "hess/fedavg/$(basename "$f" .pt).json"; done
+    landscape figures fig04 "FedAvg=hess/fedavg/*.json" "FedASAM=hess/fedasam/*.json" --out fig04.png
+
+[C22] computes each client's lambda_max on that client's own data; ``landscape hessian`` uses
+the data set named by ``--data`` (default: the checkpoint's whole training set), so pass the
+client's samples (a ``.npz`` with ``x`` and ``y``) with ``--data`` to match the paper.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+from figures import common
+from landscape.errors import LandscapeError
+from landscape.plots import static
+
+MAX_COLUMNS = 4
+#: Clients are colored by id from this qualitative colormap (ids beyond 20 reuse colors).
+CLIENT_COLORS = colormaps["tab20"]
+#: Label every client in the legend only up to this many clients per panel.
+MAX_LEGEND_CLIENTS = 10
+
+
+@dataclass
+class Panel:
+    """The (round, lambda_max) points of one label: per client id, and of the global/SWA model."""
+
+    clients: dict[int, list[tuple[int, float]]] = field(default_factory=lambda: defaultdict(list))
+    global_model: list[tuple[int, float]] = field(default_factory=list)
+
+
+def collect(inputs: Sequence[common.Input]) -> dict[str, Panel]:
+    """Group the results by label (panel) and by client id, in input order.
+
+    Raises:
+        LandscapeError: a file that is not a Hessian result, or whose checkpoint records no round
+            or no client id.
+    """
+    panels: dict[str, Panel] = {}
+    for item in inputs:
+        result = common.read_hessian(item.path)
+        ckpt = common.checkpoint_of(result)
+        role, round_ = ckpt.get("role"), ckpt.get("round")
+        if round_ is None or role not in ("client", "global", "swa"):
+            raise LandscapeError(f"{item.label}: {item.path} is not the Hessian of a checkpoint saved by "
+                                 "`landscape train` (its checkpoint records no round or role)")
+        panel = panels.setdefault(item.label, Panel())
+        if role == "client":
+            if ckpt.get("client_id") is None:
+                raise LandscapeError(f"{item.label}: {item.path} is a client checkpoint without a client id")
+            panel.clients[int(ckpt["client_id"])].append((int(round_), float(result["lambda_max"])))
+        else:
+            panel.global_model.append((int(round_), float(result["lambda_max"])))
+    empty = [label for label, panel in panels.items() if not panel.clients]
+    if empty:
+        raise LandscapeError(f"no client checkpoint among the results labelled {', '.join(empty)}; Fig. 4 needs "
+                             "`landscape hessian` of runs/NAME/clients/rNNNNNN_cNNNN.pt")
+    return panels
+
+
+def draw(panels: dict[str, Panel], path: Path) -> Path:
+    """One panel per label (shared y axis): a line per client colored by id, the global model in black."""
+    columns = min(len(panels), MAX_COLUMNS)
+    rows = -(-len(panels) // columns)
+    fig = Figure(figsize=(4.5 * columns, 3.6 * rows), layout="constrained")
+    axes = fig.subplots(rows, columns, sharey=True, squeeze=False).ravel()
+    for ax, (label, panel) in zip(axes, panels.items()):
+        show_clients = len(panel.clients) <= MAX_LEGEND_CLIENTS
+        for client_id, points in sorted(panel.clients.items()):
+            rounds, values = zip(*sorted(points))
+            ax.plot(rounds, values, marker="o", markersize=3.5, linewidth=0.8,
+                    color=CLIENT_COLORS(client_id % CLIENT_COLORS.N),
+                    label=f"client {client_id}" if show_clients else None)
+        if panel.global_model:
+            rounds, values = zip(*sorted(panel.global_model))
+            ax.plot(rounds, values, marker="*", markersize=8, color="black", label="global model")
+        ax.set_title(f"{label} ({len(panel.clients)} clients)", fontsize=10)
+        ax.set_xlabel("round")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[::columns]:
+        ax.set_ylabel("lambda_max of the local model")
+    fig.suptitle("lambda_max of each client's local model as rounds pass", fontsize=11)
+    return static.save_figure(fig, path)
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Draw the figure; see the module docstring."""
+    parser = common.make_parser(__doc__, prog)
+    common.add_inputs(parser, "results of `landscape hessian --out` on client checkpoints, labelled by panel")
+    parser.add_argument("--out", default="fig04_client_lambda_max.png", metavar="IMAGE",
+                        help="image file, .png, .pdf or .svg (default: fig04_client_lambda_max.png)")
+    args = parser.parse_args(argv)
+    out = common.check_suffix(args.out, static.SUFFIXES, "--out")
+    print(f"wrote {draw(collect(common.parse_inputs(args.inputs)), out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    common.run_script(main)
