@@ -173,9 +173,9 @@ def write_table(out: Path, header: Sequence[str], rows: Sequence[Sequence[Cell]]
     Returns:
         The two paths written.
     """
-    md = atomic_write(out.with_suffix(".md"), lambda tmp: tmp.write_text(f"{markdown_table(header, rows)}\n\n{notes}\n"))
-    table = csv_text(header, rows)
-    return [md, atomic_write(out.with_suffix(".csv"), lambda tmp: tmp.write_text(table))]
+    markdown, table = f"{markdown_table(header, rows)}\n\n{notes}\n", csv_text(header, rows)
+    return [atomic_write(out.with_suffix(".md"), lambda tmp: tmp.write_text(markdown)),
+            atomic_write(out.with_suffix(".csv"), lambda tmp: tmp.write_text(table))]
 
 
 def run_script(main: Callable[[Sequence[str] | None, str | None], int]) -> None:

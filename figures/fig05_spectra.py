@@ -12,7 +12,7 @@ Each density is the Gaussian-smoothed quadrature of :meth:`landscape.spectrum.Sp
 on a grid spanning its nodes (:func:`landscape.hessian.density_curve`, as ``landscape hessian
 --plot`` draws it); the top eigenvalues of each result are ticks along the bottom in the
 curve's color. The density axis is logarithmic (the bulk near zero and the outliers differ by
-orders of magnitude); values below ``FLOOR`` times the highest peak are drawn at that floor
+orders of magnitude); values below 1e-8 (``FLOOR``) times the highest peak are drawn at that floor
 so that the gaps between separated outliers stay visible as a baseline.
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import doctest
 import json
 import sys
 from pathlib import Path
@@ -108,6 +109,12 @@ def test_bad_inputs_name_the_problem(spec: str, match: str) -> None:
         common.parse_inputs([spec])
 
 
+@pytest.mark.parametrize("module", [common, table1_hessian, table2_accuracy], ids=lambda m: m.__name__)
+def test_docstring_examples(module: Any) -> None:
+    outcome = doctest.testmod(module)
+    assert outcome.attempted > 0 and outcome.failed == 0
+
+
 # -- Table 1 ----------------------------------------------------------------------------------------
 
 
@@ -167,7 +174,8 @@ def test_table2_last_accuracy_and_the_paper_cell_of_the_setting(tmp_path: Path,
     code, out, _ = run(["figures", "table2", cifar, f"mine={digits}", "--out", tmp_path / "t2.csv"], capsys)
     assert code == 0 and "| fedasam-swa | cifar100 |" in out
     swa_run, digits_run = read_csv(tmp_path / "t2.csv")
-    assert swa_run["round"] == "3" and float(swa_run["test acc %"]) == 37.5 and float(swa_run["SWA test acc %"]) == 43.75
+    assert swa_run["round"] == "3" and float(swa_run["test acc %"]) == 37.5
+    assert float(swa_run["SWA test acc %"]) == 43.75
     assert float(swa_run["paper %"]) == 42.01  # [C22] Table 2: CIFAR-100, alpha 0, 5 clients, FedASAM + SWA
     assert digits_run["run"] == "mine" and float(digits_run["test acc %"]) == 50.0
     assert digits_run["SWA test acc %"] == "" and digits_run["paper %"] == ""
