@@ -141,3 +141,28 @@ def test_every_bad_input_is_one_clear_line(tmp_path, digits_ckpt, capsys, monkey
         assert "Traceback" not in err
         assert not out.exists(), args  # never a half-written result
     assert not (tmp_path / "HESSIAN_PWNED").exists()
+
+
+def test_client_data_comes_from_the_recorded_partition(tmp_path, capsys):
+    from landscape import data
+    from landscape.operators import HessianOperator, Objective
+
+    partition = {"num_clients": 10, "samples_per_client": 40, "alpha": 0.0, "seed": 1}
+    torch.manual_seed(0)
+    model = models.build("mlp", hidden=[4])
+    path = checkpoint.save(checkpoint.from_model(
+        model, "mlp", {"hidden": [4]}, role="client", client_id=3,
+        data={"dataset": "digits", "split": "train", "partition": partition}), tmp_path / "client.pt")
+    for spec, client in (("client", 3), ("client:7", 7)):
+        out = tmp_path / f"{client}.json"
+        code, _, err = run_cli(["hessian", path, "--data", spec, "--top-k", 1, "--dtype", "float64",
+                                "--tol", 1e-8, "--out", out], capsys)
+        assert code == 0, err
+        result = json.loads(out.read_text())
+        assert result["metadata"]["data"]["client_id"] == client
+        own = data.client_data(data.load("digits"), {"partition": partition}, client)
+        assert len(own) == 40 and len(set(own.y.tolist())) == 1  # alpha = 0: one class per client
+        H = HessianOperator(Objective(model, own.batches(None), dtype=torch.float64)).dense()
+        assert result["eigenvalues"][0] == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=1e-6)
+    code, _, err = run_cli(["hessian", path, "--data", "client:x", "--out", tmp_path / "bad.json"], capsys)
+    assert code == 2 and "client id must be an integer" in err

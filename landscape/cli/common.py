@@ -23,7 +23,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_data_args(p: argparse.ArgumentParser, default_samples: int | None = None) -> None:
     """``--data`` / ``--data-dir`` / ``--num-samples`` / ``--batch-size``."""
     p.add_argument("--data", metavar="SPEC", help="data set: digits, synthetic[:n=..,classes=..], cifar10, "
-                   "cifar100 (options after ':', e.g. digits:split=test) or a .npz/.pt file with x and y "
+                   "cifar100 (options after ':', e.g. digits:split=test), a .npz/.pt file with x and y, or "
+                   "client / client:K for a client's own training data from the checkpoint's partition "
                    "(default: the checkpoint's training data)")
     p.add_argument("--data-dir", metavar="DIR", help="folder holding CIFAR in its python format")
     p.add_argument("--num-samples", type=int, default=default_samples, metavar="N",
@@ -58,21 +59,44 @@ def load_checkpoint(path: str, model: str | None, model_kwargs: dict[str, Any] |
 def load_data(
     spec: str | None, data_dir: str | None, ckpt: checkpoint.Checkpoint, num_samples: int | None, seed: int
 ) -> data.Dataset:
-    """The data named by ``--data``, else the data set recorded in the checkpoint."""
-    if spec is None:
+    """The data named by ``--data``, else the training data recorded in the checkpoint.
+
+    ``--data client`` is the checkpoint's own client's training data and ``--data client:K``
+    client K's, both rebuilt from the partition the checkpoint records (e.g. lambda_max of a
+    local model on its local data, [C22] Fig. 4).
+    """
+    if spec is None or spec == "client" or spec.startswith("client:"):
         stored = ckpt.data.get("dataset") if ckpt.data else None
         if stored is None:
             raise LandscapeError(
                 f"{ckpt.path} does not record its data set; name one with --data (e.g. --data digits or data.npz)"
             )
-        dataset = data.load({"dataset": stored, "split": "train", **{k: v for k, v in ckpt.data.items()
-                                                                    if k in ("n", "classes", "shape", "seed", "dir")}},
+        keys = ("n", "classes", "shape", "seed", "dir", "path")
+        dataset = data.load({"dataset": stored, "split": "train", **{k: v for k, v in ckpt.data.items() if k in keys}},
                             data_dir)
+        if spec is not None:
+            dataset = _client_subset(spec, dataset, ckpt)
     else:
         dataset = data.load(spec, data_dir)
     dataset = dataset.head(num_samples, seed)
     check_labels(dataset, ckpt)
     return dataset
+
+
+def _client_subset(spec: str, dataset: data.Dataset, ckpt: checkpoint.Checkpoint) -> data.Dataset:
+    if "partition" not in ckpt.data:
+        raise LandscapeError(f"--data {spec}: {ckpt.path} records no federated partition; pass the client's data as a file")
+    _, _, client = spec.partition(":")
+    if client:
+        try:
+            client_id = int(client)
+        except ValueError:
+            raise LandscapeError(f"--data {spec}: the client id must be an integer, e.g. --data client:3") from None
+    elif ckpt.client_id is None:
+        raise LandscapeError(f"--data client: {ckpt.path} is not a client model; name the client with --data client:K")
+    else:
+        client_id = ckpt.client_id
+    return data.client_data(dataset, ckpt.data, client_id)
 
 
 def check_labels(dataset: data.Dataset, ckpt: checkpoint.Checkpoint) -> None:
