@@ -11,8 +11,8 @@ import torch
 from tests.test_train_algorithms import TinyNet
 from train import algorithms, augment, swa
 from train.config import TrainConfig
-from train.engine import (BatchedEngine, FederatedData, SequentialEngine, derive_seed, make_engine, plan_client,
-                          sample_cohort)
+from train.engine import (BatchedEngine, FederatedData, SequentialEngine, _plans_to_device, derive_seed, make_engine,
+                          plan_client, sample_cohort)
 
 CPU = torch.device("cpu")
 
@@ -104,6 +104,10 @@ def test_plans_depend_only_on_seed_round_client() -> None:
     assert [s.idx.tolist() for s in a] != [s.idx.tolist() for s in c]
     assert sorted(torch.cat([s.idx for s in a[:4]]).tolist()) == list(range(10, 23))  # epoch 1 = client 1's data
     assert [len(s.idx) for s in a] == [4, 4, 4, 1] * 2
+    moved = _plans_to_device([a, c], CPU)  # the one-transfer path used on CUDA
+    for before, after in zip(a + c, moved[0] + moved[1]):
+        assert torch.equal(before.idx, after.idx) and torch.equal(before.crop, after.crop)
+        assert torch.equal(before.flip, after.flip)
     assert sample_cohort(0, 5, 100, 10) == sample_cohort(0, 5, 100, 10) != sample_cohort(0, 6, 100, 10)
     assert len(set(sample_cohort(1, 0, 10, 10))) == 10
     assert derive_seed(0, 1, 2, 3) != derive_seed(0, 1, 3, 2)
