@@ -302,14 +302,18 @@ def _check_split(split: str) -> str:
 DEFAULT_FEDERATION = {"cifar10": (100, 500), "cifar100": (100, 500), "digits": (20, 65)}
 
 
-def default_federation(name: str, num_samples: int) -> tuple[int, int]:
+def default_federation(name: str, labels: np.ndarray) -> tuple[int, int]:
     """``(num_clients, samples_per_client)`` used when the caller names neither.
 
-    CIFAR-10/100: 100 x 500 [C22]; digits: 20 x 65; anything else: 10 clients sharing all samples.
+    CIFAR-10/100: 100 x 500 [C22]; digits: 20 x 65; anything else: 10 clients, as many samples
+    each as still fits alpha = 0 (every class hosting ``ceil(10 / C)`` clients).
     """
     if name in DEFAULT_FEDERATION:
         return DEFAULT_FEDERATION[name]
-    return 10, max(1, num_samples // 10)
+    counts = np.bincount(np.asarray(labels).astype(np.int64).reshape(-1))
+    counts = counts[counts > 0]
+    per_class = -(-10 // len(counts))
+    return 10, max(1, int(counts.min()) // per_class)
 
 
 def _check_partition_args(num_labels: int, num_clients: int, samples_per_client: int, alpha: float) -> None:

@@ -91,9 +91,16 @@ def test_bad_partition_arguments(kwargs: dict, match: str) -> None:
 
 def test_digits_defaults_fit() -> None:
     train = data.load("digits")
-    k, n = data.default_federation("digits", len(train))
+    k, n = data.default_federation("digits", train.y.numpy())
     parts = data.partition(train.y.numpy(), k, n, 0.0, seed=0)
-    assert k * n <= len(train) and len(parts) == k
+    assert (k, n) == (20, 65) and len(parts) == k
+
+
+def test_default_federation_of_other_data_fits_alpha_zero() -> None:
+    labels = np.repeat(np.arange(4), [40, 55, 60, 45])
+    k, n = data.default_federation("synthetic", labels)
+    assert (k, n) == (10, 13)  # 3 clients per class, smallest class 40
+    assert len(data.partition(labels, k, n, 0.0, seed=0)) == 10
 
 
 def write_split(path, rows: list[tuple[object, int, int]], header: bool = True) -> None:

@@ -120,8 +120,8 @@ def load_federation(cfg: TrainConfig, data_dir: str | None = None) -> tuple[Trai
     train_ds = data.load(spec, data_dir)
     test_ds = None if spec["dataset"] == "file" else data.load({**spec, "split": "test"}, data_dir)
     name = str(spec["dataset"])
-    num_clients, per_client = data.default_federation(name, len(train_ds))
     labels = train_ds.y.numpy()
+    num_clients, per_client = data.default_federation(name, labels)
     if cfg.split_file:
         parts = data.read_split_file(cfg.split_file, labels)
         pspec = {"num_clients": len(parts), "samples_per_client": None, "alpha": None, "seed": cfg.seed,
