@@ -214,3 +214,27 @@ def test_cli_resume_with_different_config(tmp_path: Path, capsys: pytest.Capture
     assert cli(["--preset", "digits-demo", "--rounds", "1", "--out", str(run)], capsys)[0] == 0
     code, _, err = cli(["--out", str(run), "--resume", "--lr", "0.3"], capsys)
     assert code == 2 and err.startswith("error: --resume with a different config (lr: 0.1 -> 0.3)")
+
+
+def bn_mlp(in_features: int = 64, num_classes: int = 10) -> torch.nn.Module:
+    """An MLP with BatchNorm (factory for ``--model tests.test_train_run:bn_mlp``)."""
+    return torch.nn.Sequential(torch.nn.Linear(in_features, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
+                               torch.nn.Linear(16, num_classes))
+
+
+def test_swa_batchnorm_statistics_are_recomputed(tmp_path: Path) -> None:
+    from torch.optim.swa_utils import update_bn
+
+    out = tmp_path / "run"
+    cfg = digits_config(model="tests.test_train_run:bn_mlp", model_kwargs={}, num_rounds=4, swa=True, batch_size=13,
+                        swa_start=0.5, swa_cycle=1)
+    train(cfg, out, engine="batched")
+    s = checkpoint.load(swa_path(out))
+    model = s.build_model()
+    fed_x = torch.cat([data.client_data(data.load(s.data), s.data["partition"], k).x for k in range(20)])
+    stored = {k: v.clone() for k, v in model.state_dict().items()}
+    update_bn([(xb,) for xb in fed_x.split(256)], model)  # torch's SWA reference: cumulative average
+    torch.testing.assert_close(stored["1.running_mean"], model.state_dict()["1.running_mean"])
+    torch.testing.assert_close(stored["1.running_var"], model.state_dict()["1.running_var"])
+    last = checkpoint.load(global_path(out, 4))
+    assert not torch.allclose(last.state_dict["1.running_mean"], stored["1.running_mean"])

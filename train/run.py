@@ -311,6 +311,11 @@ def train(
     return RunResult(out, cfg.num_rounds, state, swa_state, cfg)
 
 
+def _client_inputs(fdata: FederatedData) -> torch.Tensor:
+    """The inputs held by the clients (the data SWA's BatchNorm statistics are recomputed on)."""
+    return fdata.x[torch.cat(fdata.client_indices).to(fdata.x.device)]
+
+
 def _due(period: int, r: int, last: int) -> bool:
     return r == last or (period > 0 and r % period == 0)
 
@@ -352,7 +357,7 @@ def _loop(cfg: TrainConfig, out: Path, fed: Federation, fdata: FederatedData, ru
                 if test is not None and _due(cfg.eval_every, R, T):
                     record["test_loss"], record["test_acc"] = evaluate(model, result.state.weights, *test, bf16=cfg.bf16)
                     if new_swa.weights is not None:
-                        sw = recompute_batchnorm(model, new_swa.weights, fdata.x)
+                        sw = recompute_batchnorm(model, new_swa.weights, _client_inputs(fdata))
                         record["swa_test_loss"], record["swa_test_acc"] = evaluate(model, sw, *test, bf16=cfg.bf16)
                 if keep:
                     for k, w in result.client_weights.items():
@@ -388,7 +393,7 @@ def _save_round(cfg: TrainConfig, out: Path, fed: Federation, model: nn.Module, 
     if write_global:
         checkpoint.save(_checkpoint(cfg, fed, state.weights, R, "global", metadata=meta), global_path(out, R))
         if swa_state.weights is not None:
-            weights = recompute_batchnorm(model, swa_state.weights, fdata.x)
+            weights = recompute_batchnorm(model, swa_state.weights, _client_inputs(fdata))
             checkpoint.save(_checkpoint(cfg, fed, weights, R, "swa", metadata={**meta, "swa_num_models": swa_state.num_models}),
                             swa_path(out))
     _save_state(out, cfg, R, state, swa_state, elapsed)
