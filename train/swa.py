@@ -8,7 +8,9 @@ with period c: for ``i = t - t_0``,
 so each cycle runs from just below gamma1 down to gamma2. At the end of every cycle (after the
 round with ``i mod c = c - 1``, the lowest learning rate) the new global model joins the running
 mean ``w_swa <- (w_swa n + w) / (n + 1)`` [C22 eq. 9]; the first collected model has weight 1.
-fedsam's code collects right after the highest-lr round (``i mod c = 0``): ``swa_collect_early``.
+fedsam's code collects right after the highest-lr round (``i mod c = 0``, from the second cycle
+on): ``swa_collect_early``. (fedsam takes the cycle phase from the absolute round number; the two
+agree whenever t_0 is a multiple of c, as in all of [C22]'s settings.)
 Only parameters are averaged; buffers are taken from the latest model (normalization statistics
 must be recomputed for the SWA weights, see :func:`train.run.recompute_batchnorm`).
 """
@@ -47,7 +49,9 @@ def is_collection_round(cfg: Any, t: int) -> bool:
     if not cfg.swa or t < t0:
         return False
     phase = (t - t0) % cfg.swa_cycle
-    return phase == 0 if cfg.swa_collect_early else phase == cfg.swa_cycle - 1
+    if cfg.swa_collect_early:  # fedsam's main.py: i > swa_start and (i - swa_start) % c == 0
+        return phase == 0 and t > t0
+    return phase == cfg.swa_cycle - 1
 
 
 @dataclass(frozen=True)
