@@ -18,6 +18,7 @@ floating-point summation order (tested in float64).
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -179,7 +180,8 @@ class Engine:
     name = "engine"
 
     def __init__(self, model: nn.Module, data: FederatedData, cfg: Any, device: torch.device) -> None:
-        self.model = model.to(device).train()
+        # A private copy: the engine only uses it as a stateless template for functional_call.
+        self.model = copy.deepcopy(model).to(device).train()
         self.data, self.cfg, self.device = data, cfg, device
         self.param_names = tuple(n for n, _ in model.named_parameters())
         self.buffer_names = tuple(n for n, _ in model.named_buffers())
