@@ -42,6 +42,7 @@ from torch import nn
 from landscape import checkpoint, data, models
 from landscape.errors import LandscapeError
 from landscape.files import atomic_write, sha256, write_json
+from landscape.operators import resolve_device
 from train import algorithms, swa
 from train.algorithms.fedavg import FedAvgState
 from train.algorithms.fedavgm import FedAvgMState
@@ -87,23 +88,6 @@ class RunResult:
     state: Any
     swa: swa.SWAState
     config: TrainConfig
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``None`` -> CUDA when available, else CPU.
-
-    Raises:
-        LandscapeError: CUDA asked for but not available, or an unknown device string.
-    """
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise LandscapeError(f"unknown device '{name}'; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LandscapeError(f"--device {name} asked for, but CUDA is not available here; use --device cpu")
-    return device
 
 
 def load_federation(cfg: TrainConfig, data_dir: str | None = None) -> tuple[TrainConfig, Federation]:
