@@ -6,7 +6,9 @@ changed) by hand. It trains FedAvg, FedSAM and FedASAM on a 20-client digits fed
 (preset ``digits-demo``), then for each final global model computes the top Hessian
 eigenvalues and trace (as in [C22] Table 1), a 2D loss surface (as in [C22] Fig. 1),
 the plane through the global model and two clients with every sampled client projected
-on it, and the flatness distance between the global model and its clients ([L26]).
+on it, and the flatness distance between the global model and its clients ([L26]); last,
+the figure scripts draw [C22] Fig. 1 (surfaces side by side, and on a slider in HTML) and
+Table 1 from those results.
 """
 
 from __future__ import annotations
@@ -69,7 +71,10 @@ def run(args: argparse.Namespace) -> int:
         summary[algo] = {"test_accuracy": accuracy, "lambda_max": hess["lambda_max"],
                          "lambda_max/lambda_5": hess["lambda_max_over_lambda_5"], "trace": hess["trace"],
                          "flatness_distance": flat["metrics"]["perturbation_distance"]["distance"]}
-    _landscape(["view", *[str(out / f"surface_{a}.npz") for a in ALGORITHMS], "--html", str(out / "surfaces.html")])
+    _landscape(["figures", "fig01", *[f"{a}={out / f'surface_{a}.npz'}" for a in ALGORITHMS],
+                "--out", str(out / "fig01_surfaces.png"), "--html", str(out / "surfaces.html")])
+    _landscape(["figures", "table1", *[f"{a}={out / f'hessian_{a}.json'}" for a in ALGORITHMS],
+                "--out", str(out / "table1_hessian.md")])
     print("\nDigits federation, global model after", args.rounds, "rounds ([C22] Table 1 in miniature):")
     print(f"{'algorithm':<10} {'test acc':>9} {'lambda_max':>11} {'l_max/l_5':>10} {'trace':>9} {'flat. dist':>11}")
     for algo, row in summary.items():
