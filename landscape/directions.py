@@ -43,8 +43,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from landscape import operators
+from landscape.eigen import top_eigenvalues
 from landscape.errors import LandscapeError
 from landscape.files import atomic_write
+from landscape.operators import HessianOperator
 
 Params = dict[str, torch.Tensor]
 
@@ -152,13 +155,9 @@ def flatten(vector: Mapping[str, torch.Tensor], names: Sequence[str], dtype: tor
 
 
 def unflatten(flat: torch.Tensor, like: Mapping[str, torch.Tensor]) -> Params:
-    """Split a vector into tensors shaped (and typed) like ``like``."""
-    out: Params = {}
-    i = 0
-    for name, t in like.items():
-        out[name] = flat[i : i + t.numel()].reshape(t.shape).to(t.dtype).clone()
-        i += t.numel()
-    return out
+    """Split a vector into tensors shaped (and typed) like ``like`` (copies)."""
+    views = operators.unflatten(flat, {n: t.shape for n, t in like.items()})
+    return {n: v.to(like[n].dtype).clone() for n, v in views.items()}
 
 
 def orthogonalize(vectors: Sequence[Params]) -> tuple[list[Params], list[list[float]]]:
@@ -256,9 +255,6 @@ def eigen_directions(
         num: number of eigenvectors (largest algebraic eigenvalues first).
         seed, tol, method: passed to :func:`landscape.eigen.top_eigenvalues`.
     """
-    from landscape.eigen import top_eigenvalues
-    from landscape.operators import HessianOperator
-
     result = top_eigenvalues(HessianOperator(objective), num, method=method, tol=tol, seed=seed)
     vectors = []
     for q in result.eigenvectors[:num]:

@@ -402,3 +402,27 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys: pytest.CaptureFix
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: "), err
         assert re.search(match, err), (match, err)
+
+
+def test_view_puts_several_results_on_one_slider(tmp_path, capsys):
+    import torch
+
+    from landscape import checkpoint, models
+    from landscape.cli import main
+
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        ckpt = checkpoint.from_model(models.build("mlp", hidden=[4]), "mlp", {"hidden": [4]},
+                                     data={"dataset": "digits", "split": "train"})
+        checkpoint.save(ckpt, tmp_path / f"m{seed}.pt")
+        out = tmp_path / f"s{seed}.npz"
+        assert main(["surface", str(tmp_path / f"m{seed}.pt"), "--resolution", "3", "--num-samples", "50",
+                     "--sources", "train", "--out", str(out)]) == 0
+        paths.append(str(out))
+    html = tmp_path / "both.html"
+    assert main(["view", *paths, "--labels", "first", "second", "--html", str(html)]) == 0
+    text = html.read_text()
+    assert "first" in text and "second" in text and "sliders" in text
+    assert main(["view", *paths, "--labels", "one"]) == 2
+    assert "--labels names 1 results but 2" in capsys.readouterr().err

@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from landscape import checkpoint, data
+from landscape import checkpoint, data, directions
+from landscape.checkpoint import Checkpoint
 from landscape.errors import LandscapeError
 
 
@@ -117,3 +118,23 @@ def check_labels(dataset: data.Dataset, ckpt: checkpoint.Checkpoint) -> None:
             f"labels go up to {int(dataset.y.max())} but model '{ckpt.model_name}' has {out.shape[1]} outputs; "
             "check --data or --model-kwargs num_classes"
         )
+
+
+def marker_label(ckpt: Checkpoint) -> str:
+    """'global', 'client 3', 'swa' from the checkpoint's role, else the file name."""
+    if ckpt.role == "client" and ckpt.client_id is not None:
+        return f"client {ckpt.client_id}"
+    return ckpt.role or (ckpt.path.stem if ckpt.path else "model")
+
+
+def load_same_architecture(paths: list[str], model: str | None, model_kwargs: dict[str, Any] | None) -> list[Checkpoint]:
+    """Load checkpoints and check that they share one architecture (one-line error otherwise)."""
+    ckpts = [load_checkpoint(p, model, model_kwargs) for p in paths]
+    for c in ckpts[1:]:
+        if (c.model_name, c.model_kwargs) != (ckpts[0].model_name, ckpts[0].model_kwargs):
+            raise LandscapeError(
+                f"checkpoints have different architectures: {paths[0]} is {ckpts[0].model_name} "
+                f"{ckpts[0].model_kwargs}, {c.path} is {c.model_name} {c.model_kwargs}; pass checkpoints of one model"
+            )
+    directions.require_same_shapes([c.state_dict for c in ckpts], [str(c.path) for c in ckpts])
+    return ckpts

@@ -10,7 +10,7 @@ from typing import Any
 from landscape import __version__, data, flatness
 from landscape.checkpoint import Checkpoint
 from landscape.cli import common
-from landscape.cli.surface import load_same_architecture, marker_label
+from landscape.cli.common import load_same_architecture, marker_label
 from landscape.errors import LandscapeError
 from landscape.files import write_json
 from landscape.operators import resolve_device, resolve_dtype

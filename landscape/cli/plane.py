@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from landscape import directions, surface
-from landscape.cli.surface import add_evaluation_args, evaluate, load_same_architecture, load_sources, marker_label
+from landscape.cli.common import load_same_architecture, marker_label
+from landscape.cli.surface import add_evaluation_args, evaluate, load_sources
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -78,26 +78,6 @@ def add_evaluation_args(p: argparse.ArgumentParser) -> None:
     common.add_model_args(p)
 
 
-def marker_label(ckpt: Checkpoint) -> str:
-    """'global', 'client 3', 'swa' from the checkpoint's role, else the file name."""
-    if ckpt.role == "client" and ckpt.client_id is not None:
-        return f"client {ckpt.client_id}"
-    return ckpt.role or (ckpt.path.stem if ckpt.path else "model")
-
-
-def load_same_architecture(paths: list[str], model: str | None, model_kwargs: dict[str, Any] | None) -> list[Checkpoint]:
-    """Load checkpoints and check that they share one architecture (one-line error otherwise)."""
-    ckpts = [common.load_checkpoint(p, model, model_kwargs) for p in paths]
-    for c in ckpts[1:]:
-        if (c.model_name, c.model_kwargs) != (ckpts[0].model_name, ckpts[0].model_kwargs):
-            raise LandscapeError(
-                f"checkpoints have different architectures: {paths[0]} is {ckpts[0].model_name} "
-                f"{ckpts[0].model_kwargs}, {c.path} is {c.model_name} {c.model_kwargs}; pass checkpoints of one model"
-            )
-    directions.require_same_shapes([c.state_dict for c in ckpts], [str(c.path) for c in ckpts])
-    return ckpts
-
-
 def load_sources(args: argparse.Namespace, ckpt: Checkpoint) -> tuple[dict[str, data.Dataset], data.Dataset]:
     """The data sources named by ``--sources`` and the full training set (for calibration)."""
     wanted = [s.strip() for s in args.sources.split(",") if s.strip()]
@@ -201,16 +181,16 @@ def run(args: argparse.Namespace) -> int:
     sources, full = load_sources(args, ckpt)
     model = ckpt.build_model()
     params = directions.trainable_parameters(model)
-    checkpoints, markers = [ckpt], [{"label": marker_label(ckpt), "role": ckpt.role, "coords": None, "distance": 0.0}]
+    checkpoints, markers = [ckpt], [{"label": common.marker_label(ckpt), "role": ckpt.role, "coords": None, "distance": 0.0}]
     if args.to:
         if args.directions_file or args.trajectory:
             raise LandscapeError("--to (interpolation) cannot be combined with --directions-file or --trajectory")
-        ckpt_a, ckpt_b = load_same_architecture([args.checkpoint, args.to], args.model, args.model_kwargs)
+        ckpt_a, ckpt_b = common.load_same_architecture([args.checkpoint, args.to], args.model, args.model_kwargs)
         dirs = directions.interpolation(params, directions.trainable_parameters(ckpt_b.build_model()))
         axes = [surface.interval_axis(args.interval[0], args.interval[1], args.resolution)]
         markers = [
-            {"label": f"A: {marker_label(ckpt_a)}", "role": ckpt_a.role, "coords": [0.0], "distance": 0.0},
-            {"label": f"B: {marker_label(ckpt_b)}", "role": ckpt_b.role, "coords": [1.0], "distance": 0.0},
+            {"label": f"A: {common.marker_label(ckpt_a)}", "role": ckpt_a.role, "coords": [0.0], "distance": 0.0},
+            {"label": f"B: {common.marker_label(ckpt_b)}", "role": ckpt_b.role, "coords": [1.0], "distance": 0.0},
         ]
         return evaluate(args, ckpt, dirs, axes, "line", None, markers, ["interpolation"], [ckpt_a, ckpt_b],
                         sources, full)
@@ -238,13 +218,13 @@ def run(args: argparse.Namespace) -> int:
     elif args.directions == "pca":
         if not args.trajectory:
             raise LandscapeError("--directions pca needs --trajectory CKPT... (checkpoints along training)")
-        traj = load_same_architecture([args.checkpoint, *args.trajectory], args.model, args.model_kwargs)[1:]
+        traj = common.load_same_architecture([args.checkpoint, *args.trajectory], args.model, args.model_kwargs)[1:]
         dirs, projected = directions.pca_directions(
             params, [directions.trainable_parameters(c.build_model()) for c in traj], num=args.dim
         )
         checkpoints += traj
         markers += [
-            {"label": f"round {c.round}" if c.round is not None else marker_label(c), "role": "trajectory",
+            {"label": f"round {c.round}" if c.round is not None else common.marker_label(c), "role": "trajectory",
              "coords": coords, "distance": distance}
             for c, (coords, distance) in zip(traj, projected)
         ]

@@ -1,4 +1,4 @@
-"""``landscape view RESULT``: draw a saved surface result as interactive HTML and a static image."""
+"""``landscape view RESULT...``: draw saved surface results as interactive HTML and static images."""
 
 from __future__ import annotations
 
@@ -7,25 +7,42 @@ from pathlib import Path
 
 from landscape import surface
 from landscape.cli.surface import draw
+from landscape.errors import LandscapeError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "view",
-        help="turn a saved surface result into HTML and PNG",
-        description="Draw a result file of `landscape surface` / `landscape plane` (complete or partial). "
-        "Without --html/--png both are written next to RESULT. Example: landscape view s.npz --html s.html",
+        help="turn saved surface results into HTML and PNG",
+        description="Draw result files of `landscape surface` / `landscape plane` (complete or partial). "
+        "Without --html/--png both are written next to the (first) RESULT. Several results of one kind "
+        "(rounds, algorithms) share one HTML page with a slider; the PNG shows the first. "
+        "Example: landscape view fedavg.npz fedsam.npz --labels FedAvg FedSAM --html surfaces.html",
     )
-    p.add_argument("result", help="a .npz result file")
+    p.add_argument("results", nargs="+", metavar="RESULT", help=".npz result files")
+    p.add_argument("--labels", nargs="+", metavar="LABEL", help="slider labels, one per result "
+                   "(default: the round, else the checkpoint name)")
     p.add_argument("--html", metavar="HTML", help="interactive offline HTML view")
-    p.add_argument("--png", metavar="PNG", help="static plot (.png or .pdf)")
+    p.add_argument("--png", metavar="PNG", help="static plot of the first result (.png or .pdf)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    result = surface.load_result(args.result)
+    if args.labels is not None and len(args.labels) != len(args.results):
+        raise LandscapeError(f"--labels names {len(args.labels)} results but {len(args.results)} were given")
+    results = [surface.load_result(path) for path in args.results]
     html, png = args.html, args.png
     if html is None and png is None:
-        html, png = str(Path(args.result).with_suffix(".html")), str(Path(args.result).with_suffix(".png"))
-    draw(result, html, png)
+        first = Path(args.results[0])
+        html, png = str(first.with_suffix(".html")), str(first.with_suffix(".png"))
+    if len(results) == 1:
+        draw(results[0], html, png)
+        return 0
+    from landscape.plots.interactive import write_html
+
+    if html:
+        write_html(results, html, labels=args.labels)
+        print(f"wrote {html} ({len(results)} surfaces on a slider)")
+    if png:
+        draw(results[0], None, png)
     return 0
