@@ -7,13 +7,15 @@ alpha as in [C22] Fig. 4; results of global or SWA checkpoints given under the s
 drawn as a black line, to compare the clients' curvature with the global model's::
 
     landscape train --preset digits-demo --algorithm fedavg --save-clients-every 50 --out runs/fedavg
-    for f in runs/fedavg/clients/r*_c*.pt runs/fedavg/checkpoints/global_r*.pt; do
+    for f in runs/fedavg/clients/r*_c*.pt; do
+        landscape hessian "$f" --top-k 1 --data client --out "hess/fedavg/$(basename "$f" .pt).json"; done
+    for f in runs/fedavg/checkpoints/global_r*.pt; do
         landscape hessian "$f" --top-k 1 --out "hess/fedavg/$(basename "$f" .pt).json"; done
     landscape figures fig04 "FedAvg=hess/fedavg/*.json" "FedASAM=hess/fedasam/*.json" --out fig04.png
 
-[C22] computes each client's lambda_max on that client's own data; ``landscape hessian`` uses
-the data set named by ``--data`` (default: the checkpoint's whole training set), so pass the
-client's samples (a ``.npz`` with ``x`` and ``y``) with ``--data`` to match the paper.
+[C22] computes each client's lambda_max on that client's own data: ``--data client`` rebuilds
+it from the partition the client checkpoint records (without it, ``landscape hessian`` uses the
+checkpoint's whole training set).
 """
 
 from __future__ import annotations
