@@ -12,12 +12,13 @@ style): the operator only multiplies; the solvers in :mod:`landscape.eigen`,
 
 Two exact Hessian-vector products are available:
 
-- ``"cached"`` (reverse-over-reverse with the first-order graph kept): the gradient
-  graph of every batch is built once; each product is then one backward pass through
-  it, ``Hv = vjp(grad f)(v)``. Fastest (about one gradient per product), memory grows
-  with the number of samples.
-- ``"forward"`` (forward-over-reverse): ``Hv = jvp(grad f, w; v)``, recomputed per
-  product, constant memory.
+- ``"cached"`` (reverse-over-reverse with the first-order graph kept, as PyHessian
+  does): g = grad f is built once with ``create_graph``; each product is then one
+  backward pass through it, ``Hv = d(g . v)/dw``. Fastest (1.6-1.9 gradients per
+  product measured on the CIFAR CNN; plain autograd here measured 15% faster than
+  ``torch.func.vjp`` of ``torch.func.grad``), memory grows with the number of samples.
+- ``"forward"`` (forward-over-reverse through torch.func): ``Hv = jvp(grad f, w; v)``,
+  recomputed per product, constant memory (2.4-2.9 gradients per product).
 
 ``"auto"`` keeps the graph when the data holds at most ``CACHE_MAX_SAMPLES`` samples.
 """
@@ -26,11 +27,11 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, vjp
+from torch.func import functional_call, grad, jvp
 
 from landscape.errors import LandscapeError
 
@@ -140,13 +141,23 @@ class Objective:
         with torch.no_grad():
             return float(sum(w * self.batch_loss(p, x, y) for w, (x, y) in zip(self.weights, self.batches)))
 
-    def gradient(self, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """grad f(w) as a flat vector."""
+    def leaves(self, params: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Fresh autograd leaves holding the values of ``params`` (the base point when None)."""
         p = self.params if params is None else params
-        g = torch.zeros(self.num_params, device=self.device, dtype=self.dtype)
+        return {n: t.detach().requires_grad_(True) for n, t in p.items()}
+
+    def gradient(self, params: dict[str, torch.Tensor] | None = None, create_graph: bool = False) -> torch.Tensor:
+        """grad f(w) as a flat vector (plain reverse mode: measured 1.35x faster than torch.func.grad)."""
+        leaves = self.leaves(params)
+        with torch.enable_grad():
+            return self._gradient(leaves, create_graph)
+
+    def _gradient(self, leaves: dict[str, torch.Tensor], create_graph: bool) -> torch.Tensor:
+        total = torch.zeros(self.num_params, device=self.device, dtype=self.dtype)
         for w, (x, y) in zip(self.weights, self.batches):
-            g += w * self.flatten(grad(self.batch_loss)(p, x, y))
-        return g
+            g = torch.autograd.grad(self.batch_loss(leaves, x, y), list(leaves.values()), create_graph=create_graph)
+            total = total + w * torch.cat([t.reshape(-1) for t in g])
+        return total
 
     def check_finite(self) -> float:
         """The loss at the base point, or a clear error when it is NaN or infinite."""
@@ -181,24 +192,26 @@ class HessianOperator:
         self.dtype, self.device = objective.dtype, objective.device
         self.num_matvecs = 0
         self._checked = not check_determinism
-        self._vjps: list[Callable] | None = None
+        self._graph: tuple[list[torch.Tensor], torch.Tensor] | None = None
 
-    def _cached_vjps(self) -> list[Callable]:
-        if self._vjps is None:
-            obj = self.objective
-            self._vjps = [
-                vjp(lambda p, x=x, y=y: grad(obj.batch_loss)(p, x, y), obj.params)[1] for x, y in obj.batches
-            ]
-        return self._vjps
+    def _cached_graph(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Leaves and the flat gradient with its graph, built once (the PyHessian trick, exact)."""
+        if self._graph is None:
+            leaves = self.objective.leaves()
+            self._graph = (list(leaves.values()), self.objective._gradient(leaves, create_graph=True))
+        return self._graph
 
     def _product(self, v: torch.Tensor) -> torch.Tensor:
         obj = self.objective
-        tangent = obj.unflatten(v.to(self.device, self.dtype))
-        out = torch.zeros(obj.num_params, device=self.device, dtype=self.dtype)
+        v = v.to(self.device, self.dtype)
         if self.mode == "cached":
-            for w, fn in zip(obj.weights, self._cached_vjps()):
-                out += w * obj.flatten(fn(tangent)[0])
+            leaves, g = self._cached_graph()
+            # d(g . v)/dw = H v: one backward pass through the kept graph of the gradient.
+            hv = torch.autograd.grad(g, leaves, grad_outputs=v, retain_graph=True)
+            out = torch.cat([t.reshape(-1) for t in hv])
         else:
+            tangent = obj.unflatten(v)
+            out = torch.zeros(obj.num_params, device=self.device, dtype=self.dtype)
             for w, (x, y) in zip(obj.weights, obj.batches):
                 hv = jvp(lambda p: grad(obj.batch_loss)(p, x, y), (obj.params,), (tangent,))[1]
                 out += w * obj.flatten(hv)
