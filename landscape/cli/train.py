@@ -84,8 +84,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", metavar="DIR", help="folder holding CIFAR in its python format")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--engine", choices=["sequential", "batched", "auto"], default="auto",
-                   help="sequential reference loop or batched cohort (vmap) engine; auto = batched on CUDA, "
-                   "sequential on CPU (default: auto)")
+                   help="sequential reference loop or batched cohort (vmap) engine; auto = the faster one as measured: batched on "
+                   "CUDA, and on CPU for models without convolutions (default: auto)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar with ETA (default: when stderr is a terminal)")
     g = p.add_argument_group("training configuration (stored in every checkpoint)")
