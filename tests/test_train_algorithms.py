@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -33,15 +32,6 @@ class TinyNet(nn.Module):
 def tiny_cnn(norm: str | None = None) -> nn.Module:
     torch.manual_seed(0)
     return TinyNet(norm)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest single-threaded (and the suite shares two cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def config(**kw: object) -> TrainConfig:

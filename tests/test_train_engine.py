@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -15,14 +14,6 @@ from train.engine import (BatchedEngine, FederatedData, SequentialEngine, _plans
                           plan_client, sample_cohort)
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # Unequal clients (10, 13, 7, 18, 3 samples) with batch 4: 3, 4, 2, 5 and 1 steps per epoch and

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +17,6 @@ from train.config import TrainConfig, make_config
 from train.run import client_path, global_path, swa_path, train
 
 ALGORITHMS = ["fedavg", "fedavgm", "fedsam", "fedasam", "fednsam"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def digits_config(**kw: object) -> TrainConfig:
