@@ -24,8 +24,9 @@ Measured with ``python bench/train.py --rounds 2 --warmup 1`` on the 2-core deve
     fedsam     sequential      0.010    99.876       452          1.00x
     fedsam     batched         0.005   217.405      1293          0.46x
 
-On the CPU the batched engine is slower (vmapped convolutions become grouped convolutions), so
-``--engine auto`` picks the sequential engine there and the batched one on CUDA. Flower runs its
+On the CPU the batched engine is slower for this CNN (vmapped convolutions become grouped
+convolutions), so ``--engine auto`` picks the sequential engine there for models with
+convolutions, and the batched one on CUDA and for convolution-free models (1.5x on the digits MLP). Flower runs its
 clients in parallel Ray worker processes, which on a loaded shared machine also win a larger share
 of the CPU; its peak memory is spread over those processes and not reported.
 """
