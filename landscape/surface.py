@@ -195,6 +195,16 @@ class _ProjectedLinear(nn.Module):
         return out if self.bias is None else out + self.bias
 
 
+def _projected_logits(projected: Mapping[str, Any], params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                      x: torch.Tensor, coords: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+    """(K, B, C) logits through the model whose first Linear layer is a :class:`_ProjectedLinear`."""
+    name = projected["name"]
+    fast = {n: p for n, p in params.items() if n != projected["weight"]}
+    fast[f"{name}.coef"] = coords
+    state = {**buffers, f"{name}.responses": responses}
+    return vmap(lambda p: functional_call(projected["model"], {**state, **p}, (x,)))(fast)
+
+
 class _Evaluator:
     """Loss and accuracy of stacked parameter settings on fixed, device-resident batches.
 
@@ -242,7 +252,9 @@ class _Evaluator:
                     m.train()
                     m.momentum = None
             self.calibration = [(x.to(device, dtype), y.to(device)) for x, y in calibration]
-        self.projected = None if self.recalibrate else self._project_first_linear()
+        self.projected: dict[str, Any] | None = None
+        if not self.recalibrate:
+            self.projected = self._project_first_linear()
 
     def _first_linear(self) -> str | None:
         """The module name of the first parametrized layer when it is a Linear fed the (flattened) input."""
@@ -285,20 +297,19 @@ class _Evaluator:
             s: [torch.einsum("bi,koi->kbo", x.reshape(len(x), -1), mats) for x, _ in batches]
             for s, batches in self.sources.items()
         }
-        self.projected = {"name": name, "weight": weight, "model": fast, "responses": responses}
+        projected = {"name": name, "weight": weight, "model": fast, "responses": responses}
         g = torch.Generator().manual_seed(0)
         coords = torch.randn(2, mats.shape[0] - 1, generator=g).to(self.device, self.dtype)
         source = next(iter(self.sources))
         x = self.sources[source][0][0]
         params = self.params_at(coords)
         buffers = {n: b for n, b in self.fixed.items() if n not in params}
-        fast_z = self.logits(params, buffers, False, x, coords, responses[source][0])
-        self.projected = None
+        fast_z = _projected_logits(projected, params, buffers, x, coords, responses[source][0])
         plain = self.logits(params, buffers, False, x, coords, None)
         tol = 1e-4 if self.dtype == torch.float32 else 1e-10
         if not torch.allclose(fast_z, plain, rtol=tol, atol=tol * float(plain.abs().max())):
             return None
-        return {"name": name, "weight": weight, "model": fast, "responses": responses}
+        return projected
 
     def params_at(self, coords: torch.Tensor) -> dict[str, torch.Tensor]:
         """Stacked parameters (K, *shape) at K points: w0 + sum_i c_{k,i} d_i, set from w0 every time."""
@@ -322,12 +333,7 @@ class _Evaluator:
                x: torch.Tensor, coords: torch.Tensor, responses: torch.Tensor | None) -> torch.Tensor:
         """(K, B, C) logits of the K stacked settings (at ``coords``) on one batch."""
         if self.projected is not None and responses is not None:
-            name = self.projected["name"]
-            fast = {n: p for n, p in params.items() if n != self.projected["weight"]}
-            fast[f"{name}.coef"] = coords
-            state = {**buffers, f"{name}.responses": responses}
-            call = lambda p: functional_call(self.projected["model"], {**state, **p}, (x,))  # noqa: E731
-            return vmap(call)(fast)
+            return _projected_logits(self.projected, params, buffers, x, coords, responses)
         if params[self.names[0]].shape[0] == 1:
             one = {n: p[0] for n, p in params.items()}
             state = {n: b[0] for n, b in buffers.items()} if batched else buffers
