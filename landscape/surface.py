@@ -70,7 +70,7 @@ import math
 import os
 import time
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,30 +176,29 @@ def tensor_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
 
 
 class _ProjectedLinear(nn.Module):
-    """A first Linear layer evaluated from precomputed responses: y = U_0 + sum_i c_i U_i + b(c).
+    """A first Linear layer evaluated from precomputed responses: y = R_0 + sum_i c_i R_i.
 
-    At every grid point the model sees the same input x, and a Linear layer is linear in its
-    weight: x (W_0 + sum_i c_i D_i)^T = x W_0^T + sum_i c_i x D_i^T. The responses U_0 = x W_0^T
-    and U_i = x D_i^T are computed once per batch, so a point costs (1 + d) additions per output
-    instead of a matrix product: for an MLP most of the forward pass.
+    At every grid point the model sees the same input x, and a Linear layer is affine in its
+    weight and bias: x (W_0 + sum_i c_i D_i)^T + b_0 + sum_i c_i e_i = R_0 + sum_i c_i R_i with
+    R_0 = x W_0^T + b_0 and R_i = x D_i^T + e_i (D_i, e_i the direction's weight and bias parts).
+    The responses are computed once per batch, so a point costs one (K, d) x (d, B out) product
+    for all K points instead of a matrix product per point: for an MLP most of the forward pass.
     """
 
-    def __init__(self, layer: nn.Linear, num_directions: int) -> None:
+    def __init__(self, num_directions: int, dtype: torch.dtype) -> None:
         super().__init__()
-        self.register_buffer("coef", torch.zeros(num_directions, dtype=layer.weight.dtype))
-        self.register_buffer("responses", torch.zeros(0, dtype=layer.weight.dtype))
-        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone())
+        self.register_buffer("coef", torch.zeros(num_directions, dtype=dtype))
+        self.register_buffer("responses", torch.zeros(0, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.responses[0] + torch.tensordot(self.coef, self.responses[1:], dims=1)
-        return out if self.bias is None else out + self.bias
+        return self.responses[0] + torch.tensordot(self.coef, self.responses[1:], dims=1)
 
 
 def _projected_logits(projected: Mapping[str, Any], params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
                       x: torch.Tensor, coords: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
     """(K, B, C) logits through the model whose first Linear layer is a :class:`_ProjectedLinear`."""
     name = projected["name"]
-    fast = {n: p for n, p in params.items() if n != projected["weight"]}
+    fast = {n: p for n, p in params.items() if n not in projected["replaced"]}
     fast[f"{name}.coef"] = coords
     state = {**buffers, f"{name}.responses": responses}
     return vmap(lambda p: functional_call(projected["model"], {**state, **p}, (x,)))(fast)
@@ -288,16 +287,23 @@ class _Evaluator:
         name = self._first_linear()
         if name is None:
             return None
-        weight = f"{name}.weight"
-        layer = self.model.get_submodule(name)
+        weight, bias = f"{name}.weight", f"{name}.bias"
+        num_directions = self.stacked[weight].shape[0]
         fast = copy.deepcopy(self.model)
-        fast.set_submodule(name, _ProjectedLinear(layer, self.stacked[weight].shape[0]).to(self.device))
+        fast.set_submodule(name, _ProjectedLinear(num_directions, self.dtype).to(self.device))
         mats = torch.cat([self.origin[weight][None], self.stacked[weight]])  # (1 + d, out, in)
+        offsets = torch.zeros(mats.shape[:2], dtype=self.dtype, device=self.device)  # (1 + d, out)
+        layer_bias = self.model.get_submodule(name).bias
+        if bias in self.stacked:
+            offsets = torch.cat([self.origin[bias][None], self.stacked[bias]])
+        elif layer_bias is not None:
+            offsets[0] = layer_bias.detach()
         responses = {
-            s: [torch.einsum("bi,koi->kbo", x.reshape(len(x), -1), mats) for x, _ in batches]
+            s: [torch.einsum("bi,koi->kbo", x.reshape(len(x), -1), mats) + offsets[:, None] for x, _ in batches]
             for s, batches in self.sources.items()
         }
-        projected = {"name": name, "weight": weight, "model": fast, "responses": responses}
+        replaced = {weight, bias} & set(self.stacked)
+        projected = {"name": name, "replaced": replaced, "model": fast, "responses": responses}
         g = torch.Generator().manual_seed(0)
         coords = torch.randn(2, mats.shape[0] - 1, generator=g).to(self.device, self.dtype)
         source = next(iter(self.sources))
@@ -311,9 +317,9 @@ class _Evaluator:
             return None
         return projected
 
-    def params_at(self, coords: torch.Tensor) -> dict[str, torch.Tensor]:
+    def params_at(self, coords: torch.Tensor, skip: Collection[str] = ()) -> dict[str, torch.Tensor]:
         """Stacked parameters (K, *shape) at K points: w0 + sum_i c_{k,i} d_i, set from w0 every time."""
-        return {n: self.origin[n] + torch.tensordot(coords, self.stacked[n], dims=1) for n in self.names}
+        return {n: self.origin[n] + torch.tensordot(coords, self.stacked[n], dims=1) for n in self.names if n not in skip}
 
     def recalibrated_buffers(self, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """BatchNorm statistics of one parameter setting, re-estimated on the calibration batches."""
@@ -345,7 +351,7 @@ class _Evaluator:
     def __call__(self, coords: np.ndarray) -> dict[str, np.ndarray]:
         """Loss and accuracy of every source at the points ``coords`` (K x num_directions)."""
         c = torch.as_tensor(coords, dtype=self.dtype, device=self.device)
-        params = self.params_at(c)
+        params = self.params_at(c, skip=self.projected["replaced"] if self.projected else ())
         buffers, batched = self.fixed, False
         if self.recalibrate:
             per_point = [self.recalibrated_buffers({n: p[k] for n, p in params.items()}) for k in range(len(c))]
