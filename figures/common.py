@@ -186,3 +186,15 @@ def run_script(main: Callable[[Sequence[str] | None, str | None], int]) -> None:
         print(f"error: {exc}", file=sys.stderr)
         code = 2
     sys.exit(code)
+
+
+def report_table(header: Sequence[str], rows: Sequence[Sequence[Cell]], notes: str, out: Path | None,
+                 warnings: Sequence[str] = ()) -> None:
+    """Print the Markdown table, its notes and any warnings; with ``out``, also write it (.md and .csv)."""
+    print(markdown_table(header, rows))
+    print(f"\n{notes}")
+    for line in warnings:
+        print(line)
+    if out is not None:
+        for path in write_table(out, header, rows, notes):
+            print(f"wrote {path}")

@@ -84,13 +84,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = parser.parse_args(argv)
     out = common.check_suffix(args.out, (".md", ".csv"), "--out") if args.out else None
     rows, warnings = table_rows(common.parse_inputs(args.inputs))
-    print(common.markdown_table(HEADER, rows))
-    print(f"\n{NOTES}")
-    for line in warnings:
-        print(line)
-    if out is not None:
-        for path in common.write_table(out, HEADER, rows, NOTES):
-            print(f"wrote {path}")
+    common.report_table(HEADER, rows, NOTES, out, warnings)
     return 0
 
 

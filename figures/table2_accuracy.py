@@ -122,11 +122,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = parser.parse_args(argv)
     out = common.check_suffix(args.out, (".md", ".csv"), "--out") if args.out else None
     rows = [table_row(item) for item in common.parse_inputs(args.inputs)]
-    print(common.markdown_table(HEADER, rows))
-    print(f"\n{NOTES}")
-    if out is not None:
-        for path in common.write_table(out, HEADER, rows, NOTES):
-            print(f"wrote {path}")
+    common.report_table(HEADER, rows, NOTES, out)
     return 0
 
 
