@@ -236,10 +236,11 @@ def lanczos(
         if basis.size < k + block_size - 1:
             continue
         theta, estimate = basis.estimate(k)
-        bar.set_postfix(converged=f"{int(_tolerance_met(estimate, theta, tol).sum())}/{k}", lam1=f"{float(theta[0]):.4g}")
+        likely = _tolerance_met(estimate, theta, tol)
+        bar.set_postfix(converged=f"{int(likely.sum())}/{k}", lam1=f"{float(theta[0]):.4g}")
         # The cheap estimate says when to pay for exact residuals (k passes over the basis);
         # only exact residuals stop the iteration.
-        if bool(_tolerance_met(estimate, theta, tol).all()):
+        if bool(likely.all()):
             exact_checks += 1
             values, _, residuals = basis.ritz(k)
             if bool(_tolerance_met(residuals, values, tol).all()):
