@@ -426,25 +426,3 @@ def test_view_puts_several_results_on_one_slider(tmp_path, capsys):
     assert "first" in text and "second" in text and "sliders" in text
     assert main(["view", *paths, "--labels", "one"]) == 2
     assert "--labels names 1 results but 2" in capsys.readouterr().err
-
-
-def test_projected_first_layer_equals_the_plain_forward(monkeypatch):
-    """An MLP's first Linear layer is evaluated from precomputed responses; the values must not change."""
-    import numpy as np
-    import torch
-
-    from landscape import data, directions, models, surface
-
-    torch.manual_seed(0)
-    model = models.build("mlp", hidden=[8])
-    ds = data.load("digits").head(200)
-    dirs = directions.random_directions(model, 2, seed=0)
-    axis = surface.symmetric_axis(1.0, 5)
-    evaluator = surface._Evaluator(model, dict(directions.trainable_parameters(model)), dirs,
-                                   {"train": ds.batches(64)}, "eval", [], torch.float64, torch.device("cpu"))
-    assert evaluator.projected is not None and evaluator.projected["name"] == "net.0"
-    fast = surface.evaluate(model, dirs, [axis, axis], {"train": ds}, batch_size=64, dtype=torch.float64, progress=False)
-    monkeypatch.setattr(surface._Evaluator, "_project_first_linear", lambda self: None)
-    plain = surface.evaluate(model, dirs, [axis, axis], {"train": ds}, batch_size=64, dtype=torch.float64, progress=False)
-    np.testing.assert_allclose(fast["values"]["train/loss"], plain["values"]["train/loss"], rtol=1e-12)
-    np.testing.assert_array_equal(fast["values"]["train/accuracy"], plain["values"]["train/accuracy"])
