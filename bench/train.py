@@ -113,7 +113,7 @@ def flower_worker(args: argparse.Namespace) -> dict:
     from flwr.server.strategy import FedAvg
 
     from landscape import models
-    from train.engine import FederatedData, plan_client
+    from train.engine import plan_client
 
     device = torch.device(args.device)
     cfg, data, x, y, parts = federation(args, device)

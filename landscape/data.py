@@ -183,6 +183,21 @@ def load_cifar(name: str, root: str | os.PathLike | None = None, split: str = "t
     return Dataset(x, torch.from_numpy(np.concatenate(ys)), classes, {"dataset": name, "split": split, "dir": str(folder)})
 
 
+def black_pixel(ds: Dataset) -> torch.Tensor | None:
+    """The value of a black (zero-intensity) pixel per channel in ``ds``'s input scale, or None for 0.
+
+    CIFAR inputs are normalized, ``(v - mean) / std``, so black is ``-mean / std``; the other
+    image data sets hold raw intensities in [0, 1]. This is what a random crop pads with.
+
+    >>> [round(v, 4) for v in black_pixel(Dataset(torch.zeros(1), torch.zeros(1), 10, {"dataset": "cifar10"})).tolist()]
+    [-1.9895, -1.9803, -1.7068]
+    """
+    name = ds.spec.get("dataset")
+    if name not in CIFAR_MEAN:
+        return None
+    return -torch.tensor(CIFAR_MEAN[name]) / torch.tensor(CIFAR_STD[name])
+
+
 def download_cifar(name: str, root: str | os.PathLike) -> Path:
     """Download and unpack CIFAR-10/100 (python version) into ``root``; needs internet."""
     if name not in CIFAR_URLS:

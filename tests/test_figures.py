@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import doctest
 import json
 import sys
 from pathlib import Path
@@ -107,12 +106,6 @@ def test_label_path_pairs_globs_and_labels_with_equals(tmp_path: Path) -> None:
 def test_bad_inputs_name_the_problem(spec: str, match: str) -> None:
     with pytest.raises(LandscapeError, match=match):
         common.parse_inputs([spec])
-
-
-@pytest.mark.parametrize("module", [common, table1_hessian, table2_accuracy], ids=lambda m: m.__name__)
-def test_docstring_examples(module: Any) -> None:
-    outcome = doctest.testmod(module)
-    assert outcome.attempted > 0 and outcome.failed == 0
 
 
 # -- Table 1 ----------------------------------------------------------------------------------------

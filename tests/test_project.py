@@ -1,11 +1,14 @@
 """The project's own files: citation metadata, packaging, CI script and README agree."""
 
+import doctest
+import importlib
 import json
 import re
 import tomllib
 from pathlib import Path
 
 import jsonschema
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,3 +55,21 @@ def test_pyproject_declares_the_console_script_and_a_torch_range_2_13_satisfies(
     for dep in ("numpy", "scipy", "matplotlib", "plotly", "scikit-learn", "tqdm"):
         assert any(d.startswith(dep) for d in meta["dependencies"]), dep
     assert any(d.startswith("pyhessian") for d in meta["optional-dependencies"]["test"])
+
+
+DOCTESTED = sorted(
+    ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    for folder in ("landscape", "train", "figures")
+    for path in (ROOT / folder).rglob("*.py")
+    if ">>>" in path.read_text()
+)
+
+
+def test_the_docstring_examples_are_found():
+    assert {"landscape.data", "landscape.trace", "train.augment", "figures.common"} <= set(DOCTESTED)
+
+
+@pytest.mark.parametrize("name", DOCTESTED)
+def test_docstring_examples(name: str):
+    outcome = doctest.testmod(importlib.import_module(name))
+    assert outcome.attempted > 0 and outcome.failed == 0

@@ -115,6 +115,19 @@ def test_augmentation_is_crop_and_flip() -> None:
     torch.testing.assert_close(out[1], padded[1, :, 2:7, 5:10].flip(-1))
 
 
+def test_crops_of_normalized_images_pad_with_black_as_the_reference_pipeline() -> None:
+    """torchvision RandomCrop(padding=4) pads the raw image, then Normalize: padding = -mean/std."""
+    from landscape.data import CIFAR_MEAN, CIFAR_STD, Dataset, black_pixel
+
+    raw = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    mean, std = torch.tensor(CIFAR_MEAN["cifar10"]).view(1, 3, 1, 1), torch.tensor(CIFAR_STD["cifar10"]).view(1, 3, 1, 1)
+    crop, flip = torch.tensor([[0, 3], [8, 1]]), torch.tensor([True, False])
+    reference = (augment.apply(raw, crop, flip) - mean) / std  # crop the raw image, then normalize
+    fill = black_pixel(Dataset((raw - mean) / std, torch.zeros(2), 10, {"dataset": "cifar10"}))
+    torch.testing.assert_close(augment.apply((raw - mean) / std, crop, flip, fill), reference)
+    assert black_pixel(Dataset(raw, torch.zeros(2), 10, {"dataset": "synthetic"})) is None
+
+
 def test_unknown_engine() -> None:
     from landscape.errors import LandscapeError
 

@@ -73,19 +73,22 @@ class FederatedData:
         x, y: the whole training set (x already in the weight dtype).
         client_indices: client k's sample indices into x (CPU, int64).
         augment: apply random crop + flip (image inputs only).
+        fill: the crop's padding per channel (the black pixel of normalized data), or None for 0.
     """
 
     x: Tensor
     y: Tensor
     client_indices: list[Tensor]
     augment: bool = False
+    fill: Tensor | None = None
 
     @classmethod
     def build(cls, x: Tensor, y: Tensor, parts: Sequence[np.ndarray], device: torch.device,
-              dtype: torch.dtype, augment: bool = False) -> FederatedData:
+              dtype: torch.dtype, augment: bool = False, fill: Tensor | None = None) -> FederatedData:
         """Move the data to ``device`` once; keep the index arrays as int64 tensors."""
         return cls(x.to(device=device, dtype=dtype), y.to(device), [torch.as_tensor(np.asarray(p), dtype=torch.long)
-                                                                    for p in parts], augment and x.ndim == 4)
+                                                                    for p in parts], augment and x.ndim == 4,
+                   None if fill is None else fill.to(device=device, dtype=dtype))
 
     def num_samples(self, client_id: int) -> int:
         return int(self.client_indices[client_id].numel())
@@ -97,7 +100,7 @@ class FederatedData:
         if self.augment:
             crop = torch.cat([s.crop for s in steps])
             flip = torch.cat([s.flip for s in steps])
-            x = aug.apply(x, crop, flip)
+            x = aug.apply(x, crop, flip, self.fill)
         return x.view(idx.shape + x.shape[1:]), self.y[idx]
 
 

@@ -271,7 +271,8 @@ def train(
 
     model = build_model(cfg)
     dtype = getattr(torch, cfg.dtype)
-    fdata = FederatedData.build(fed.train.x, fed.train.y, fed.parts, dev, dtype, cfg.augment)
+    fdata = FederatedData.build(fed.train.x, fed.train.y, fed.parts, dev, dtype, cfg.augment,
+                                data.black_pixel(fed.train))
     runner = make_engine(engine, model, fdata, cfg, dev)
     algo = algorithms.get(cfg.algorithm)
 
