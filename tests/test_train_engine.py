@@ -138,3 +138,27 @@ def test_unknown_engine() -> None:
     assert make_engine("auto", torch.nn.Linear(2, 2), data, TrainConfig(), CPU).name == "batched"
     conv = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2, 2))
     assert make_engine("auto", conv, data, TrainConfig(), CPU).name == "sequential"
+
+
+@pytest.mark.parametrize("engine_cls", [SequentialEngine, BatchedEngine])
+def test_batchnorm_models_leave_out_a_last_batch_of_one_sample(engine_cls: type) -> None:
+    """BatchNorm cannot normalize one sample in training mode; such a batch is skipped, not a crash."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(14, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (14,), generator=g)
+    parts = [np.arange(0, 9), np.arange(9, 13), np.arange(13, 14)]  # batch 4: last batches of 1, 4 and 1
+    data = FederatedData.build(x, y, parts, CPU, torch.float64)
+    assert [s.idx.numel() for s in plan_client(data, 0, 0, 0, 4, 1)] == [4, 4, 1]
+    assert [s.idx.numel() for s in plan_client(data, 0, 0, 0, 4, 1, min_batch=2)] == [4, 4]
+    assert plan_client(data, 0, 0, 2, 4, 1, min_batch=2) == []
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.BatchNorm1d(5), torch.nn.ReLU(),
+                                torch.nn.Linear(5, 3)).double()
+    cfg = TrainConfig(dataset="synthetic", num_clients=3, clients_per_round=3, batch_size=4, local_epochs=1,
+                      lr=0.1, dtype="float64")
+    engine = engine_cls(model, data, cfg, CPU)
+    algo = algorithms.get("fedavg")
+    state = algo.init({k: v.detach().clone() for k, v in model.state_dict().items()}, engine.param_names, cfg)
+    result = engine.run_round(algo, state, 0, [0, 1, 2], 0.1, keep_clients=True)
+    assert all(torch.isfinite(v).all() for v in result.state.weights.values())
+    for k, v in result.client_weights[2].items():  # no step left: client 2 stays at the global model
+        torch.testing.assert_close(v, state.weights[k], rtol=0, atol=0)

@@ -105,12 +105,14 @@ class FederatedData:
 
 
 def plan_client(data: FederatedData, seed: int, round: int, client_id: int, batch_size: int,
-                local_epochs: int) -> list[Step]:
+                local_epochs: int, min_batch: int = 1) -> list[Step]:
     """The local steps of client ``client_id`` in 0-based round ``round``.
 
     Each epoch is a fresh permutation of the client's samples cut into batches of
     ``batch_size`` (the last one smaller), all drawn from a generator seeded by
     (seed, round, client id) so that every engine and every resume sees the same batches.
+    A last batch smaller than ``min_batch`` is left out (``min_batch=2`` for models with
+    BatchNorm, which cannot normalize a single sample in training mode).
     """
     g = torch.Generator().manual_seed(derive_seed(seed, round, client_id, STREAM_CLIENT))
     own = data.client_indices[client_id]
@@ -119,6 +121,8 @@ def plan_client(data: FederatedData, seed: int, round: int, client_id: int, batc
         perm = own[torch.randperm(own.numel(), generator=g)]
         for i in range(0, perm.numel(), batch_size):
             idx = perm[i : i + batch_size]
+            if idx.numel() < min_batch:
+                break
             crop, flip = aug.draw(idx.numel(), g) if data.augment else (None, None)
             steps.append(Step(idx, crop, flip))
     return steps
@@ -188,14 +192,17 @@ class Engine:
         self.data, self.cfg, self.device = data, cfg, device
         self.param_names = tuple(n for n, _ in model.named_parameters())
         self.buffer_names = tuple(n for n, _ in model.named_buffers())
+        # BatchNorm cannot normalize one sample in training mode: such a last batch is left out.
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        self.min_batch = 2 if has_bn else 1
 
     def autocast(self) -> Any:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(self.cfg.bf16))
 
     def plans(self, cohort: Sequence[int], round: int) -> list[list[Step]]:
         """The cohort's schedules (drawn on the CPU), moved to the device in one transfer."""
-        plans = [plan_client(self.data, self.cfg.seed, round, k, self.cfg.batch_size, self.cfg.local_epochs)
-                 for k in cohort]
+        plans = [plan_client(self.data, self.cfg.seed, round, k, self.cfg.batch_size, self.cfg.local_epochs,
+                             self.min_batch) for k in cohort]
         return plans if self.device.type == "cpu" else _plans_to_device(plans, self.device)
 
     def run_round(self, algo: Algorithm, state: Any, round: int, cohort: Sequence[int], lr: float,
