@@ -122,12 +122,29 @@ def main() -> None:
     print(f"{n}x{n} grid, {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"loss-landscapes {version('loss-landscapes')}, {platform.processor() or platform.machine()}")
     print(f"{'workload':<40} {'method':<16} {'seconds':>9} {'points/s':>10} {'x floor':>8} {'x loss-landscapes':>18}")
+    verdicts = []
     for key in args.workloads.split(","):
         name, build_model, load_data = cases[key]
         secs = workload(build_model(), load_data(), n, device, args.repeats)
         for label, t in secs.items():
             print(f"{name:<40} {label:<16} {t:>9.3f} {n * n / t:>10.1f} {secs['floor'] / t:>8.2f} "
                   f"{secs['loss-landscapes'] / t:>18.2f}")
+        verdicts.append(verdict(key, device, secs))
+    print("\n".join(v for v in verdicts if v))
+
+
+def verdict(workload: str, device: torch.device, secs: dict[str, float]) -> str | None:
+    """The issue's target for this workload and device, checked: PASS/FAIL with the measured ratio."""
+    vs_peer, vs_floor = secs["loss-landscapes"] / secs["landscape"], secs["floor"] / secs["landscape"]
+    if device.type == "cpu" and workload == "mlp":
+        ok, what = vs_peer >= 3.0, f"{vs_peer:.2f}x loss-landscapes (target >= 3x on a CPU)"
+    elif device.type == "cpu" and workload == "cnn":
+        ok, what = vs_floor >= 0.9, f"{vs_floor:.2f}x the floor (target: within 10% of it on a CPU)"
+    elif device.type == "cuda" and workload == "cnn":
+        ok, what = vs_peer >= 5.0, f"{vs_peer:.2f}x loss-landscapes (target >= 5x on a GPU)"
+    else:
+        return None
+    return f"{'PASS' if ok else 'FAIL'}: {workload} {what}"
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="loss on the plane through three models, with other models projected onto it",
         description="The plane through models A, B, C [G18]: u = B - A, v = (C - A) orthogonalized against u, "
         "both normalized, so the axes are Euclidean distances in parameter space. Models given with --project "
-        "(e.g. every client) are drawn at their projection, with their distance to the plane. "
+        "(e.g. every client) are drawn at their projection, with their distance to the plane. BatchNorm "
+        "statistics are model A's at every point with --bn eval; --bn recalibrate re-estimates them per point. "
         "Example: landscape plane global.pt client0.pt client1.pt --project client*.pt --html plane.html",
     )
     p.add_argument("models", nargs=3, metavar="CKPT", help="the three models A, B, C spanning the plane")
