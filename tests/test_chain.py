@@ -9,6 +9,7 @@ from torch import nn
 
 from landscape import data
 from landscape.models import build
+from tests.test_surface import loop_reference, tiny_data
 from landscape import directions as D
 from landscape import surface as S
 from landscape.chain import find_chain
@@ -123,6 +124,21 @@ def test_fully_connected_fast_path_equals_the_plain_forward(monkeypatch, hidden)
     plain = S.evaluate(model, dirs, [axis, axis], {"train": ds}, batch_size=64, dtype=torch.float64, progress=False)
     np.testing.assert_allclose(fast["values"]["train/loss"], plain["values"]["train/loss"], rtol=1e-12)
     np.testing.assert_array_equal(fast["values"]["train/accuracy"], plain["values"]["train/accuracy"])
+
+
+@pytest.mark.parametrize("points_per_batch", [1, 4, 25])
+def test_fast_path_equals_one_point_at_a_time(points_per_batch: int) -> None:
+    """Against the independent loop of the surface tests: copy the point into a model, forward."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(25, 7), nn.ReLU(), nn.Linear(7, 3)).double()
+    data = tiny_data(dtype=torch.float64)
+    dirs = D.random_directions(model, 2, seed=0)
+    axes = [S.symmetric_axis(1.0, 5), S.symmetric_axis(0.5, 3)]
+    res = S.evaluate(model, dirs, axes, {"train": data}, points_per_batch=points_per_batch, dtype=torch.float64,
+                     progress=False)
+    loss, acc = loop_reference(model, dirs, axes, data, None)
+    np.testing.assert_allclose(res["values"]["train/loss"], loss, rtol=1e-11)
+    np.testing.assert_array_equal(res["values"]["train/accuracy"], acc)
 
 
 @pytest.mark.parametrize("name", list(_not_chains()))
