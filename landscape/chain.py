@@ -11,9 +11,8 @@ activations elementwise), two facts make the K points much cheaper than K forwar
   ``(K, 1 + d) x (1 + d, out * B)`` product instead of K products with x.
 - Every later layer is one batched product ``A_{l+1} = b_l(c) + W_l(c) A_l`` on activations
   kept as ``(K, features, B)``. With the sample dimension last the products are
-  ``(out x in)(in x B)``, and the loss's reductions over the classes become elementwise
-  operations on rows of length B (on a CPU a reduction over a last dimension of 10 is
-  several times slower; ``argmax`` over it more than 10x).
+  ``(out x in)(in x B)``: for the 10-class output layer of the digits MLP about 3x faster
+  on a CPU than ``(B x in)(in x out)``, the layout a vmapped ``nn.Linear`` uses.
 
 :func:`find_chain` recognizes such a network from one traced forward; :mod:`landscape.surface`
 uses :class:`LinearChain` only after checking it against the plain forward.
