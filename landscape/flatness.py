@@ -21,7 +21,7 @@ abstract of [L26] was available, so every metric here is a documented
 
 :func:`flatness_metrics` computes all four. Every function works on a private copy of
 each model (through :class:`~landscape.operators.Objective`): the caller's models are
-never touched. Results are dataclasses whose ``to_dict()`` is JSON-ready.
+never touched. Results are dataclasses; ``FlatnessMetrics.to_dict()`` is JSON-ready.
 
 References: [L26] FedNSAM (arXiv 2602.23827), [C22] Caldarola et al. ECCV 2022,
 [K21] ASAM; see ``shared/design/algorithms.md``.
@@ -73,10 +73,6 @@ class PerturbationDistance:
     gradient_norm: float
     weights: list[float]
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of the fields."""
-        return asdict(self)
-
 
 @dataclass
 class SharpnessGap:
@@ -106,10 +102,6 @@ class SharpnessGap:
     gap_first_order: float
     gap_ascent: float
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of the fields."""
-        return asdict(self)
-
 
 @dataclass
 class LambdaMaxComparison:
@@ -129,10 +121,6 @@ class LambdaMaxComparison:
     converged: bool
     tol: float
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of the fields."""
-        return asdict(self)
-
 
 @dataclass
 class ParameterDistances:
@@ -147,10 +135,6 @@ class ParameterDistances:
     distances: list[float]
     relative: list[float]
     global_norm: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of the fields."""
-        return asdict(self)
 
 
 @dataclass
