@@ -105,18 +105,16 @@ class LinearChain:
     def _stack(self, key: str, origin: Mapping[str, torch.Tensor], stacked: Mapping[str, torch.Tensor],
                fixed: Mapping[str, torch.Tensor], shape: Sequence[int]) -> torch.Tensor:
         """(1 + d, *shape): the base value then the direction parts (zero for a tensor that does not move)."""
-        ref = next(iter(stacked.values()))
         if key in stacked:
             return torch.cat([origin[key][None], stacked[key]])
-        out = ref.new_zeros((1 + self.num_directions, *shape))
+        out = next(iter(stacked.values())).new_zeros((1 + self.num_directions, *shape))
         if key in fixed:  # a frozen parameter; a missing bias stays zero
             out[0] = fixed[key]
         return out
 
     def responses(self, x: torch.Tensor) -> torch.Tensor:
         """(1 + d, out * B): the first layer's ``R_0, R_1, ...`` on the batch x, feature-major."""
-        name = self.layers[0][0]
-        m = self.layers[0][1]
+        name, m = self.layers[0]
         w = self.weights[name].view(-1, m.out_features, m.in_features)
         return (torch.matmul(w, x.reshape(len(x), -1).T) + self.biases[name][:, :, None]).flatten(1)
 
