@@ -86,6 +86,7 @@ from landscape.data import Dataset
 from landscape.directions import Directions, Plane, project
 from landscape.errors import LandscapeError
 from landscape.files import atomic_write
+from landscape.models import batchnorm_layers
 
 FORMAT = "landscape-surface"
 FORMAT_VERSION = 1
@@ -216,17 +217,14 @@ class _Evaluator:
             s: [(x.to(device, dtype), y.to(device)) for x, y in batches] for s, batches in sources.items()
         }
         self.dtype, self.device = dtype, device
-        self.recalibrate = bn == "recalibrate" and any(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in self.model.modules()
-        )
+        self.recalibrate = bn == "recalibrate" and bool(batchnorm_layers(self.model))
         if self.recalibrate:
             # Only the BatchNorm layers run in training mode (dropout stays off); momentum None
             # makes the running statistics the plain average over the calibration batches.
             self.calibration_model = copy.deepcopy(self.model)
-            for m in self.calibration_model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-                    m.train()
-                    m.momentum = None
+            for _, m in batchnorm_layers(self.calibration_model):
+                m.train()
+                m.momentum = None
             self.calibration = [(x.to(device, dtype), y.to(device)) for x, y in calibration]
         self.chain = None if self.recalibrate else self._chain()
         if self.chain is not None:
@@ -260,12 +258,11 @@ class _Evaluator:
     def recalibrated_buffers(self, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """BatchNorm statistics of one parameter setting, re-estimated on the calibration batches."""
         buffers = {n: b.clone() for n, b in self.fixed.items() if n not in self.origin and b is not None}
-        for module_name, m in self.calibration_model.named_modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-                prefix = f"{module_name}." if module_name else ""
-                buffers[prefix + "running_mean"].zero_()
-                buffers[prefix + "running_var"].fill_(1.0)
-                buffers[prefix + "num_batches_tracked"].zero_()
+        for module_name, _ in batchnorm_layers(self.calibration_model):
+            prefix = f"{module_name}." if module_name else ""
+            buffers[prefix + "running_mean"].zero_()
+            buffers[prefix + "running_var"].fill_(1.0)
+            buffers[prefix + "num_batches_tracked"].zero_()
         # functional_call updates the running statistics in place in the tensors passed in.
         for x, _ in self.calibration:
             functional_call(self.calibration_model, {**buffers, **params}, (x,))

@@ -154,15 +154,13 @@ def recompute_batchnorm(model: nn.Module, weights: dict[str, torch.Tensor], x: t
     SWA averages parameters only [C22]; the averaged model needs its own statistics. Models
     without BatchNorm are returned unchanged.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns:
+    if not models.batchnorm_layers(model):
         return weights
     clone = copy.deepcopy(model)
     clone.load_state_dict(weights)
-    for m in clone.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-            m.reset_running_stats()
-            m.momentum = None
+    for _, m in models.batchnorm_layers(clone):
+        m.reset_running_stats()
+        m.momentum = None
     clone.train()
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
