@@ -2,30 +2,60 @@
 
 Each subcommand lives in its own module here with ``add_parser(subparsers)`` and
 ``run(args) -> int``; ``run`` turns flags into explicit library arguments (it never
-passes ``args`` down). A :class:`~landscape.errors.LandscapeError` becomes a single
-``error: ...`` line and exit status 2, never a traceback.
+passes ``args`` down). Every failure a user can cause ends in this one place as a single
+line ``error: <what> (<where>): <how to fix>`` and exit status 2, never a traceback:
+
+- :class:`~landscape.errors.LandscapeError` from the library, printed as it is;
+- ``OSError`` (full disk, permissions, a folder in the way) through :func:`~landscape.errors.os_error`;
+- running out of memory, with the flags that lower it;
+- argparse's own complaints (a wrong type, an unknown flag with the closest real one);
+- anything else is a bug of ours: one line that says so and how to see the traceback
+  (``LANDSCAPE_DEBUG=1``), so a user is never left with a screen of torch internals.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from landscape import __version__
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, os_error
 
 # Subcommand modules, in the order `landscape --help` lists them.
 COMMANDS = ["hessian", "models", "download", "surface", "plane", "view", "flatness", "train", "demo", "figures"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose complaints are one ``error:`` line (exit 2), with the closest flag."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments:"):
+            message += _suggestion(self, message)
+        error = LandscapeError(message, where=self.prog, fix=f"see `{self.prog} --help`")
+        self.exit(2, f"error: {error}\n")
+
+
+def _suggestion(parser: argparse.ArgumentParser, message: str) -> str:
+    """``(did you mean --rounds?)`` for an unknown flag close to a real one of the same command."""
+    flags = [s for a in parser._actions for s in a.option_strings]
+    for word in message.split(":", 1)[1].split():
+        name = word.split("=")[0]
+        if name.startswith("--"):
+            close = difflib.get_close_matches(name, flags, n=1, cutoff=0.6)
+            close = close or [f for f in flags if f.startswith("--") and f[2:] in name[2:]][:1]
+            if close:
+                return f" (did you mean {close[0]}?)"
+    return ""
+
+
+def build_parser() -> Parser:
     """The full parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(
-        prog="landscape",
-        description="Loss landscapes and Hessian spectra of federated models.",
-    )
+    parser = Parser(prog="landscape", description="Loss landscapes and Hessian spectra of federated models.")
     parser.add_argument("--version", action="version", version=f"landscape {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
@@ -34,14 +64,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; unknown flags are reported by the subcommand's parser (which knows its flags)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        subparsers.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``landscape`` console script."""
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return int(args.run(args) or 0)
-    except LandscapeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns failures into one line
+        if os.environ.get("LANDSCAPE_DEBUG"):
+            raise
+        print(f"error: {describe(exc, args.command)}", file=sys.stderr)
+        return 2
+
+
+def describe(exc: Exception, command: str) -> LandscapeError:
+    """The one-line message for any failure of ``landscape COMMAND``."""
+    import torch
+
+    if isinstance(exc, LandscapeError):
+        return exc
+    if isinstance(exc, OSError):
+        return os_error(exc, "cannot read or write a file")
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return LandscapeError("out of memory", where=f"landscape {command}",
+                              fix="lower --batch-size (and --points-per-batch or --num-samples), or use a larger device")
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return LandscapeError(f"internal error, {type(exc).__name__}{': ' + text if text else ''}",
+                          where=f"landscape {command}",
+                          fix="please report it with the command line; LANDSCAPE_DEBUG=1 shows the traceback")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,9 +30,9 @@ def add_data_args(p: argparse.ArgumentParser, default_samples: int | None = None
                    "client / client:K for a client's own training data from the checkpoint's partition "
                    "(default: the checkpoint's training data)")
     p.add_argument("--data-dir", metavar="DIR", help="folder holding CIFAR in its python format")
-    p.add_argument("--num-samples", type=int, default=default_samples, metavar="N",
+    p.add_argument("--num-samples", type=integer(1), default=default_samples, metavar="N",
                    help=f"use a seeded random subset of N samples (default: {default_samples or 'all'})")
-    p.add_argument("--batch-size", type=int, default=None, metavar="B",
+    p.add_argument("--batch-size", type=integer(1), default=None, metavar="B",
                    help="samples per forward pass (default: all at once)")
 
 
@@ -38,7 +40,44 @@ def add_compute_args(p: argparse.ArgumentParser) -> None:
     """``--device`` / ``--dtype`` / ``--seed``."""
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="precision (default: float32)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=integer(0, 2**63 - 1), default=0, help="random seed (default: 0)")
+
+
+def integer(low: int = 1, high: int | None = None) -> Callable[[str], int]:
+    """argparse type: an integer in ``[low, high]``, checked where it is parsed."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"at least {low}" if high is None else f"in [{low}, {high:,}]"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+    return parse
+
+
+def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False) -> Callable[[str], float]:
+    """argparse type: a finite float within the bounds (``low_open``: ``> low`` instead of ``>= low``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if not math.isfinite(value) or too_low or too_high:
+            parts = ([f"{'>' if low_open else '>='} {low:g}"] if low is not None else []) + (
+                [f"{'<' if high_open else '<='} {high:g}"] if high is not None else [])
+            raise argparse.ArgumentTypeError(f"must be a finite number{' ' + ' and '.join(parts) if parts else ''}, "
+                                             f"got {text}")
+        return value
+    return parse
+
+
+#: A relative tolerance: 0 < tol < 1.
+TOLERANCE = number(0.0, 1.0, low_open=True, high_open=True)
 
 
 def parse_json_object(text: str) -> dict[str, Any]:
