@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from landscape import models
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, os_error
 from landscape.files import atomic_write, sha256
 
 FORMAT = "landscape-checkpoint"
@@ -57,12 +57,32 @@ class Checkpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     sha256: str | None = None
+    #: Whether a ``package.module:factory`` model name may be imported and called: True when the
+    #: name came from the user (Python, ``--model``), False when only the file says so.
+    trust_factory: bool = True
 
     def build_model(self) -> nn.Module:
-        """A fresh model of the stored architecture with the stored weights, in eval mode."""
-        model = models.build(self.model_name, **self.model_kwargs)
+        """A fresh model of the stored architecture with the stored weights, in eval mode.
+
+        A registered architecture is first built on the ``meta`` device and checked against the
+        stored weights, so kwargs from a file cannot make it allocate more than the file holds.
+        """
+        where = self.path or "the checkpoint"
+        factory = models.resolve(self.model_name, allow_import=self.trust_factory, origin=where)
+        if factory in models.REGISTRY.values():
+            check_state_dict(models.call_factory(factory, self.model_name, self.model_kwargs, "meta"),
+                             self.state_dict, self.model_name)
+        model = models.call_factory(factory, self.model_name, self.model_kwargs)
         load_state_dict(model, self.state_dict, self.model_name)
         return model.eval()
+
+    def check_finite(self) -> None:
+        """Refuse weights or buffers holding NaN or inf (every analysis would be meaningless)."""
+        bad = [k for k, v in self.state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise LandscapeError(
+                f"the weights hold NaN or inf values in {len(bad)} tensor(s), e.g. {bad[0]}", where=self.path,
+                fix="analyse a checkpoint from before the training diverged")
 
     def to_dict(self) -> dict[str, Any]:
         """The on-disk representation."""
@@ -114,6 +134,8 @@ def _read(path: Path) -> Any:
         raise LandscapeError(f"{path} is a folder, not a checkpoint file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise os_error(exc, "cannot read the checkpoint") from None
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL (\S+)", str(exc), flags=re.IGNORECASE)
         if found:
@@ -127,6 +149,8 @@ def _read(path: Path) -> Any:
         ) from None
     except Exception as exc:  # noqa: BLE001 - torch raises many types for unreadable files
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "weights_only" in text:  # torch's advice to turn off the safety is not ours to give
+            text = type(exc).__name__
         if zipfile.is_zipfile(path) or "zip" in text.lower() or isinstance(exc, EOFError):
             raise LandscapeError(
                 f"{path} is truncated or corrupt ({text}); re-copy or re-save the checkpoint"
@@ -146,6 +170,7 @@ def load(
     path: str | os.PathLike,
     model: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
+    trust_factory: bool = False,
 ) -> Checkpoint:
     """Load a checkpoint, or a plain state_dict when ``model`` names its architecture.
 
@@ -155,15 +180,19 @@ def load(
         model: registered model name or ``package.module:factory``; overrides the
             stored name (required for plain state_dicts).
         model_kwargs: keyword arguments for the factory; override the stored ones.
+        trust_factory: import and call a ``package.module:factory`` that the file names
+            (runs that code: only for files you trust). A factory named by ``model`` runs anyway.
 
     Raises:
-        LandscapeError: missing, truncated, non-checkpoint or code-carrying files,
-            plain state_dicts without ``model``, weights that do not fit the model.
+        LandscapeError: missing, truncated, malformed, non-checkpoint or code-carrying files,
+            factories named by the file without ``trust_factory``, plain state_dicts without
+            ``model``, weights that do not fit the model.
     """
     path = Path(path)
     obj = _read(path)
     digest = sha256(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        _check_payload(obj, path)
         if obj.get("format_version", 0) > FORMAT_VERSION:
             raise LandscapeError(
                 f"{path} uses checkpoint format {obj['format_version']}, newer than this "
@@ -180,6 +209,7 @@ def load(
             client_id=obj.get("client_id"),
             data=obj.get("data") or {},
             metadata=obj.get("metadata") or {},
+            trust_factory=model is not None or trust_factory,
         )
     else:
         state = obj
@@ -204,8 +234,39 @@ def load(
     return ckpt
 
 
-def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
-    """``model.load_state_dict(state)`` with a one-line error naming what does not match."""
+#: The fields of a checkpoint file and the types they may hold.
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "model": (dict,), "state_dict": (dict,), "config": (dict, type(None)), "round": (int, type(None)),
+    "role": (str, type(None)), "client_id": (int, type(None)), "data": (dict, type(None)),
+    "metadata": (dict, type(None)), "format_version": (int,),
+}
+
+
+def _check_payload(obj: dict[str, Any], path: Path) -> None:
+    """Every field of a landscape checkpoint present with its type (one line naming the first that is not)."""
+    def bad(what: str) -> LandscapeError:
+        return LandscapeError(f"malformed checkpoint: {what}", where=path,
+                              fix="re-save it with landscape (checkpoint.save) or pass a plain state_dict with --model")
+
+    for key in ("model", "state_dict"):
+        if key not in obj:
+            raise bad(f"no '{key}' entry")
+    for key, types in _FIELDS.items():
+        if key in obj and (not isinstance(obj[key], types) or isinstance(obj[key], bool)):
+            raise bad(f"'{key}' is {type(obj[key]).__name__}, expected {' or '.join(t.__name__ for t in types)}")
+    name, kwargs = obj["model"].get("name"), obj["model"].get("kwargs") or {}
+    if not isinstance(name, str) or not name:
+        raise bad("the model has no name")
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise bad(f"the model kwargs are {type(kwargs).__name__}, expected an object with string keys")
+    if not _is_state_dict(obj["state_dict"]):
+        raise bad("'state_dict' is not a mapping of parameter names to tensors")
+    if obj.get("role") not in (None, *ROLES):
+        raise bad(f"role {obj['role']!r} is not one of {', '.join(ROLES)}")
+
+
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
+    """Raise a one-line error naming what in ``state`` does not match ``model`` (names and shapes)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -226,4 +287,13 @@ def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], name: str)
             f"the weights do not match model '{name}' ({'; '.join(parts)}); "
             "check --model and --model-kwargs (e.g. num_classes)"
         )
+
+
+def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
+    """``model.load_state_dict(state)`` with a one-line error naming what does not match."""
+    check_state_dict(model, state, name)
+    wrong = [k for k, v in model.state_dict().items() if v.dtype.is_floating_point != state[k].dtype.is_floating_point]
+    if wrong:
+        raise LandscapeError(f"the weights do not match model '{name}' (tensor {wrong[0]} has dtype "
+                             f"{state[wrong[0]].dtype})", fix="check that the file holds this model's weights")
     model.load_state_dict(copy.copy(state))

@@ -13,7 +13,8 @@ buffer tricks, no fused attention kernels):
 - ``mlp``: a multilayer perceptron for vector inputs (the digits data set).
 
 A user architecture is reached with ``"package.module:factory"`` in place of a
-registered name: the factory is imported and called with the kwargs.
+registered name: the factory is imported and called with the kwargs, but only when the
+name comes from the user (``--model``, a Python call), never because a file says so.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, user_code
 
 
 class TwoConvNet(nn.Module):
@@ -197,45 +198,69 @@ REGISTRY: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def resolve(name: str) -> Callable[..., nn.Module]:
-    """The factory for a registered name or a ``package.module:factory`` path."""
+def resolve(name: str, *, allow_import: bool = True, origin: object = None) -> Callable[..., nn.Module]:
+    """The factory for a registered name or a ``package.module:factory`` path.
+
+    A ``package.module:factory`` is code: importing and calling it runs whatever it says.
+    It is resolved only with ``allow_import`` (the name came from the user: a command-line
+    flag or a Python call); a name read from a file (``origin``) is looked up in the registry.
+
+    Raises:
+        LandscapeError: unknown names, factories that cannot be imported, and factories
+            named by a file when ``allow_import`` is off.
+    """
+    if not isinstance(name, str) or not name:
+        raise LandscapeError(f"the model name must be a non-empty string, got {name!r}", where=origin,
+                             fix="pass --model NAME (see `landscape models`)")
     if name in REGISTRY:
         return REGISTRY[name]
     if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
+        if not allow_import:
             raise LandscapeError(
-                f"cannot import module '{module_name}' for model '{name}' ({exc}); "
-                "put it on PYTHONPATH or install it"
-            ) from None
+                f"refused to import model '{name}' named by a file: a module:factory runs code", where=origin,
+                fix=f"if you trust that code, pass --model {name} (or --trust-stored-factory)")
+        module_name, _, attr = name.partition(":")
+        with user_code(f"importing module '{module_name}' for model '{name}'",
+                       "put it on PYTHONPATH or install it"):
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as exc:
+                raise LandscapeError(f"cannot import module '{module_name}' for model '{name}' ({exc})",
+                                     fix="put it on PYTHONPATH or install it") from None
         factory = getattr(module, attr, None)
         if not callable(factory):
-            raise LandscapeError(f"module '{module_name}' has no callable '{attr}' for model '{name}'")
+            raise LandscapeError(f"module '{module_name}' has no callable '{attr}' for model '{name}'",
+                                 fix="check the factory name")
         return factory
     raise LandscapeError(
-        f"unknown model '{name}'; choose one of {', '.join(REGISTRY)} "
-        "or give 'package.module:factory' for your own architecture"
-    )
+        f"unknown model '{name}'", where=origin,
+        fix=f"choose one of {', '.join(REGISTRY)} or give 'package.module:factory' for your own architecture")
 
 
 def build(name: str, **kwargs: object) -> nn.Module:
     """Build a model by registered name or ``package.module:factory`` path.
 
     Raises:
-        LandscapeError: unknown name, or kwargs the factory does not accept.
+        LandscapeError: unknown name, or kwargs the factory does not accept or fails on.
 
     >>> sum(p.numel() for p in build("cnn", num_classes=100).parameters())
     815332
     """
-    factory = resolve(name)
-    try:
-        model = factory(**kwargs)
-    except TypeError as exc:
-        raise LandscapeError(f"model '{name}' does not accept kwargs {kwargs}: {exc}") from None
+    return call_factory(resolve(name), name, kwargs)
+
+
+def call_factory(factory: Callable[..., nn.Module], name: str, kwargs: dict[str, object],
+                 device: str | torch.device | None = None) -> nn.Module:
+    """``factory(**kwargs)`` (on ``device``, e.g. ``"meta"`` to check without allocating), one line on failure."""
+    with user_code(f"model '{name}' with kwargs {kwargs}", "check --model and --model-kwargs"):
+        if device is None:
+            model = factory(**kwargs)
+        else:
+            with torch.device(device):
+                model = factory(**kwargs)
     if not isinstance(model, nn.Module):
-        raise LandscapeError(f"factory '{name}' returned {type(model).__name__}, not a torch.nn.Module")
+        raise LandscapeError(f"factory '{name}' returned {type(model).__name__}, not a torch.nn.Module",
+                             fix="return an nn.Module from the factory")
     return model
 
 

@@ -126,3 +126,87 @@ def test_saved_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def _payload(tmp_path, **changes):
+    """A valid checkpoint dict with some entries changed (None deletes the entry)."""
+    _, ckpt = _ckpt(round=1, role="global")
+    payload = ckpt.to_dict()
+    for key, value in changes.items():
+        if value is None:
+            payload.pop(key)
+        else:
+            payload[key] = value
+    path = tmp_path / "c.pt"
+    torch.save(payload, path)
+    return path
+
+
+@pytest.mark.parametrize("factory, kwargs", [
+    ("subprocess:run", {"args": "touch PWNED_MARKER", "shell": True}),
+    ("os:system", {"command": "touch PWNED_MARKER"}),
+    ("builtins:exec", {"source": "open('PWNED_MARKER', 'w')"}),
+])
+def test_a_factory_stored_in_a_checkpoint_never_runs(tmp_path, monkeypatch, factory, kwargs):
+    monkeypatch.chdir(tmp_path)
+    _, ckpt = _ckpt()
+    payload = {**ckpt.to_dict(), "model": {"name": factory, "kwargs": kwargs}}
+    torch.save(payload, tmp_path / "evil.pt")
+    with pytest.raises(LandscapeError, match=f"refused to import model '{factory}' named by a file"):
+        checkpoint.load(tmp_path / "evil.pt")
+    assert not (tmp_path / "PWNED_MARKER").exists()
+
+
+def test_a_stored_factory_runs_when_the_user_trusts_the_file_or_names_it(tmp_path):
+    from tests.conftest import tiny_cnn
+
+    ckpt = checkpoint.from_model(tiny_cnn(), "tests.conftest:tiny_cnn")
+    path = checkpoint.save(ckpt, tmp_path / "user.pt")
+    with pytest.raises(LandscapeError, match="--trust-stored-factory"):
+        checkpoint.load(path)
+    assert type(checkpoint.load(path, trust_factory=True).build_model()).__name__ == "TinyCNN"
+    assert type(checkpoint.load(path, model="tests.conftest:tiny_cnn").build_model()).__name__ == "TinyCNN"
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"state_dict": None}, "malformed checkpoint: no 'state_dict' entry"),
+    ({"model": None}, "malformed checkpoint: no 'model' entry"),
+    ({"model": "mlp"}, "'model' is str, expected dict"),
+    ({"model": {"kwargs": {}}}, "the model has no name"),
+    ({"model": {"name": "mlp", "kwargs": [1, 2]}}, "the model kwargs are list"),
+    ({"state_dict": {"w": 3}}, "'state_dict' is not a mapping of parameter names to tensors"),
+    ({"round": "7"}, "'round' is str, expected int"),
+    ({"round": True}, "'round' is bool"),
+    ({"client_id": 1.5}, "'client_id' is float"),
+    ({"data": [1]}, "'data' is list"),
+    ({"role": "server"}, "role 'server' is not one of"),
+    ({"format_version": "1"}, "'format_version' is str"),
+    ({"model": {"name": "mlp", "kwargs": {"hidden": "abc"}}}, "model 'mlp' .*raised TypeError"),
+    ({"model": {"name": "mlp", "kwargs": {"hidden": [4], "colour": 1}}}, "unexpected keyword argument 'colour'"),
+])
+def test_malformed_checkpoints_are_one_line(tmp_path, changes, match):
+    path = _payload(tmp_path, **changes)
+    with pytest.raises(LandscapeError, match=match) as info:
+        checkpoint.load(path).build_model()
+    assert "\n" not in str(info.value)
+
+
+def test_kwargs_from_a_file_cannot_allocate_more_than_the_file_holds(tmp_path, monkeypatch):
+    # 10^6 x 64 floats (256 MB) would be allocated by a real build; the meta build refuses first.
+    path = _payload(tmp_path, model={"name": "mlp", "kwargs": {"hidden": [10**6]}})
+    built = []
+    real = models.call_factory
+    monkeypatch.setattr(models, "call_factory", lambda f, n, k, device=None: built.append(device) or real(f, n, k, device))
+    with pytest.raises(LandscapeError, match="shape mismatch"):
+        checkpoint.load(path)
+    assert built == ["meta"]
+
+
+def test_non_finite_weights_are_one_clear_error(tmp_path):
+    model, ckpt = _ckpt()
+    ckpt.state_dict["net.0.weight"][0, 0] = float("nan")
+    back = checkpoint.load(checkpoint.save(ckpt, tmp_path / "nan.pt"))
+    with pytest.raises(LandscapeError, match=r"NaN or inf values in 1 tensor\(s\), e.g. net.0.weight .*nan.pt"):
+        back.check_finite()
+    _, good = _ckpt()
+    good.check_finite()

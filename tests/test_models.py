@@ -44,12 +44,36 @@ def test_factory_path_builds_user_architectures():
         ("nope", {}, "unknown model 'nope'"),
         ("no_such_module_xyz:f", {}, "cannot import module"),
         ("tests.conftest:missing", {}, "has no callable 'missing'"),
-        ("cnn", {"colour": 3}, "does not accept kwargs"),
+        ("cnn", {"colour": 3}, "raised TypeError.*unexpected keyword argument 'colour'"),
+        ("mlp", {"hidden": "abc"}, "model 'mlp' .*raised TypeError.*check --model"),
+        ("mlp", {"hidden": [-1]}, "raised RuntimeError.*negative dimension"),
+        ("tests.test_models:failing_factory", {}, "raised ValueError: the factory fails"),
+        ("tests.test_models:not_a_module", {}, "returned int, not a torch.nn.Module"),
     ],
 )
 def test_bad_model_names_and_kwargs_are_clear_errors(name, kwargs, match):
-    with pytest.raises(LandscapeError, match=match):
+    with pytest.raises(LandscapeError, match=match) as info:
         models.build(name, **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def failing_factory():
+    raise ValueError("the factory fails\nover two lines")
+
+
+def not_a_module():
+    return 3
+
+
+@pytest.mark.parametrize("name", ["os:system", "subprocess:run", "builtins:exec", "tests.conftest:tiny_cnn"])
+def test_a_factory_named_by_a_file_is_never_imported(name, monkeypatch):
+    imported = []
+    monkeypatch.setattr(models.importlib, "import_module", lambda m: imported.append(m))
+    with pytest.raises(LandscapeError, match=f"refused to import model '{name}' named by a file.*runs code.*"
+                       f"pass --model {name}"):
+        models.resolve(name, allow_import=False, origin="ckpt.pt")
+    assert imported == []
+    assert models.resolve("mlp", allow_import=False) is models.MLP
 
 
 def test_describe_lists_kwargs_with_defaults():
