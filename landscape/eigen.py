@@ -25,6 +25,7 @@ iteration), returned in descending order.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,7 +87,12 @@ def rademacher(n: int, g: torch.Generator, dtype: torch.dtype, device: torch.dev
     return (torch.randint(0, 2, shape, generator=g) * 2 - 1).to(device=device, dtype=dtype)
 
 
-def _check_k(k: int, n: int) -> None:
+def _check_k(k: int, n: int, tol: float | None = None, max_iter: int | None = None) -> None:
+    """One line for an impossible request: k outside [1, n], a tolerance outside (0, 1), no iterations."""
+    if tol is not None and not (math.isfinite(tol) and 0 < tol < 1):
+        raise LandscapeError(f"--tol must be a finite number in (0, 1), got {tol}")
+    if max_iter is not None and max_iter < 1:
+        raise LandscapeError(f"--max-iter must be at least 1, got {max_iter}")
     if k < 1:
         raise LandscapeError(f"--top-k must be at least 1, got {k}")
     if k > n:
@@ -223,7 +229,10 @@ def lanczos(
     [5.0, 3.0]
     """
     matvec, n, dtype, device = as_operator(A)
-    _check_k(k, n)
+    _check_k(k, n, tol, max_iter)
+    if max_iter is not None and max_iter < min(n, k + block_size - 1):
+        raise LandscapeError(f"--max-iter {max_iter} is smaller than the Lanczos basis that {k} eigenvalues need "
+                             f"({k + block_size - 1}); raise --max-iter or leave it out")
     max_iter = min(n, max(100, 8 * k)) if max_iter is None else min(max_iter, n)
     g = torch.Generator().manual_seed(seed)
     start = torch.randn(block_size, n, generator=g, dtype=dtype).to(device)
@@ -274,7 +283,7 @@ def power_iteration(
     [4.0, -3.0]
     """
     matvec, n, dtype, device = as_operator(A)
-    _check_k(k, n)
+    _check_k(k, n, tol, max_iter)
     g = torch.Generator().manual_seed(seed)
     V = torch.empty(0, n, dtype=dtype, device=device)
     W = torch.empty(0, n, dtype=dtype, device=device)

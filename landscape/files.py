@@ -10,9 +10,10 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +168,40 @@ def check_writable_folder(folder: Path, flag: str) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise os_error(exc, f"{flag}: cannot write into {existing}") from None
+
+
+@contextmanager
+def writing(*paths: str | os.PathLike | None) -> Iterator[None]:
+    """Write a command's outputs as one: locked while written, all kept or none changed.
+
+    Each output is locked (:func:`exclusive`). An output that exists is kept aside (a hard
+    link, no copy); if the work fails or is interrupted, outputs it already wrote are removed
+    and the old files put back, so a failed command never leaves a new result beside a stale
+    one. On success the old files are dropped.
+    """
+    targets = [Path(p) for p in dict.fromkeys(paths) if p is not None]
+    with ExitStack() as stack:
+        for path in targets:
+            stack.enter_context(exclusive(path))
+        kept: dict[Path, Path] = {}
+        try:
+            for path in targets:
+                if path.is_file():
+                    aside = path.parent / f".{path.name}.old"
+                    aside.unlink(missing_ok=True)
+                    try:
+                        os.link(path, aside)
+                    except OSError:  # a file system without hard links
+                        shutil.copy2(path, aside)
+                    kept[path] = aside
+            yield
+        except BaseException:
+            for path in targets:
+                if path in kept:
+                    os.replace(kept.pop(path), path)
+                else:
+                    path.unlink(missing_ok=True)
+            raise
+        finally:
+            for aside in kept.values():
+                aside.unlink(missing_ok=True)

@@ -84,7 +84,7 @@ import landscape
 from landscape.chain import LinearChain, find_chain
 from landscape.data import Dataset
 from landscape.directions import Directions, Plane, project
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, os_error
 from landscape.files import atomic_write
 from landscape.models import batchnorm_layers
 
@@ -102,6 +102,8 @@ PROGRESS_FIELDS = ("num_done", "complete", "nonfinite", "device")
 BATCH_MEMORY_BYTES = 1 << 24
 GPU_BATCH_MEMORY_BYTES = 1 << 33
 MAX_POINTS_PER_BATCH = 128
+#: The most points one result may hold (a 51x51x51 volume has 132,651); more is a typo, not a plan.
+MAX_POINTS = 10_000_000
 # Samples on which a fast path is checked against the plain forward before it is used.
 CHECK_SAMPLES = 64
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -371,6 +373,7 @@ def evaluate(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     out: str | os.PathLike | None = None,
+    overwrite: bool = False,
     metadata: Mapping[str, Any] | None = None,
     progress: bool | None = None,
     save_every: float = 10.0,
@@ -402,6 +405,8 @@ def evaluate(
         dtype, device: precision and place of the computation; the data moves there once.
         out: ``.npz`` result file, written every ``save_every`` seconds, on interruption
             and at the end; if it exists, the run continues from it.
+        overwrite: start over even if ``out`` exists; the old file stays until the new result
+            is complete (progress goes to ``.NAME.new`` beside it, renamed over ``out`` at the end).
         metadata: extra identification (e.g. ``{"checkpoints": [...]}``), part of the run's identity.
         progress: show a tqdm bar (default: when stderr is a terminal).
         save_every: seconds between writes of ``out``.
@@ -429,14 +434,20 @@ def evaluate(
     device = torch.device(device)
     axes = [np.asarray(a, dtype=np.float64) for a in axes]
     shape = tuple(len(a) for a in axes)
+    if math.prod(shape) > MAX_POINTS:
+        raise LandscapeError(f"a {'x'.join(map(str, shape))} {kind} has {math.prod(shape):,} points, more than "
+                             f"{MAX_POINTS:,}", fix="lower --resolution")
     coords = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(axes))
     base = dict(origin) if origin is not None else {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     if list(directions.vectors[0]) != list(base):
         raise LandscapeError("the directions do not cover the same parameters as the base point")
     out = Path(out) if out is not None else None
-    previous = load_result(out) if out is not None and out.exists() else None
+    previous = load_result(out) if out is not None and out.exists() and not overwrite else None
+    target, out = out, (out.parent / f".{out.name}.new" if overwrite and out is not None else out)
+    if out is not None and overwrite:
+        out.unlink(missing_ok=True)  # an earlier --overwrite that was interrupted
     if points_per_batch is None:
-        if previous is not None:
+        if previous is not None and isinstance(previous["metadata"].get("points_per_batch"), int):
             points_per_batch = int(previous["metadata"]["points_per_batch"])
         else:
             first = next(iter(sources.values()))
@@ -511,6 +522,8 @@ def evaluate(
                 save_result(out, result())
     elif out is not None and previous is None:
         save_result(out, result())
+    if overwrite and out is not None and done.all():
+        os.replace(out, target)
     return result()
 
 
@@ -572,27 +585,52 @@ def load_result(path: str | os.PathLike) -> dict[str, Any]:
     """Read a result file written by :func:`evaluate` into the dict of the module docstring.
 
     Raises:
-        LandscapeError: missing file, or a file that is not a surface result.
+        LandscapeError: missing file, or a file that is not a (well-formed) surface result.
     """
     path = Path(path)
     if not path.is_file():
         raise LandscapeError(f"result file not found: {path}")
+
+    def bad(what: str) -> LandscapeError:
+        return LandscapeError(f"{path} is not a surface result file ({what})",
+                              fix="pass a .npz written by `landscape surface` or `landscape plane`")
+
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise LandscapeError(f"{path} is not a surface result file ({exc})") from None
+    except OSError as exc:
+        raise os_error(exc, "cannot read the result file") from None
+    except (ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise bad(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     if "metadata" not in arrays:
-        raise LandscapeError(f"{path} is not a surface result file (no metadata)")
-    meta = json.loads(str(arrays["metadata"]))
-    if meta.get("format") != FORMAT:
-        raise LandscapeError(f"{path} is not a surface result file (format {meta.get('format')!r})")
-    axes = [arrays[f"axis{i}"] for i in range(len(meta["shape"]))]
+        raise bad("no metadata")
+    try:
+        meta = json.loads(str(arrays["metadata"]))
+    except ValueError:
+        raise bad("its metadata is not JSON") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise bad(f"format {meta.get('format') if isinstance(meta, dict) else None!r}")
+    shape = meta.get("shape")
+    if (not isinstance(shape, list) or not 1 <= len(shape) <= 3 or meta.get("kind") not in KINDS
+            or not all(isinstance(n, int) and n >= 1 for n in shape)):
+        raise bad("its metadata has no valid kind and shape")
+    for key in ("axis_labels", "markers", "sources"):
+        if not isinstance(meta.get(key), list):
+            raise bad(f"its metadata lacks '{key}'")
+    axes = [arrays.get(f"axis{i}") for i in range(len(shape))]
+    if any(a is None or a.shape != (n,) for a, n in zip(axes, shape)):
+        raise bad("its axes do not match its shape")
+    values = {k.removeprefix("values/"): v for k, v in arrays.items() if k.startswith("values/")}
+    wanted = [f"{s}/{m}" for s in meta["sources"] for m in METRICS]
+    if sorted(values) != sorted(wanted) or any(v.shape != tuple(shape) for v in values.values()):
+        raise bad("its values do not match its sources and shape")
+    if "done" not in arrays or arrays["done"].shape != tuple(shape) or arrays["done"].dtype != bool:
+        raise bad("its record of finished points does not match its shape")
     return {
         "kind": meta["kind"],
         "axes": axes,
         "axis_labels": meta["axis_labels"],
-        "values": {k.removeprefix("values/"): v for k, v in arrays.items() if k.startswith("values/")},
+        "values": values,
         "done": arrays["done"],
         "markers": meta["markers"],
         "metadata": meta,

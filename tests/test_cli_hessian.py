@@ -118,8 +118,8 @@ def _bad_inputs(tmp_path, digits_ckpt):
         ([digits_ckpt, "--data", tmp_path / "badlabels.npz"], "labels go up to 12 but model"),
         ([digits_ckpt, "--top-k", 10**6], "exceeds the number of parameters"),
         ([digits_ckpt, "--top-k", 0], "at least 1"),
-        ([nan], "loss at the checkpoint is nan"),
-        ([digits_ckpt, "--data", "synthetic:n=8"], "do not fit model 'mlp'"),
+        ([nan], "the weights hold NaN or inf values"),
+        ([digits_ckpt, "--data", "synthetic:n=8"], "model 'mlp' on inputs of shape (3, 32, 32) raised"),
         ([digits_ckpt, "--device", "cuda:3"] if not torch.cuda.is_available() else [tmp_path / "m.pt"],
          "CUDA is not available" if not torch.cuda.is_available() else "not found"),
     ]

@@ -390,12 +390,12 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys: pytest.CaptureFix
         (["plane", a, b, collinear, *FAST], "collinear"),
         (["plane", a, b, small, *FAST], "different architectures"),
         (["surface", a, "--to", small, *FAST], "different architectures"),
-        (["surface", a, *FAST, "--resolution", "1"], "resolution must be at least 2"),
-        (["surface", a, *FAST, "--range", "0"], "range must be a positive number"),
+        (["surface", a, *FAST, "--resolution", "1"], "--resolution: must be in \\[2, 10,000\\], got 1"),
+        (["surface", a, *FAST, "--range", "0"], "--range: must be a finite number > 0"),
         (["surface", a, "--out", out, "--seed", "1", *FAST], "refusing to continue .*directions.seed"),
         (["surface", a, "--directions-file", str(tmp_path / "d.pt"), *FAST], "does not match the model"),
         (["surface", a, *FAST, "--sources", "train,clients"], "records no federated partition"),
-        (["surface", a, *FAST, "--sources", "train,valid"], "--sources takes"),
+        (["surface", a, *FAST, "--sources", "train,valid"], "--sources: takes a comma-separated subset"),
     ]
     for argv, match in cases:
         assert main(argv) == 2, argv

@@ -75,8 +75,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``landscape`` console script."""
-    args = parse(argv)
+    """Entry point of the ``landscape`` console script: the exit status (0 ok, 2 bad input, 130 interrupted)."""
+    try:
+        args = parse(argv)
+    except SystemExit as exc:  # --help, --version, or a bad flag already reported in one line
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:

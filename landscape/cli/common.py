@@ -6,30 +6,38 @@ import argparse
 import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from landscape import checkpoint, data, directions
 from landscape.checkpoint import Checkpoint
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, user_code
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """``--model`` / ``--model-kwargs`` for plain state_dicts (or to override the stored model)."""
+    """``--model`` / ``--model-kwargs`` / ``--trust-stored-factory``."""
     p.add_argument("--model", metavar="NAME", help="architecture for plain state_dicts: a name from "
                    "`landscape models` or package.module:factory (default: the one stored in the checkpoint)")
     p.add_argument("--model-kwargs", metavar="JSON", type=parse_json_object, default=None,
                    help='keyword arguments for the model factory, e.g. \'{"num_classes": 10}\'')
+    p.add_argument("--trust-stored-factory", action="store_true",
+                   help="import and call the package.module:factory that a checkpoint names as its model: this "
+                   "RUNS CODE the file chose, so use it only for files you trust (default: only registered models "
+                   "load from a file; name your own factory with --model)")
 
 
 def add_data_args(p: argparse.ArgumentParser, default_samples: int | None = None) -> None:
-    """``--data`` / ``--data-dir`` / ``--num-samples`` / ``--batch-size``."""
+    """``--data`` / ``--data-dir`` / ``--split-file`` / ``--num-samples`` / ``--batch-size``."""
     p.add_argument("--data", metavar="SPEC", help="data set: digits, synthetic[:n=..,classes=..], cifar10, "
                    "cifar100 (options after ':', e.g. digits:split=test), a .npz/.pt file with x and y, or "
                    "client / client:K for a client's own training data from the checkpoint's partition "
                    "(default: the checkpoint's training data)")
-    p.add_argument("--data-dir", metavar="DIR", help="folder holding CIFAR in its python format")
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding CIFAR in its python format (default: "
+                   "$LANDSCAPE_DATA, else the folder the checkpoint names if it lies in its run folder, else ./data)")
+    p.add_argument("--split-file", metavar="FILE", help="the split file the checkpoint's partition was built "
+                   "from, when it lies outside the run folder (a checkpoint only points at files in its run folder)")
     p.add_argument("--num-samples", type=integer(1), default=default_samples, metavar="N",
                    help=f"use a seeded random subset of N samples (default: {default_samples or 'all'})")
     p.add_argument("--batch-size", type=integer(1), default=None, metavar="B",
@@ -91,9 +99,85 @@ def parse_json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def load_checkpoint(path: str, model: str | None, model_kwargs: dict[str, Any] | None) -> checkpoint.Checkpoint:
-    """Load a checkpoint or a plain state_dict named by ``--model``."""
-    return checkpoint.load(path, model=model, model_kwargs=model_kwargs)
+#: Flags whose values are files a command reads (checked against its outputs before any work).
+INPUT_FLAGS = ("checkpoint", "to", "trajectory", "models", "project", "clients", "client_data", "data",
+               "directions_file", "split_file", "results")
+
+
+def inputs(args: argparse.Namespace) -> list[str]:
+    """Every file path among the flags a command reads (data specs that are not files drop out later)."""
+    found: list[str] = []
+    for flag in INPUT_FLAGS:
+        value = getattr(args, flag, None)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and Path(item).exists():
+                found.append(item)
+    return found
+
+
+def load_checkpoint(path: str, args: argparse.Namespace) -> checkpoint.Checkpoint:
+    """Load a checkpoint (or a plain state_dict named by ``--model``) as the flags say.
+
+    A ``package.module:factory`` the file names runs only with ``--trust-stored-factory``;
+    data paths the file names are kept only inside its run folder (:func:`confine_data`);
+    NaN or inf weights are refused here, the same for every command.
+    """
+    ckpt = checkpoint.load(path, model=args.model, model_kwargs=args.model_kwargs,
+                           trust_factory=args.trust_stored_factory)
+    ckpt.check_finite()
+    ckpt.data = confine_data(ckpt, getattr(args, "data_dir", None), getattr(args, "split_file", None))
+    return ckpt
+
+
+def run_folder(path: Path) -> Path:
+    """The run folder of a checkpoint: the folder holding ``config.json`` above it, else its own folder."""
+    for folder in (path.parent, path.parent.parent):
+        if (folder / "config.json").is_file():
+            return folder
+    return path.parent
+
+
+def _inside(path: str, folder: Path) -> bool:
+    return Path(path).expanduser().resolve().is_relative_to(folder.resolve())
+
+
+def confine_data(ckpt: Checkpoint, data_dir: str | None, split_file: str | None) -> dict[str, Any]:
+    """``ckpt.data`` with every path it names either inside the run folder, passed by the user, or refused.
+
+    A refused path is replaced by a ``refused`` entry; :func:`trusted` raises it when the
+    data is actually needed (``--data digits`` never touches the stored paths).
+    """
+    spec = json.loads(json.dumps(ckpt.data, default=str))
+    folder = run_folder(ckpt.path) if ckpt.path else Path.cwd()
+    where = ckpt.path or "the checkpoint"
+    if spec.get("dataset") == "file" and not _inside(str(spec.get("path", "")), folder):
+        spec["refused"] = LandscapeError(
+            f"the checkpoint names its data file {spec.get('path')!r} outside its run folder {folder}", where=where,
+            fix="pass the data yourself with --data FILE").args[0]
+    if "dir" in spec and (data_dir is not None or not _inside(str(spec["dir"]), folder)):
+        spec.pop("dir")  # the user's --data-dir, $LANDSCAPE_DATA or ./data instead
+    part = spec.get("partition")
+    if isinstance(part, dict) and part.get("split_file"):
+        if split_file is not None:
+            part["split_file"] = str(Path(split_file).expanduser().resolve())
+        elif not _inside(str(part["split_file"]), folder):
+            part["refused"] = LandscapeError(
+                f"the checkpoint's partition names the split file {part['split_file']!r} outside its run folder",
+                where=where, fix="pass it with --split-file FILE if you trust it").args[0]
+    return spec
+
+
+def trusted(spec: dict[str, Any], partition: bool = False) -> dict[str, Any]:
+    """A checkpoint's (confined) data dict, or the refusal :func:`confine_data` recorded for the part used.
+
+    Args:
+        spec: ``ckpt.data`` after :func:`confine_data`.
+        partition: the partition is used too (client data), not only the data set.
+    """
+    for entry in (spec, spec.get("partition") if partition else None):
+        if isinstance(entry, dict) and "refused" in entry:
+            raise LandscapeError(entry["refused"])
+    return spec
 
 
 def load_data(
@@ -112,6 +196,7 @@ def load_data(
                 f"{ckpt.path} does not record its data set; name one with --data (e.g. --data digits or data.npz)"
             )
         keys = ("n", "classes", "shape", "seed", "dir", "path")
+        trusted(ckpt.data)
         dataset = data.load({"dataset": stored, "split": "train", **{k: v for k, v in ckpt.data.items() if k in keys}},
                             data_dir)
         if spec is not None:
@@ -136,20 +221,18 @@ def _client_subset(spec: str, dataset: data.Dataset, ckpt: checkpoint.Checkpoint
         raise LandscapeError(f"--data client: {ckpt.path} is not a client model; name the client with --data client:K")
     else:
         client_id = ckpt.client_id
-    return data.client_data(dataset, ckpt.data, client_id)
+    return data.client_data(dataset, trusted(ckpt.data, partition=True), client_id)
 
 
 def check_labels(dataset: data.Dataset, ckpt: checkpoint.Checkpoint) -> None:
     """Labels must be valid class indices for the model's output layer."""
     model = ckpt.build_model()
-    try:
+    with user_code(f"model '{ckpt.model_name}' on inputs of shape {tuple(dataset.x.shape[1:])}",
+                   "check that --data fits the model (and --model-kwargs)"):
         with torch.no_grad():
             out = model(dataset.x[:1])
-    except RuntimeError as exc:
-        raise LandscapeError(
-            f"inputs of shape {tuple(dataset.x.shape[1:])} do not fit model '{ckpt.model_name}' "
-            f"({str(exc).splitlines()[0]}); check --data and --model-kwargs"
-        ) from None
+    if not isinstance(out, torch.Tensor):
+        raise LandscapeError(f"model '{ckpt.model_name}' returns {type(out).__name__}, not a tensor of class scores")
     if out.ndim != 2:
         raise LandscapeError(f"model '{ckpt.model_name}' returns shape {tuple(out.shape)}, not (batch, classes)")
     if int(dataset.y.max()) >= out.shape[1]:
@@ -166,9 +249,9 @@ def marker_label(ckpt: Checkpoint) -> str:
     return ckpt.role or (ckpt.path.stem if ckpt.path else "model")
 
 
-def load_same_architecture(paths: list[str], model: str | None, model_kwargs: dict[str, Any] | None) -> list[Checkpoint]:
+def load_same_architecture(paths: list[str], args: argparse.Namespace) -> list[Checkpoint]:
     """Load checkpoints and check that they share one architecture (one-line error otherwise)."""
-    ckpts = [load_checkpoint(p, model, model_kwargs) for p in paths]
+    ckpts = [load_checkpoint(p, args) for p in paths]
     for c in ckpts[1:]:
         if (c.model_name, c.model_kwargs) != (ckpts[0].model_name, ckpts[0].model_kwargs):
             raise LandscapeError(

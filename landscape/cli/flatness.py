@@ -72,14 +72,14 @@ def load_client_data(args: argparse.Namespace, clients: list[Checkpoint]) -> lis
         key = json.dumps([args.data, {k: v for k, v in ckpt.data.items() if k != "partition"}], sort_keys=True, default=str)
         if key not in full_sets:  # clients of one federation share one data set: load it once
             full_sets[key] = common.load_data(args.data, args.data_dir, ckpt, None, args.seed)
-        out.append(data.client_data(full_sets[key], ckpt.data, ckpt.client_id).head(args.num_samples, args.seed))
+        out.append(data.client_data(full_sets[key], common.trusted(ckpt.data, partition=True), ckpt.client_id).head(args.num_samples, args.seed))
     return out
 
 
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype)
-    ckpts = load_same_architecture([args.checkpoint, *args.clients], args.model, args.model_kwargs)
+    ckpts = load_same_architecture([args.checkpoint, *args.clients], args)
     global_ckpt, clients = ckpts[0], ckpts[1:]
     datasets = load_client_data(args, clients)
     start = time.perf_counter()

@@ -9,8 +9,10 @@ import torch
 
 from landscape import hessian
 from landscape.cli import common
-from landscape.errors import LandscapeError
-from landscape.files import atomic_write, write_json
+from landscape.checkpoint import Checkpoint
+from landscape.data import Dataset
+from landscape.files import atomic_write, check_outputs, write_json, writing
+from landscape.plots import IMAGE_SUFFIXES
 from landscape.operators import resolve_device, resolve_dtype, unflatten
 
 
@@ -23,19 +25,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "landscape hessian run/global_final.pt --top-k 5 --trace --out h.json",
     )
     p.add_argument("checkpoint", help="checkpoint file (or plain state_dict with --model)")
-    p.add_argument("--top-k", type=int, default=5, metavar="K", help="number of eigenvalues (default: 5)")
+    p.add_argument("--top-k", type=common.integer(1), default=5, metavar="K", help="number of eigenvalues (default: 5)")
     p.add_argument("--method", choices=["lanczos", "power"], default="lanczos",
                    help="lanczos (fast, default) or power iteration with deflation (the papers' method)")
-    p.add_argument("--tol", type=float, default=1e-3,
+    p.add_argument("--tol", type=common.TOLERANCE, default=1e-3,
                    help="stop when ||Hv - lambda v|| <= tol |lambda| for every pair (default: 1e-3)")
-    p.add_argument("--max-iter", type=int, default=None,
+    p.add_argument("--max-iter", type=common.integer(1), default=None,
                    help="Lanczos basis size / power iterations per eigenvalue (default: auto / 100; [C22] used 20)")
     p.add_argument("--trace", action="store_true", help="also estimate the trace")
     p.add_argument("--trace-method", choices=["hutchinson", "hutch++"], default="hutchinson")
-    p.add_argument("--trace-samples", type=int, default=200, help="trace budget in products (default: 200)")
+    p.add_argument("--trace-samples", type=common.integer(1), default=200, help="trace budget in products (default: 200)")
     p.add_argument("--density", action="store_true", help="also estimate the spectral density (SLQ)")
-    p.add_argument("--density-steps", type=int, default=80, help="Lanczos steps per SLQ probe (default: 80)")
-    p.add_argument("--density-runs", type=int, default=1, help="SLQ probes (default: 1)")
+    p.add_argument("--density-steps", type=common.integer(1), default=80, help="Lanczos steps per SLQ probe (default: 80)")
+    p.add_argument("--density-runs", type=common.integer(1), default=1, help="SLQ probes (default: 1)")
     common.add_data_args(p, default_samples=None)
     common.add_compute_args(p)
     common.add_model_args(p)
@@ -47,13 +49,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.top_k < 1:
-        raise LandscapeError(f"--top-k must be at least 1, got {args.top_k}")
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype)
-    ckpt = common.load_checkpoint(args.checkpoint, args.model, args.model_kwargs)
+    outputs = {"--out": (args.out, [".json"]), "--save-eigenvectors": (args.save_eigenvectors, [".pt"]),
+               "--plot": (args.plot, IMAGE_SUFFIXES)}
+    check_outputs(outputs, common.inputs(args))
+    ckpt = common.load_checkpoint(args.checkpoint, args)
     dataset = common.load_data(args.data, args.data_dir, ckpt, args.num_samples, args.seed)
     model = ckpt.build_model()
+    with writing(args.out, args.save_eigenvectors, args.plot):
+        return _analyze(args, ckpt, dataset, model, device, dtype)
+
+
+def _analyze(args: argparse.Namespace, ckpt: Checkpoint, dataset: Dataset, model: torch.nn.Module,
+             device: torch.device, dtype: torch.dtype) -> int:
     report = hessian.analyze(
         model, dataset, top_k=args.top_k, method=args.method, tol=args.tol, max_iter=args.max_iter,
         trace=args.trace, trace_method=args.trace_method, trace_budget=args.trace_samples,

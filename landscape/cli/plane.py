@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from landscape import directions, surface
-from landscape.cli.common import load_same_architecture, marker_label
-from landscape.cli.surface import add_evaluation_args, evaluate, load_sources
+from landscape.cli.common import load_same_architecture, marker_label, number
+from landscape.cli.surface import RESOLUTION, add_evaluation_args, check_outputs, evaluate, load_sources, writing
+from landscape.operators import resolve_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,15 +22,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("models", nargs=3, metavar="CKPT", help="the three models A, B, C spanning the plane")
     p.add_argument("--project", nargs="+", default=[], metavar="CKPT", help="more models to project onto the plane")
-    p.add_argument("--resolution", type=int, default=21, metavar="N", help="points per axis (default: 21, [C22])")
-    p.add_argument("--margin", type=float, default=0.2, metavar="M",
+    p.add_argument("--resolution", type=RESOLUTION, default=21, metavar="N", help="points per axis (default: 21, [C22])")
+    p.add_argument("--margin", type=number(0, 100), default=0.2, metavar="M",
                    help="grid margin beyond the models, as a fraction of their larger extent (default: 0.2)")
     add_evaluation_args(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    ckpts = load_same_architecture([*args.models, *args.project], args.model, args.model_kwargs)
+    resolve_device(args.device)
+    check_outputs(args)
+    with writing(args):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    ckpts = load_same_architecture([*args.models, *args.project], args)
     params = [directions.trainable_parameters(c.build_model()) for c in ckpts]
     plane = directions.plane_through(*params[:3])
     markers = surface.plane_markers(plane, [(marker_label(c), c.role, p) for c, p in zip(ckpts, params)])

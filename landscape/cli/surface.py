@@ -5,18 +5,25 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import numpy as np
 
-from landscape import data, directions, surface
+from landscape import data, directions, files, surface
 from landscape.checkpoint import Checkpoint
 from landscape.cli import common
 from landscape.errors import LandscapeError
 from landscape.operators import Objective, resolve_device, resolve_dtype
+from landscape.plots import IMAGE_SUFFIXES
 
 SOURCES = ("train", "test", "clients")
+DEFAULT_SOURCES = ("train", "test")
+#: Coordinates beyond this many direction units leave every sensible model (and float32) behind.
+MAX_COORDINATE = 1e4
+#: Points per axis: at least 2 (a line needs two ends), at most 10,000.
+RESOLUTION = common.integer(2, 10_000)
 KIND_OF_DIM = {1: "line", 2: "grid", 3: "volume"}
 
 
@@ -31,8 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("checkpoint", help="checkpoint file (or plain state_dict with --model): the centre")
     p.add_argument("--dim", type=int, choices=[1, 2, 3], default=2, help="1 line, 2 grid, 3 volume (default: 2)")
-    p.add_argument("--resolution", type=int, default=21, metavar="N", help="points per axis (default: 21, [C22])")
-    p.add_argument("--range", type=float, default=1.0, metavar="R",
+    p.add_argument("--resolution", type=RESOLUTION, default=21, metavar="N", help="points per axis (default: 21, [C22])")
+    p.add_argument("--range", type=common.number(0, MAX_COORDINATE, low_open=True), default=1.0, metavar="R",
                    help="each axis is linspace(-R, R, N) in direction units (default: 1.0)")
     p.add_argument("--directions", choices=["random", "eigen", "pca"], default="random",
                    help="random: Gaussian, filter-normalized [Li18]; eigen: top Hessian eigenvectors (unit); "
@@ -41,7 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "`landscape hessian --save-eigenvectors` (overrides --directions)")
     p.add_argument("--save-directions", metavar="PT", help="save the directions used")
     p.add_argument("--to", metavar="CKPT_B", help="evaluate the line from CKPT (0) to CKPT_B (1) instead")
-    p.add_argument("--interval", type=float, nargs=2, default=(-0.5, 1.5), metavar=("START", "STOP"),
+    p.add_argument("--interval", type=common.number(-MAX_COORDINATE, MAX_COORDINATE), nargs=2, default=(-0.5, 1.5),
+                   metavar=("START", "STOP"),
                    help="coordinates of the --to line, extrapolating beyond both models (default: -0.5 1.5)")
     p.add_argument("--trajectory", nargs="+", metavar="CKPT", help="checkpoints along training for --directions pca")
     p.add_argument("--normalization", choices=list(directions.NORMALIZATIONS), default="filter",
@@ -50,27 +58,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="move biases and normalization parameters too (default: zeroed, [Li18])")
     p.add_argument("--orthogonalize", action="store_true",
                    help="orthogonalize random directions (the cosines are reported either way)")
-    p.add_argument("--eigen-tol", type=float, default=1e-3, help="eigen directions: solver tolerance (default: 1e-3)")
+    p.add_argument("--eigen-tol", type=common.TOLERANCE, default=1e-3, help="eigen directions: solver tolerance (default: 1e-3)")
     add_evaluation_args(p)
     p.set_defaults(run=run)
 
 
 def add_evaluation_args(p: argparse.ArgumentParser) -> None:
     """Flags shared by ``surface`` and ``plane``: sources, BN, batching, outputs, data/compute/model."""
-    p.add_argument("--sources", default="train,test", metavar="LIST",
+    p.add_argument("--sources", type=parse_sources, default=DEFAULT_SOURCES, metavar="LIST",
                    help="comma-separated data sources evaluated at every point: train, test (the test split of "
                    "the data set), clients (each client's own data; needs a partition in the checkpoint) "
                    "(default: train,test)")
     p.add_argument("--bn", choices=list(surface.BN_MODES), default="eval",
                    help="BatchNorm statistics: eval (stored) or recalibrate (re-estimated at every point on a "
                    "fixed subset of the training data) (default: eval)")
-    p.add_argument("--bn-samples", type=int, default=512, metavar="N",
+    p.add_argument("--bn-samples", type=common.integer(1), default=512, metavar="N",
                    help="training samples for --bn recalibrate (default: 512)")
-    p.add_argument("--points-per-batch", type=int, default=None, metavar="K",
+    p.add_argument("--points-per-batch", type=common.integer(1), default=None, metavar="K",
                    help="grid points per (vmapped) forward pass (default: by memory)")
     p.add_argument("--out", metavar="NPZ", help="result file, written as the run goes; an existing one of the "
                    "same run is continued")
-    p.add_argument("--overwrite", action="store_true", help="start over even if --out exists")
+    p.add_argument("--overwrite", action="store_true", help="start over even if --out exists (the old file is "
+                   "replaced only once the new result is complete)")
     p.add_argument("--html", metavar="HTML", help="write an interactive (offline) HTML view")
     p.add_argument("--png", metavar="PNG", help="write a static plot (.png or .pdf)")
     common.add_data_args(p, default_samples=None)
@@ -78,19 +87,24 @@ def add_evaluation_args(p: argparse.ArgumentParser) -> None:
     common.add_model_args(p)
 
 
+def parse_sources(text: str) -> tuple[str, ...]:
+    """argparse type of ``--sources``: a comma-separated subset of :data:`SOURCES`."""
+    wanted = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+    if not wanted or any(s not in SOURCES for s in wanted):
+        raise argparse.ArgumentTypeError(f"takes a comma-separated subset of {', '.join(SOURCES)}, got {text!r}")
+    return wanted
+
+
 def load_sources(args: argparse.Namespace, ckpt: Checkpoint) -> tuple[dict[str, data.Dataset], data.Dataset]:
     """The data sources named by ``--sources`` and the full training set (for calibration)."""
-    wanted = [s.strip() for s in args.sources.split(",") if s.strip()]
-    unknown = [s for s in wanted if s not in SOURCES]
-    if unknown or not wanted:
-        raise LandscapeError(f"--sources takes a comma-separated subset of {', '.join(SOURCES)}, got {args.sources!r}")
+    wanted = args.sources
     full = common.load_data(args.data, args.data_dir, ckpt, None, args.seed)
     sources: dict[str, data.Dataset] = {}
     if "train" in wanted:
         sources["train"] = full.head(args.num_samples, args.seed)
     if "test" in wanted:
         if full.spec.get("dataset") not in data.DATASETS:
-            if args.sources != "train,test":
+            if args.sources != DEFAULT_SOURCES:
                 raise LandscapeError(f"the data {full.spec} has no test split; drop 'test' from --sources")
             print("note: the data set has no test split; evaluating the training data only", file=sys.stderr)
         else:
@@ -99,7 +113,7 @@ def load_sources(args: argparse.Namespace, ckpt: Checkpoint) -> tuple[dict[str, 
     if "clients" in wanted:
         if not ckpt.data.get("partition"):
             raise LandscapeError(f"{ckpt.path} records no federated partition; drop 'clients' from --sources")
-        num_clients = len(data.partition_from_spec(full.y.numpy(), ckpt.data))
+        num_clients = len(data.partition_from_spec(full.y.numpy(), common.trusted(ckpt.data, partition=True)))
         for k in range(num_clients):
             sources[f"client {k}"] = data.client_data(full, ckpt.data, k).head(args.num_samples, args.seed)
     return sources, full
@@ -119,18 +133,12 @@ def evaluate(
     full: data.Dataset,
 ) -> int:
     """Run the evaluation with the shared flags, print a summary, draw what was asked."""
-    if args.points_per_batch is not None and args.points_per_batch < 1:
-        raise LandscapeError(f"--points-per-batch must be at least 1, got {args.points_per_batch}")
-    if args.bn_samples < 1:
-        raise LandscapeError(f"--bn-samples must be at least 1, got {args.bn_samples}")
-    if args.out and args.overwrite:
-        Path(args.out).unlink(missing_ok=True)
     start = time.perf_counter()
     result = surface.evaluate(
         ckpt.build_model(), dirs, axes, sources, kind=kind, origin=origin, axis_labels=axis_labels, markers=markers,
         bn=args.bn, calibration=full.head(args.bn_samples, args.seed) if args.bn == "recalibrate" else None,
         batch_size=args.batch_size, points_per_batch=args.points_per_batch, dtype=resolve_dtype(args.dtype),
-        device=resolve_device(args.device), out=args.out,
+        device=resolve_device(args.device), out=args.out, overwrite=args.overwrite,
         metadata={"checkpoints": [c.describe() for c in checkpoints]}, progress=sys.stderr.isatty(),
     )
     print(format_summary(result, time.perf_counter() - start))
@@ -176,16 +184,41 @@ def format_summary(result: dict[str, Any], seconds: float) -> str:
     return "\n".join(lines)
 
 
+def check_outputs(args: argparse.Namespace, extra: dict[str, tuple[str | None, list[str]]] | None = None) -> None:
+    """The outputs of ``surface`` / ``plane``, checked against each other and the inputs before any work."""
+    files.check_outputs({"--out": (args.out, [".npz"]), "--html": (args.html, [".html"]),
+                         "--png": (args.png, list(IMAGE_SUFFIXES)), **(extra or {})}, common.inputs(args))
+
+
+@contextmanager
+def writing(args: argparse.Namespace, *more: str | None) -> Iterator[None]:
+    """Lock ``--out`` (kept when interrupted: it is resumable) and write the other outputs as one."""
+    with ExitStack() as stack:
+        if args.out:
+            stack.enter_context(files.exclusive(args.out))
+        stack.enter_context(files.writing(args.html, args.png, *more))
+        yield
+
+
 def run(args: argparse.Namespace) -> int:
-    ckpt = common.load_checkpoint(args.checkpoint, args.model, args.model_kwargs)
+    resolve_device(args.device)
+    if args.to and (args.directions_file or args.trajectory):
+        raise LandscapeError("--to (interpolation) cannot be combined with --directions-file or --trajectory")
+    if args.to and not args.interval[0] < args.interval[1]:
+        raise LandscapeError(f"--interval must have START < STOP, got {args.interval[0]:g} {args.interval[1]:g}")
+    check_outputs(args, {"--save-directions": (args.save_directions, [".pt"])})
+    with writing(args, args.save_directions):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    ckpt = common.load_checkpoint(args.checkpoint, args)
     sources, full = load_sources(args, ckpt)
     model = ckpt.build_model()
     params = directions.trainable_parameters(model)
     checkpoints, markers = [ckpt], [{"label": common.marker_label(ckpt), "role": ckpt.role, "coords": None, "distance": 0.0}]
     if args.to:
-        if args.directions_file or args.trajectory:
-            raise LandscapeError("--to (interpolation) cannot be combined with --directions-file or --trajectory")
-        ckpt_a, ckpt_b = common.load_same_architecture([args.checkpoint, args.to], args.model, args.model_kwargs)
+        ckpt_a, ckpt_b = common.load_same_architecture([args.checkpoint, args.to], args)
         dirs = directions.interpolation(params, directions.trainable_parameters(ckpt_b.build_model()))
         axes = [surface.interval_axis(args.interval[0], args.interval[1], args.resolution)]
         markers = [
@@ -218,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.directions == "pca":
         if not args.trajectory:
             raise LandscapeError("--directions pca needs --trajectory CKPT... (checkpoints along training)")
-        traj = common.load_same_architecture([args.checkpoint, *args.trajectory], args.model, args.model_kwargs)[1:]
+        traj = common.load_same_architecture([args.checkpoint, *args.trajectory], args)[1:]
         dirs, projected = directions.pca_directions(
             params, [directions.trainable_parameters(c.build_model()) for c in traj], num=args.dim
         )

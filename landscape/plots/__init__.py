@@ -8,3 +8,6 @@
 The surface input is the dict of :func:`landscape.surface.load_result` (its structure
 is documented in :mod:`landscape.surface`).
 """
+
+#: File suffixes the static figures can be written to (checked before any computation).
+IMAGE_SUFFIXES = (".png", ".pdf", ".svg")

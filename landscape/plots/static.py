@@ -32,8 +32,9 @@ from matplotlib.ticker import LogFormatterSciNotation, LogLocator
 
 from landscape.errors import LandscapeError
 from landscape.files import atomic_write
+from landscape.plots import IMAGE_SUFFIXES
 
-SUFFIXES = (".png", ".pdf", ".svg")
+SUFFIXES = IMAGE_SUFFIXES
 LOG_RANGE = 100.0
 NUM_LEVELS = 20
 DPI = 150
