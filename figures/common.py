@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from landscape.cli import Parser, describe
 from landscape.errors import LandscapeError
-from landscape.files import atomic_write
+from landscape.files import atomic_write, writing
 
 #: A table cell: a number, a text, or None for "no value" (``-`` in Markdown, empty in CSV).
 Cell = float | int | str | None
@@ -37,8 +38,8 @@ class Input:
 
 
 def make_parser(doc: str, prog: str | None) -> argparse.ArgumentParser:
-    """A script's parser: ``--help`` shows its whole docstring (what it draws, how to make the inputs)."""
-    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """A script's parser: ``--help`` shows its whole docstring; a bad flag is one ``error:`` line (exit 2)."""
+    return Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def add_inputs(parser: argparse.ArgumentParser, what: str) -> None:
@@ -182,8 +183,8 @@ def run_script(main: Callable[[Sequence[str] | None, str | None], int]) -> None:
     """Run a script's ``main`` as a program: a LandscapeError is one ``error:`` line, exit status 2."""
     try:
         code = main(None, None)
-    except LandscapeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - the CLI's one funnel words every failure
+        print(f"error: {describe(exc, Path(sys.argv[0]).name)}", file=sys.stderr)
         code = 2
     sys.exit(code)
 
@@ -196,5 +197,7 @@ def report_table(header: Sequence[str], rows: Sequence[Sequence[Cell]], notes: s
     for line in warnings:
         print(line)
     if out is not None:
-        for path in write_table(out, header, rows, notes):
+        with writing(out.with_suffix(".md"), out.with_suffix(".csv")):
+            written = write_table(out, header, rows, notes)
+        for path in written:
             print(f"wrote {path}")

@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from figures import common
 from landscape import surface
 from landscape.errors import LandscapeError
+from landscape.files import writing
 from landscape.plots import interactive, static
 
 MAX_COLUMNS = 4
@@ -84,8 +85,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     inputs = common.parse_inputs(args.inputs)
     results = load_surfaces(inputs, args.value)
     labels = [item.label for item in inputs]
-    print(f"wrote {draw(results, labels, args.value, out)}")
-    print(f"wrote {interactive.write_html(results, html, value=args.value, labels=labels)}")
+    with writing(out, html):
+        written = [draw(results, labels, args.value, out), interactive.write_html(results, html, value=args.value,
+                                                                                  labels=labels)]
+    for path in written:
+        print(f"wrote {path}")
     return 0
 
 

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from figures import common
 from landscape import surface
 from landscape.errors import LandscapeError
+from landscape.files import writing
 from landscape.plots import interactive, static
 
 
@@ -44,9 +45,12 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     for m in result["markers"]:
         print(f"{m['label']:<14} {m.get('role') or '':<8} at ({m['coords'][0]:.4g}, {m['coords'][1]:.4g}), "
               f"{m['distance']:.4g} off the plane")
-    print(f"wrote {static.plot_surface(result, out, value=args.value, styles=args.styles)}")
-    if html is not None:
-        print(f"wrote {interactive.write_html(result, html, value=args.value)}")
+    with writing(out, html):
+        written = [static.plot_surface(result, out, value=args.value, styles=args.styles)]
+        if html is not None:
+            written.append(interactive.write_html(result, html, value=args.value))
+    for path in written:
+        print(f"wrote {path}")
     return 0
 
 

@@ -37,4 +37,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:<8} {figures.summary(figures.load(name))}")
         print("\nrun one with: landscape figures NAME ARGS... (landscape figures NAME --help)")
         return 0
-    return figures.load(args.name).main(args.args, f"landscape figures {args.name}")
+    try:
+        return figures.load(args.name).main(args.args, f"landscape figures {args.name}")
+    except SystemExit as exc:  # the script's parser: --help, or a bad flag already reported in one line
+        return exc.code if isinstance(exc.code, int) else 2

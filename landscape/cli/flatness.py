@@ -7,13 +7,16 @@ import json
 import time
 from typing import Any
 
+import torch
+
 from landscape import __version__, data, flatness
 from landscape.checkpoint import Checkpoint
 from landscape.cli import common
 from landscape.cli.common import load_same_architecture, marker_label
 from landscape.errors import LandscapeError
-from landscape.files import write_json
+from landscape.files import check_outputs, write_json, writing
 from landscape.operators import resolve_device, resolve_dtype
+from landscape.plots import IMAGE_SUFFIXES
 
 FORMAT = "landscape-flatness"
 FORMAT_VERSION = 1
@@ -36,11 +39,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--client-data", nargs="+", metavar="SPEC",
                    help="each client's own data, one per --clients entry in the same order (.npz/.pt files with x "
                    "and y, or data specs); default: rebuilt from the partition recorded in each client checkpoint")
-    p.add_argument("--rho", type=float, default=flatness.RHO,
+    p.add_argument("--rho", type=common.number(0, 1e3, low_open=True), default=flatness.RHO,
                    help=f"perturbation radius (default: {flatness.RHO}, FedNSAM's rho [L26])")
-    p.add_argument("--ascent-steps", type=int, default=flatness.NUM_ASCENT_STEPS, metavar="N",
+    p.add_argument("--ascent-steps", type=common.integer(0, 10_000), default=flatness.NUM_ASCENT_STEPS, metavar="N",
                    help=f"projected-gradient-ascent steps of the sharpness estimate (default: {flatness.NUM_ASCENT_STEPS})")
-    p.add_argument("--tol", type=float, default=1e-3,
+    p.add_argument("--tol", type=common.TOLERANCE, default=1e-3,
                    help="eigensolver tolerance for lambda_max, ||Hv - lambda v|| <= tol |lambda| (default: 1e-3)")
     common.add_data_args(p, default_samples=None)
     common.add_compute_args(p)
@@ -53,10 +56,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def load_client_data(args: argparse.Namespace, clients: list[Checkpoint]) -> list[data.Dataset]:
     """Each client's own training data: from --client-data, else from its checkpoint's partition."""
     if args.client_data is not None:
-        if len(args.client_data) != len(clients):
-            raise LandscapeError(
-                f"--client-data names {len(args.client_data)} data sets for {len(clients)} --clients; give one per client"
-            )
         sets = [data.load(spec, args.data_dir).head(args.num_samples, args.seed) for spec in args.client_data]
         for ds, ckpt in zip(sets, clients):
             common.check_labels(ds, ckpt)
@@ -79,6 +78,16 @@ def load_client_data(args: argparse.Namespace, clients: list[Checkpoint]) -> lis
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype)
+    if args.client_data is not None and len(args.client_data) != len(args.clients):
+        raise LandscapeError(
+            f"--client-data names {len(args.client_data)} data sets for {len(args.clients)} --clients; give one per client"
+        )
+    check_outputs({"--out": (args.out, [".json"]), "--png": (args.png, list(IMAGE_SUFFIXES))}, common.inputs(args))
+    with writing(args.out, args.png):
+        return _measure(args, device, dtype)
+
+
+def _measure(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> int:
     ckpts = load_same_architecture([args.checkpoint, *args.clients], args)
     global_ckpt, clients = ckpts[0], ckpts[1:]
     datasets = load_client_data(args, clients)

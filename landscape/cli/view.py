@@ -8,6 +8,8 @@ from pathlib import Path
 from landscape import surface
 from landscape.cli.surface import draw
 from landscape.errors import LandscapeError
+from landscape.files import check_outputs, writing
+from landscape.plots import IMAGE_SUFFIXES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,18 +32,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.labels is not None and len(args.labels) != len(args.results):
         raise LandscapeError(f"--labels names {len(args.labels)} results but {len(args.results)} were given")
-    results = [surface.load_result(path) for path in args.results]
     html, png = args.html, args.png
     if html is None and png is None:
         first = Path(args.results[0])
         html, png = str(first.with_suffix(".html")), str(first.with_suffix(".png"))
+    check_outputs({"--html": (html, [".html"]), "--png": (png, list(IMAGE_SUFFIXES))}, args.results)
+    results = [surface.load_result(path) for path in args.results]
+    with writing(html, png):
+        return _draw(results, html, png, args.labels)
+
+
+def _draw(results: list[dict], html: str | None, png: str | None, labels: list[str] | None) -> int:
     if len(results) == 1:
         draw(results[0], html, png)
         return 0
     from landscape.plots.interactive import write_html
 
     if html:
-        write_html(results, html, labels=args.labels)
+        write_html(results, html, labels=labels)
         print(f"wrote {html} ({len(results)} surfaces on a slider)")
     if png:
         draw(results[0], None, png)
