@@ -46,10 +46,17 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError:
-        raise LandscapeError(f"unknown device '{device}'; use cpu, cuda or cuda:N") from None
+    except (RuntimeError, TypeError, ValueError):
+        raise LandscapeError(f"unknown device '{device}'", fix="use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise LandscapeError(f"device '{device}' cannot run an analysis", fix="use cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise LandscapeError(f"device '{device}' requested but CUDA is not available here; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise LandscapeError(f"device '{device}' does not exist: this machine has {torch.cuda.device_count()} GPU(s)",
+                             fix="use cuda:0 .. cuda:N-1")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise LandscapeError(f"device '{device}' requested but MPS is not available here; use --device cpu")
     return dev
 
 

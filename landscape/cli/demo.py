@@ -18,6 +18,9 @@ import json
 import shlex
 from pathlib import Path
 
+from landscape.cli.common import integer
+from landscape.files import write_json
+
 ALGORITHMS = ("fedavg", "fedsam", "fedasam")
 
 
@@ -26,8 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Run the whole toolkit on the bundled digits data (CPU, a few minutes): "
                        "training, Hessian spectra, loss surfaces, planes and flatness, with an HTML view.")
     p.add_argument("--out", default="demo", help="output folder (default: ./demo)")
-    p.add_argument("--rounds", type=int, default=100, help="federated rounds per algorithm (default: 100)")
-    p.add_argument("--resolution", type=int, default=21, help="surface grid points per axis (default: 21)")
+    p.add_argument("--rounds", type=integer(1), default=100, help="federated rounds per algorithm (default: 100)")
+    p.add_argument("--resolution", type=integer(2, 1001), default=21,
+                   help="surface grid points per axis (default: 21)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(run=run)
 
@@ -81,6 +85,6 @@ def run(args: argparse.Namespace) -> int:
         acc = f"{row['test_accuracy']:.3f}" if row["test_accuracy"] is not None else "-"
         print(f"{algo:<10} {acc:>9} {row['lambda_max']:>11.4g} {row['lambda_max/lambda_5']:>10.3g} "
               f"{row['trace']:>9.4g} {row['flatness_distance']:>11.3g}")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "summary.json", summary)
     print(f"\nopen {out / 'surfaces.html'} and {out / 'plane.html'} in a browser; all results are in {out}/")
     return 0
