@@ -175,9 +175,10 @@ def writing(*paths: str | os.PathLike | None) -> Iterator[None]:
     """Write a command's outputs as one: locked while written, all kept or none changed.
 
     Each output is locked (:func:`exclusive`). An output that exists is kept aside (a hard
-    link, no copy); if the work fails or is interrupted, outputs it already wrote are removed
-    and the old files put back, so a failed command never leaves a new result beside a stale
-    one. On success the old files are dropped.
+    link, no copy: every writer here replaces files through :func:`atomic_write`, so the old
+    inode is never written into); if the work fails or is interrupted, outputs it already
+    wrote are removed and the old files put back, so a failed command never leaves a new
+    result beside a stale one. On success the old files are dropped.
     """
     targets = [Path(p) for p in dict.fromkeys(paths) if p is not None]
     with ExitStack() as stack:
