@@ -262,6 +262,35 @@ def test_interrupted_and_continued_equals_uninterrupted(tmp_path, monkeypatch: p
         assert res["metadata"] == full["metadata"]
 
 
+def test_overwrite_replaces_the_old_result_only_once_the_new_one_is_complete(tmp_path, monkeypatch) -> None:
+    model = tiny_cnn().eval()
+    axis = S.symmetric_axis(1.0, 5)
+    out = tmp_path / "r.npz"
+    kwargs = dict(points_per_batch=3, progress=False, save_every=0.0)
+    old = S.evaluate(model, D.random_directions(model, 2, seed=0), [axis, axis], {"train": tiny_data()}, out=out,
+                     **kwargs)
+    before = out.read_bytes()
+    original, calls = S._Evaluator.__call__, {"n": 0}
+
+    def flaky(self: S._Evaluator, coords: np.ndarray) -> dict[str, np.ndarray]:
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise Interrupt
+        return original(self, coords)
+
+    monkeypatch.setattr(S._Evaluator, "__call__", flaky)
+    new_dirs = D.random_directions(model, 2, seed=1)  # another run: without overwrite it would be refused
+    with pytest.raises(Interrupt):
+        S.evaluate(model, new_dirs, [axis, axis], {"train": tiny_data()}, out=out, overwrite=True, **kwargs)
+    assert out.read_bytes() == before  # the old, complete result is intact
+    monkeypatch.setattr(S._Evaluator, "__call__", original)
+    new = S.evaluate(model, new_dirs, [axis, axis], {"train": tiny_data()}, out=out, overwrite=True, **kwargs)
+    on_disk = S.load_result(out)
+    assert on_disk["metadata"]["complete"] and on_disk["metadata"]["directions"] == new["metadata"]["directions"]
+    assert not np.array_equal(on_disk["values"]["train/loss"], old["values"]["train/loss"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.npz"]  # the work file is gone
+
+
 @pytest.mark.parametrize(
     "change, field",
     [({"seed": 1}, "directions"), ({"bn": "recalibrate"}, "bn"), ({"data_seed": 9}, "data"), ({"range": 2.0}, "axes")],
