@@ -10,16 +10,25 @@ holding ``x`` and ``y``) or ``NAME[:key=value,...]`` with NAME one of
 (train/test), ``dir`` (CIFAR folder), and for ``synthetic`` ``n``, ``classes``,
 ``shape`` (e.g. ``3x32x32``), ``seed``. Examples: ``digits``,
 ``digits:split=test``, ``synthetic:n=2048,classes=100``,
-``cifar100:dir=~/data,split=test``.
+``cifar100:dir=~/data,split=test``. An option a data set does not take is refused.
+
+Everything read here is treated as untrusted: nothing a file says runs code (``.npz``
+without pickles, ``.pt`` with ``weights_only``, CIFAR's pickles through an unpickler that
+rebuilds numpy arrays only), archives are unpacked whole or not at all and never outside
+their folder, and every bad input ends in one :class:`~landscape.errors.LandscapeError`
+line that names the file and quotes at most a few dozen characters of it.
 """
 
 from __future__ import annotations
 
-import io
+import math
 import os
 import pickle
+import re
 import tarfile
 import urllib.request
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +36,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, os_error
 
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100")
+#: The options each named data set takes in a spec string (``NAME:key=value,...``).
+OPTIONS = {
+    "digits": ("split",),
+    "synthetic": ("split", "n", "classes", "shape", "seed"),
+    "cifar10": ("split", "dir"),
+    "cifar100": ("split", "dir"),
+}
+#: The most values (samples x features) synthetic data may have: 10^8 float32 is 400 MB.
+MAX_SYNTHETIC_VALUES = 10**8
+#: The most classes a data set may have (a label of 10^9 would ask for a 10^9-way output layer).
+MAX_CLASSES = 100_000
 CIFAR_URLS = {
     "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
@@ -102,9 +122,28 @@ def make_synthetic(
     """Gaussian class clusters shaped like images: x = mu_y + noise, mu_c ~ N(0, I).
 
     The test split uses a different noise stream around the same class means.
+
+    Raises:
+        LandscapeError: ``n < 1``, ``classes < 2``, a dimension below 1, a negative seed, or more
+            than :data:`MAX_SYNTHETIC_VALUES` values (``n`` or ``classes`` times the shape's size).
     """
-    if n < 1 or classes < 2:
-        raise LandscapeError(f"synthetic data needs n >= 1 and classes >= 2, got n={n}, classes={classes}")
+    where = f"synthetic:n={n},classes={classes},shape={'x'.join(map(str, shape))},seed={seed}"
+    fix = "e.g. synthetic:n=512,classes=10,shape=3x32x32"
+    n = _integer(n, "synthetic n (number of samples)", where=where, fix=fix, minimum=1)
+    classes = _integer(classes, "synthetic classes", where=where, fix=fix, minimum=2)
+    seed = _integer(seed, "synthetic seed", where=where, fix=fix, minimum=0, maximum=2**62)
+    shape = tuple(_integer(s, "every synthetic shape dimension", where=where, fix=fix, minimum=1) for s in shape)
+    if not 1 <= len(shape) <= 8:
+        raise LandscapeError(f"synthetic shape must have 1 to 8 dimensions, got {len(shape)}", where=where, fix=fix)
+    size = math.prod(shape)
+    for count, what in ((n, "samples"), (classes, "class means")):
+        if count * size > MAX_SYNTHETIC_VALUES:  # refused before anything is allocated
+            raise LandscapeError(
+                f"synthetic data would hold {count} {what} of shape {'x'.join(map(str, shape))}, "
+                f"{count * size:.3g} values, more than the {MAX_SYNTHETIC_VALUES:.0e} allowed",
+                where=where, fix="lower n, classes or shape")
+    if classes > MAX_CLASSES:
+        raise LandscapeError(f"synthetic classes must be at most {MAX_CLASSES}, got {classes}", where=where, fix=fix)
     g = torch.Generator().manual_seed(seed)
     means = torch.randn(classes, *shape, generator=g)
     g.manual_seed(seed * 2 + {"train": 1, "test": 2}[_check_split(split)])
@@ -133,19 +172,35 @@ class _ArrayUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        raise pickle.UnpicklingError(f"refusing to load {_show(f'{module}.{name}', 60)}")
 
 
-def read_array_pickle(path: Path) -> dict[Any, Any]:
-    """Read a CIFAR-style pickle without running code it may reference."""
+_CIFAR_FIX = "replace it with the file from CIFAR's python version (`landscape download cifar10|cifar100`)"
+
+
+def read_array_pickle(path: str | os.PathLike) -> dict[Any, Any]:
+    """Read a CIFAR-style pickle without running code it may reference.
+
+    Raises:
+        LandscapeError: a folder, an unreadable file, a damaged pickle, one that names any
+            code but numpy's array helpers, or one that holds something other than a dict.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise LandscapeError("CIFAR batch file is a folder, not a file", where=path, fix=_CIFAR_FIX)
     try:
         with open(path, "rb") as f:
-            obj = _ArrayUnpickler(io.BufferedReader(f), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise LandscapeError(f"{path} is not a CIFAR python batch file ({exc})") from None
+            obj = _ArrayUnpickler(f, encoding="bytes").load()
+    except OSError as exc:
+        if exc.errno is None:  # a parse failure dressed as an OSError
+            raise LandscapeError(f"not a CIFAR python batch file ({_reason(exc)})", where=path, fix=_CIFAR_FIX) from None
+        raise _os_error(exc, "cannot read CIFAR batch file", path) from None
+    except Exception as exc:  # noqa: BLE001 - a damaged pickle can fail in any way; none of it is the user's bug
+        raise LandscapeError(f"not a CIFAR python batch file ({_reason(exc)})", where=path, fix=_CIFAR_FIX) from None
     if not isinstance(obj, dict):
-        raise LandscapeError(f"{path} is not a CIFAR python batch file (no dict inside)")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+        raise LandscapeError(f"not a CIFAR python batch file (it holds a {type(obj).__name__}, not a dict)",
+                             where=path, fix=_CIFAR_FIX)
+    return {k.decode("utf-8", "replace") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
 def find_cifar(name: str, root: str | os.PathLike | None) -> Path:
@@ -153,9 +208,12 @@ def find_cifar(name: str, root: str | os.PathLike | None) -> Path:
     if root is None:
         root = os.environ.get("LANDSCAPE_DATA", "data")
     root = Path(root).expanduser()
-    for candidate in (root / CIFAR_FOLDERS[name], root):
-        if all((candidate / f).exists() for files in CIFAR_FILES[name].values() for f in files):
-            return candidate
+    try:
+        for candidate in (root / CIFAR_FOLDERS[name], root):
+            if all((candidate / f).exists() for files in CIFAR_FILES[name].values() for f in files):
+                return candidate
+    except OSError as exc:
+        raise _os_error(exc, f"cannot look for {name}", root) from None
     raise LandscapeError(
         f"{name} not found in {root} (expected {CIFAR_FOLDERS[name]}/ with "
         f"{', '.join(CIFAR_FILES[name]['train'][:1] + CIFAR_FILES[name]['test'])}); "
@@ -165,22 +223,54 @@ def find_cifar(name: str, root: str | os.PathLike | None) -> Path:
 
 
 def load_cifar(name: str, root: str | os.PathLike | None = None, split: str = "train") -> Dataset:
-    """CIFAR-10/100 from the standard python layout, normalized per channel."""
+    """CIFAR-10/100 from the standard python layout, normalized per channel.
+
+    Raises:
+        LandscapeError: the folder is missing, or a batch file is unreadable, damaged, or holds
+            something other than uint8 images of 3x32x32 with one label in range per image.
+    """
     folder = find_cifar(name, root)
     label_key = "labels" if name == "cifar10" else "fine_labels"
+    classes = 10 if name == "cifar10" else 100
     xs, ys = [], []
     for fname in CIFAR_FILES[name][_check_split(split)]:
-        batch = read_array_pickle(folder / fname)
-        if "data" not in batch or label_key not in batch:
-            raise LandscapeError(f"{folder / fname} lacks 'data' or '{label_key}'; is this {name}?")
-        xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(batch[label_key], dtype=np.int64))
+        images, labels = _cifar_batch(read_array_pickle(folder / fname), folder / fname, name, label_key, classes)
+        xs.append(images)
+        ys.append(labels)
     x = torch.from_numpy(np.concatenate(xs)).float().div_(255.0)
     mean = torch.tensor(CIFAR_MEAN[name]).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR_STD[name]).view(1, 3, 1, 1)
     x = (x - mean) / std
-    classes = 10 if name == "cifar10" else 100
     return Dataset(x, torch.from_numpy(np.concatenate(ys)), classes, {"dataset": name, "split": split, "dir": str(folder)})
+
+
+def _cifar_batch(batch: dict[Any, Any], path: Path, name: str, label_key: str, classes: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """One batch's images ``(N, 3, 32, 32)`` uint8 and labels ``(N,)`` int64, checked."""
+    fix = f"is this {name}? {_CIFAR_FIX}"
+    missing = [k for k in ("data", label_key) if k not in batch]
+    if missing:
+        found = _keys(batch)
+        raise LandscapeError(f"CIFAR batch lacks {' and '.join(map(repr, missing))}; its keys: {found}", where=path, fix=fix)
+    data = _plain_array(batch["data"], "CIFAR batch 'data'", path, fix)
+    if data.dtype.kind not in "biu" or data.size == 0 or data.size % 3072:
+        what = f"{data.size} values of type {data.dtype}" if data.dtype.kind in "biuf" else f"values of type {data.dtype}"
+        raise LandscapeError(f"CIFAR batch 'data' holds {what}, not whole 3x32x32 images of bytes (3072 each)",
+                             where=path, fix=fix)
+    if data.dtype != np.uint8 and (int(data.min()) < 0 or int(data.max()) > 255):
+        raise LandscapeError(f"CIFAR batch 'data' holds values outside 0..255 ({int(data.min())}..{int(data.max())})",
+                             where=path, fix=fix)
+    images = data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32)
+    labels = _plain_array(batch[label_key], f"CIFAR batch '{label_key}'", path, fix)
+    if labels.dtype.kind not in "iu" or labels.ndim != 1:
+        raise LandscapeError(f"CIFAR batch '{label_key}' must be a list of integers, found {labels.dtype} of shape "
+                             f"{labels.shape}", where=path, fix=fix)
+    if len(labels) != len(images):
+        raise LandscapeError(f"CIFAR batch has {len(images)} images but {len(labels)} labels", where=path, fix=fix)
+    if int(labels.min()) < 0 or int(labels.max()) >= classes:
+        raise LandscapeError(f"CIFAR batch labels must lie in [0, {classes - 1}], found "
+                             f"{int(labels.min())}..{int(labels.max())}", where=path, fix=fix)
+    return images, labels.astype(np.int64)
 
 
 def black_pixel(ds: Dataset) -> torch.Tensor | None:
@@ -221,90 +311,315 @@ def extract_archive(archive: Path, root: Path) -> None:
         tar.extractall(root, filter="data")
 
 
+_FILE_FIX = "save it with np.savez(path, x=inputs, y=labels) or torch.save({'x': inputs, 'y': labels}, path)"
+
+
 def load_tensor_file(path: str | os.PathLike) -> Dataset:
     """A ``.npz`` or ``.pt`` file with arrays ``x`` (inputs) and ``y`` (integer labels).
 
-    ``num_classes`` may be stored too; otherwise it is ``max(y) + 1``.
+    ``num_classes`` may be stored too; otherwise it is ``max(y) + 1``. Nothing in the file runs
+    code: ``.npz`` is read without pickles, ``.pt`` with ``weights_only``.
+
+    Raises:
+        LandscapeError: a missing, unreadable or damaged file; no ``x``/``y``; inputs that are
+            not finite numbers; labels that are not one integer in ``[0, num_classes)`` per sample.
     """
-    path = Path(path)
-    if not path.exists():
-        raise LandscapeError(f"data file not found: {path}")
+    path = Path(path).expanduser()
+    raw = _read_tensor_file(path)
+    if not isinstance(raw, Mapping):
+        raise LandscapeError(f"data file holds a {type(raw).__name__}, not a dict with arrays 'x' and 'y'",
+                             where=path, fix=_FILE_FIX)
+    if "x" not in raw or "y" not in raw:
+        raise LandscapeError(f"data file must hold arrays 'x' and 'y'; found {_keys(raw)}", where=path, fix=_FILE_FIX)
+    x = _plain_array(raw["x"], "inputs 'x'", path, "store the inputs as an array of numbers")
+    y = _plain_array(raw["y"], "labels 'y'", path,
+                     "store integer class ids 0..C-1, e.g. y = np.unique(names, return_inverse=True)[1]")
+    if x.ndim == 0:
+        raise LandscapeError("inputs 'x' must be an array with one row per sample, found a single number",
+                             where=path, fix=_FILE_FIX)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise LandscapeError(f"labels 'y' must hold one class id per sample, shape (N,); found shape {y.shape}",
+                             where=path, fix="for one-hot or score rows store y.argmax(1)")
+    if x.shape[0] != y.shape[0]:
+        raise LandscapeError(f"x has {x.shape[0]} samples but y has {y.shape[0]}", where=path,
+                             fix="store one label per row of x")
+    if y.size == 0:
+        raise LandscapeError("data file holds no samples", where=path, fix=_FILE_FIX)
+    if x.size == 0:
+        raise LandscapeError(f"inputs 'x' have no values per sample (shape {x.shape})", where=path, fix=_FILE_FIX)
+    if y.dtype.kind == "f" and not (np.isfinite(y).all() and np.array_equal(y, np.round(y))):
+        raise LandscapeError("labels 'y' must be integers (class ids 0..C-1)", where=path, fix="store y as integers")
+    with np.errstate(over="ignore", invalid="ignore"):
+        x32 = x.astype(np.float32)
+    bad = int(x32.size - np.isfinite(x32).sum())
+    if bad:
+        raise LandscapeError(f"inputs 'x' hold {bad} NaN or infinite values (or values too large for float32)",
+                             where=path, fix="clean or drop those samples")
+    y64 = y.astype(np.int64)
+    if "num_classes" in raw:
+        num_classes = _integer(_item(raw["num_classes"]), "num_classes", where=path, minimum=1, maximum=MAX_CLASSES,
+                               fix="store num_classes as one positive integer, or leave it out")
+    else:
+        num_classes = int(y64.max()) + 1
+    if int(y64.min()) < 0 or int(y64.max()) >= num_classes:
+        raise LandscapeError(f"labels must lie in [0, {num_classes - 1}], found {int(y64.min())}..{int(y64.max())}",
+                             where=path, fix="store class ids 0..num_classes-1")
+    if num_classes > MAX_CLASSES:
+        raise LandscapeError(f"labels run up to {num_classes - 1}, more than {MAX_CLASSES} classes", where=path,
+                             fix="renumber the classes 0..C-1, e.g. y = np.unique(y, return_inverse=True)[1]")
+    return Dataset(torch.from_numpy(x32), torch.from_numpy(y64), num_classes, {"dataset": "file", "path": str(path)})
+
+
+def _read_tensor_file(path: Path) -> Any:
+    """The raw content of a ``.npz`` (a dict of arrays) or ``.pt`` file, read without running code."""
+    suffix = path.suffix.lower()
     try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as f:
-                raw = {k: f[k] for k in f.files}
-        elif path.suffix in (".pt", ".pth"):
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        else:
-            raise LandscapeError(f"data file {path} must end in .npz or .pt")
+        if not path.exists():
+            raise LandscapeError("data file not found", where=path, fix="check the path")
+        if path.is_dir():
+            raise LandscapeError("data file is a folder, not a file", where=path, fix="give the .npz or .pt file")
+        if suffix not in (".npz", ".pt", ".pth"):
+            raise LandscapeError("data file must end in .npz or .pt", where=path, fix=_FILE_FIX)
+        with open(path, "rb") as f:
+            if suffix != ".npz":
+                with warnings.catch_warnings():  # torch's notes on odd pickles: the file loads or we say why not
+                    warnings.simplefilter("ignore")
+                    return torch.load(f, map_location="cpu", weights_only=True)
+            content = np.load(f, allow_pickle=False)
+            if isinstance(content, np.ndarray):  # a lone .npy array
+                return content
+            with content:
+                out = {}
+                for key in content.files:
+                    try:
+                        out[key] = content[key]
+                    except ValueError:  # object arrays need pickles, which could run code
+                        raise LandscapeError(f"array {_show(key, 30)} holds Python objects (dtype object), which are "
+                                             "not read since loading them could run code", where=path,
+                                             fix="store numbers: x as floats, y as integer class ids") from None
+                return out
     except LandscapeError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line error
-        raise LandscapeError(f"cannot read data file {path} ({type(exc).__name__}: {exc})") from None
-    if not isinstance(raw, dict) or "x" not in raw or "y" not in raw:
-        keys = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
-        raise LandscapeError(f"data file {path} must hold arrays 'x' and 'y'; found {keys}")
-    x = torch.as_tensor(np.asarray(raw["x"])).float()
-    y_raw = torch.as_tensor(np.asarray(raw["y"]))
-    if y_raw.is_floating_point() and not torch.equal(y_raw, y_raw.round()):
-        raise LandscapeError(f"labels 'y' in {path} must be integers")
-    y = y_raw.long().reshape(-1)
-    if x.shape[0] != y.shape[0]:
-        raise LandscapeError(f"data file {path}: x has {x.shape[0]} samples but y has {y.shape[0]}")
-    if y.numel() == 0:
-        raise LandscapeError(f"data file {path} holds no samples")
-    num_classes = int(np.asarray(raw["num_classes"])) if "num_classes" in raw else int(y.max()) + 1
-    if int(y.min()) < 0 or int(y.max()) >= num_classes:
-        raise LandscapeError(
-            f"labels in {path} must lie in [0, {num_classes - 1}], found {int(y.min())}..{int(y.max())}"
-        )
-    return Dataset(x, y, num_classes, {"dataset": "file", "path": str(path)})
+    except OSError as exc:
+        if exc.errno is not None:
+            raise _os_error(exc, "cannot read data file", path) from None
+        reason = _reason(exc)
+    except Exception as exc:  # noqa: BLE001 - a damaged file can fail in any way; none of it is the user's bug
+        if suffix != ".npz":
+            reason = _torch_reason(exc)
+        elif "pickled" in str(exc):  # numpy's word for "neither a zip of arrays nor an array"
+            reason = "neither a zip of arrays nor one array; pickled data is never read"
+        else:
+            reason = _reason(exc)
+    kind = "an .npz archive" if suffix == ".npz" else "a file written by torch.save"
+    raise LandscapeError(f"cannot read data file: damaged or not {kind} ({reason})", where=path, fix=_FILE_FIX)
+
+
+def _torch_reason(exc: Exception) -> str:
+    """torch.load's many-line refusals, cut to the part that says what was wrong."""
+    text = str(exc)
+    named = re.search(r"GLOBAL ([\w.]+)", text)
+    if named and named.group(1).startswith("numpy"):
+        return "it holds numpy arrays, which are not read with weights_only; store torch tensors"
+    if named:
+        return f"it references {_show(named.group(1), 60)}, which a data file may not: loading it could run code"
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if detail:
+        return f"unpickler: {detail.group(1)[:60]}"
+    return _reason(exc)
+
+
+def _plain_array(value: Any, name: str, path: Path, fix: str) -> np.ndarray:
+    """``value`` (a tensor, array or nested list) as a numpy array of numbers, or one line why not."""
+    try:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu()
+            if t.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16
+                t = t.float()
+            arr = t.numpy()
+        else:
+            arr = np.asarray(value)
+    except (TypeError, ValueError, RuntimeError) as exc:  # ragged lists, sparse or quantized tensors
+        raise LandscapeError(f"{name} is not an array of numbers ({_reason(exc)})", where=path, fix=fix) from None
+    if arr.dtype.kind not in "biuf":
+        kinds = {"U": "strings", "S": "byte strings", "O": "Python objects", "c": "complex numbers",
+                 "M": "dates", "m": "time spans", "V": "raw records"}
+        raise LandscapeError(f"{name} holds {kinds.get(arr.dtype.kind, str(arr.dtype))} (dtype {arr.dtype}), "
+                             "not numbers", where=path, fix=fix)
+    return arr
+
+
+def _item(value: Any) -> Any:
+    """A one-element array or tensor as a Python scalar; anything else as it is."""
+    if isinstance(value, np.ndarray) and value.size == 1 or isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return value
 
 
 def parse_spec(spec: str) -> dict[str, Any]:
-    """``NAME[:k=v,...]`` or a file path -> a dict spec (the form stored in results)."""
+    """``NAME[:k=v,...]`` or a file path -> a dict spec (the form stored in results).
+
+    Raises:
+        LandscapeError: an option without ``=``, given twice, or one the data set does not take.
+    """
+    if not isinstance(spec, str):
+        raise LandscapeError(f"a data spec must be a string, got {type(spec).__name__}", fix="e.g. digits:split=test")
     if spec.endswith((".npz", ".pt", ".pth")) or os.sep in spec and not spec.split(":")[0] in DATASETS:
         return {"dataset": "file", "path": spec}
     name, _, rest = spec.partition(":")
     out: dict[str, Any] = {"dataset": name}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
+        key = key.strip()
+        where = _cut(spec)
         if not eq:
-            raise LandscapeError(f"bad data option '{item}' in '{spec}'; write key=value, e.g. digits:split=test")
-        out[key.strip()] = value.strip()
+            raise LandscapeError(f"bad data option {_show(item, 40)}", where=where, fix="write key=value, e.g. digits:split=test")
+        if name in OPTIONS and key not in OPTIONS[name]:
+            raise LandscapeError(f"unknown option {_show(key, 30)} for {name}", where=where,
+                                 fix=f"{name} takes {', '.join(OPTIONS[name])}")
+        if key in out:
+            raise LandscapeError(f"option {_show(key, 30)} is given twice", where=where, fix="give it once")
+        out[key] = value.strip()
     return out
 
 
-def load(spec: str | dict[str, Any], data_dir: str | os.PathLike | None = None) -> Dataset:
+def load(spec: str | Mapping[str, Any], data_dir: str | os.PathLike | None = None) -> Dataset:
     """Load a data set from a spec string or dict (see the module docstring).
 
     Raises:
-        LandscapeError: unknown data set, bad options, missing files.
+        LandscapeError: unknown data set, bad options, missing or damaged files.
     """
-    d = parse_spec(spec) if isinstance(spec, str) else dict(spec)
+    d = parse_spec(spec) if isinstance(spec, str) else spec
+    if not isinstance(d, Mapping):
+        raise LandscapeError(f"a data spec must be a string or a dict, got {type(spec).__name__}", fix="e.g. digits:split=test")
+    d = dict(d)
+    where = _cut(spec) if isinstance(spec, str) else f"data spec {_show(d.get('dataset'), 30)}"
     name = d.get("dataset")
-    split = str(d.get("split", "train"))
+    if name != "file" and name not in DATASETS:
+        raise LandscapeError(f"unknown data set {_show(name, 30)}", where=where,
+                             fix=f"choose one of {', '.join(DATASETS)} or pass a .npz/.pt file with x and y")
+    split = d.get("split", "train")
+    if name != "file" and split not in ("train", "test"):
+        raise LandscapeError(f"split must be 'train' or 'test', got {_show(split, 30)}", where=where,
+                             fix=f"e.g. {name}:split=test")
     if name == "file":
-        return load_tensor_file(d["path"])
+        path = d.get("path")
+        if not isinstance(path, (str, os.PathLike)):
+            raise LandscapeError(f"a file data spec needs a path, got {_show(path, 40)}", where=where, fix="pass data.npz or data.pt")
+        return load_tensor_file(path)
     if name == "digits":
         return load_digits(split)
     if name == "synthetic":
+        fix = "e.g. synthetic:n=512,classes=10,shape=3x32x32,seed=0"
         shape = d.get("shape", (3, 32, 32))
         if isinstance(shape, str):
-            shape = tuple(int(s) for s in shape.split("x"))
-        try:
-            return make_synthetic(int(d.get("n", 512)), int(d.get("classes", 10)), tuple(shape), int(d.get("seed", 0)), split)
-        except ValueError as exc:
-            raise LandscapeError(f"bad synthetic data option in {spec!r}: {exc}") from None
+            shape = shape.split("x")
+        if not isinstance(shape, (list, tuple)):
+            raise LandscapeError(f"synthetic shape must look like 3x32x32, got {_show(shape, 30)}", where=where, fix=fix)
+        # Checked here too so that the message quotes the spec as the user wrote it.
+        return make_synthetic(
+            _integer(d.get("n", 512), "synthetic n", where=where, fix=fix, minimum=1),
+            _integer(d.get("classes", 10), "synthetic classes", where=where, fix=fix, minimum=2),
+            tuple(_integer(s, "every synthetic shape dimension", where=where, fix=fix, minimum=1) for s in shape),
+            _integer(d.get("seed", 0), "synthetic seed", where=where, fix=fix, minimum=0, maximum=2**62),
+            split,
+        )
     if name in ("cifar10", "cifar100"):
-        return load_cifar(name, d.get("dir", data_dir), split)
-    raise LandscapeError(f"unknown data set '{name}'; choose one of {', '.join(DATASETS)} or pass a .npz/.pt file with x and y")
+        folder = d.get("dir", data_dir)
+        if folder is not None and not isinstance(folder, (str, os.PathLike)):
+            raise LandscapeError(f"{name} dir must be a folder path, got {_show(folder, 40)}", where=where,
+                                 fix=f"e.g. {name}:dir=~/data")
+        return load_cifar(name, folder, split)
+    raise AssertionError(f"data set {name!r} is in DATASETS but has no loader")  # a bug of ours, not the user's
 
 
 def _check_split(split: str) -> str:
     if split not in ("train", "test"):
-        raise LandscapeError(f"split must be 'train' or 'test', got '{split}'")
+        raise LandscapeError(f"split must be 'train' or 'test', got {_show(split, 30)}", fix="use split=train or split=test")
     return split
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers: checked numbers, short quotes of what a file says, one-line reasons
+# ---------------------------------------------------------------------------------------------
+
+#: A decimal integer of at most 30 digits (int() refuses strings beyond 4,300 digits; no count needs 31).
+_INTEGER = re.compile(r"[+-]?\d{1,30}")
+
+
+def _integer(value: Any, name: str, *, where: object, fix: str, minimum: int | None = None,
+             maximum: int | None = None) -> int:
+    """``value`` (an int, an integral float or a decimal string; never a bool) as an int in range.
+
+    >>> _integer("12", "n", where="spec", fix="", minimum=1)
+    12
+    """
+    if isinstance(value, (bool, np.bool_)):
+        number = None
+    elif isinstance(value, (int, np.integer)):
+        number = int(value)
+    elif isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        number = int(value)
+    elif isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        number = int(value)
+    else:
+        number = None
+    low = {1: "a positive integer", 0: "a non-negative integer", None: "an integer"}.get(minimum, f"an integer >= {minimum}")
+    if number is None or (minimum is not None and number < minimum):
+        raise LandscapeError(f"{name} must be {low}, got {_show(value, 30)}", where=where, fix=fix)
+    if maximum is not None and number > maximum:
+        raise LandscapeError(f"{name} must be at most {maximum}, got {number}", where=where, fix=fix)
+    return number
+
+
+def _number(value: Any, name: str, *, where: object, fix: str, minimum: float) -> float:
+    """``value`` (an int, a float or a decimal string; never a bool or NaN) as a float ``>= minimum``."""
+    number: float | None = None
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if number is None or not number >= minimum:  # also refuses NaN
+        raise LandscapeError(f"{name} must be a number >= {minimum:g}, got {_show(value, 30)}", where=where, fix=fix)
+    return number
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A quote of ``value`` of at most ``limit`` characters, so a message never carries a whole file.
+
+    >>> _show("x" * 100, 10)
+    "'xxxxxx..."
+    """
+    return _cut(repr(value), limit)
+
+
+def _cut(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters, marked with ``...`` where it was cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _keys(mapping: Mapping[Any, Any]) -> str:
+    """The keys of ``mapping`` quoted, at most about 80 characters of them."""
+    text = ", ".join(_show(str(k), 30) for k in sorted(mapping, key=str)[:10]) or "no keys"
+    return _cut(text + (", ..." if len(mapping) > 10 else ""), 80)
+
+
+def _reason(exc: BaseException) -> str:
+    """``Type: first line of the message``, at most about 100 characters."""
+    first = str(exc).strip().split("\n", 1)[0]
+    return _cut(f"{type(exc).__name__}: {first}" if first else type(exc).__name__, 100)
+
+
+def _os_error(exc: OSError, action: str, path: str | os.PathLike) -> LandscapeError:
+    """:func:`landscape.errors.os_error`, naming ``path`` when the error itself names no file."""
+    if exc.filename is None:
+        exc = OSError(exc.errno, exc.strerror, str(path))
+    return os_error(exc, action)
 
 
 # ---------------------------------------------------------------------------------------------

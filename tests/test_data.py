@@ -1,3 +1,5 @@
+import errno
+import io
 import os
 import pickle
 import tarfile
@@ -58,19 +60,296 @@ def test_missing_cifar_says_how_to_get_it(tmp_path):
         data.load("cifar100", data_dir=tmp_path)
 
 
+def test_tensor_files_are_data_sets(tmp_path):
+    x, y = np.random.default_rng(0).normal(size=(10, 5)), np.arange(10) % 3
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    torch.save({"x": torch.tensor(x), "y": torch.tensor(y), "num_classes": 4}, tmp_path / "d.pt")
+    a, b = data.load(str(tmp_path / "d.npz")), data.load(str(tmp_path / "d.pt"))
+    assert a.num_classes == 3 and b.num_classes == 4 and torch.equal(a.y, b.y)
+
+
+def assert_one_line(exc: pytest.ExceptionInfo, *names: object) -> str:
+    """The message is one line and names every one of ``names`` (files, members, specs)."""
+    text = str(exc.value)
+    assert "\n" not in text and text.strip() == text, text
+    for name in names:
+        assert str(name) in text, (name, text)
+    return text
+
+
+def npz(**arrays):
+    return lambda path: np.savez(path, **arrays)
+
+
+def pt(obj):
+    return lambda path: torch.save(obj, path)
+
+
+def raw(content: bytes):
+    return lambda path: path.write_bytes(content)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def zip_bytes(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+X3 = np.zeros((3, 2))
+
+BAD_TENSOR_FILES = [
+    # name, writer, match
+    ("bad.npz", npz(inputs=X3, y=np.zeros(3)), "must hold arrays 'x' and 'y'"),
+    ("bad.npz", npz(x=X3, y=np.array([0, 1, -1])), r"must lie in \[0, 1\]"),
+    ("bad.npz", npz(x=X3, y=np.array([0, 1, 5]), num_classes=3), r"must lie in \[0, 2\]"),
+    ("bad.npz", npz(x=X3, y=np.array([0.5, 1, 0])), "must be integers"),
+    ("bad.npz", npz(x=X3, y=np.array([np.nan, 1, 0])), "must be integers"),
+    ("bad.npz", npz(x=np.zeros((4, 2)), y=np.array([0, 1, 0])), "x has 4 samples but y has 3"),
+    ("bad.npz", npz(x=X3, y=np.array(["cat", "dog", "cat"])), r"labels 'y' holds strings \(dtype <U3\)"),
+    ("bad.npz", npz(x=X3, y=np.array([b"cat", b"dog", b"cat"])), "labels 'y' holds byte strings"),
+    ("bad.npz", npz(x=X3, y=np.array([0, None, "a"], dtype=object)), "'y' holds Python objects.*could run code"),
+    ("bad.npz", npz(x=np.array([["a", "b"]] * 3), y=np.zeros(3)), "inputs 'x' holds strings"),
+    ("bad.npz", npz(x=X3 + 1j, y=np.zeros(3)), "inputs 'x' holds complex numbers"),
+    ("bad.npz", npz(x=X3, y=np.zeros((3, 2))), r"one class id per sample, shape \(N,\); found shape \(3, 2\)"),
+    ("bad.npz", npz(x=np.zeros((0, 2)), y=np.zeros(0)), "holds no samples"),
+    ("bad.npz", npz(x=np.zeros((3, 0)), y=np.zeros(3)), "no values per sample"),
+    ("bad.npz", npz(x=np.array(5.0), y=np.zeros(3)), "one row per sample"),
+    ("bad.npz", npz(x=np.array([[0, np.nan], [1, 2], [np.inf, 0]]), y=np.zeros(3)), "2 NaN or infinite values"),
+    ("bad.npz", npz(x=np.full((3, 2), 1e300), y=np.zeros(3)), "6 NaN or infinite values.*too large for float32"),
+    ("bad.npz", npz(x=X3, y=np.zeros(3), num_classes="ten"), "num_classes must be a positive integer, got 'ten'"),
+    ("bad.npz", npz(x=X3, y=np.zeros(3), num_classes=2.5), "num_classes must be a positive integer, got 2.5"),
+    ("bad.npz", npz(x=X3, y=np.zeros(3), num_classes=0), "num_classes must be a positive integer, got 0"),
+    ("bad.npz", npz(x=X3, y=np.zeros(3), num_classes=-3), "num_classes must be a positive integer, got -3"),
+    ("bad.npz", npz(x=X3, y=np.zeros(3), num_classes=[2, 3]), "num_classes must be a positive integer"),
+    ("bad.npz", npz(x=X3, y=np.zeros(3), num_classes=10**9), f"num_classes must be at most {data.MAX_CLASSES}"),
+    ("bad.npz", npz(x=X3, y=np.array([0, 1, 10**9])), f"more than {data.MAX_CLASSES} classes"),
+    ("bad.pt", pt({"x": torch.zeros(3, 2), "y": torch.zeros(3), "num_classes": True}), "num_classes must be a positive"),
+    ("bad.pt", pt(torch.zeros(3, 2)), "holds a Tensor, not a dict with arrays 'x' and 'y'"),
+    ("bad.pt", pt([torch.zeros(3, 2), torch.zeros(3)]), "holds a list, not a dict"),
+    ("bad.pt", pt({"x": X3, "y": np.zeros(3)}), "holds numpy arrays.*store torch tensors"),
+    ("bad.pt", pt({"x": [[1.0], [1.0, 2.0]], "y": [0, 1]}), "inputs 'x' is not an array of numbers"),
+    ("bad.pt", pt({"x": [[1.0], [2.0]], "y": ["cat", "dog"]}), "labels 'y' holds strings"),
+    ("bad.pt", raw(b"\x80\x05garbage" * 20), "damaged or not a file written by torch.save"),
+    ("bad.pt", raw(b""), "damaged or not a file written by torch.save"),
+    ("bad.npz", raw(os.urandom(64)), "damaged or not an .npz archive"),
+    ("bad.npz", raw(zip_bytes(x=X3, y=np.zeros(3))[:200]), "damaged or not an .npz archive"),
+    ("bad.npz", raw(npy_bytes(X3)), "holds a ndarray, not a dict"),
+    ("bad.npz", lambda path: path.mkdir(), "data file is a folder, not a file"),
+    ("bad.csv", raw(b"x,y\n"), "data file must end in .npz or .pt"),
+    ("missing.npz", lambda path: None, "data file not found"),
+]
+
+
+@pytest.mark.parametrize("name, write, match", BAD_TENSOR_FILES)
+def test_bad_tensor_files_are_one_line_errors(tmp_path, name, write, match):
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(LandscapeError, match=match) as exc:
+        data.load(str(path))
+    assert_one_line(exc, path)
+
+
+def test_truncated_pt_file_is_one_line(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"x": torch.zeros(50, 4), "y": torch.zeros(50)}, good)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(LandscapeError, match="damaged or not a file written by torch.save") as exc:
+        data.load(str(bad))
+    assert_one_line(exc, bad)
+
+
+def test_tensor_file_labels_of_shape_n_by_1_and_small_floats_load(tmp_path):
+    torch.save({"x": torch.zeros(3, 2, dtype=torch.bfloat16), "y": torch.tensor([[0], [1], [1]]),
+                "num_classes": torch.tensor(4)}, tmp_path / "d.pt")
+    ds = data.load(str(tmp_path / "d.pt"))
+    assert ds.x.dtype == torch.float32 and ds.y.tolist() == [0, 1, 1] and ds.num_classes == 4
+
+
 class _Evil:
     def __reduce__(self):
-        return (os.system, ("touch CIFAR_PWNED",))
+        return (os.system, ("touch PWNED",))
 
 
-def test_cifar_pickle_with_code_is_refused(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    folder = write_cifar_fixture(tmp_path, "cifar10")
+def write_evil_cifar(root):
+    folder = write_cifar_fixture(root, "cifar10")
     with open(folder / "test_batch", "wb") as fh:
         pickle.dump({b"data": _Evil(), b"labels": [0]}, fh)
-    with pytest.raises(LandscapeError, match="not a CIFAR python batch file.*refusing"):
-        data.load("cifar10:split=test", data_dir=tmp_path)
-    assert not (tmp_path / "CIFAR_PWNED").exists()
+    return "cifar10:split=test"
+
+
+@pytest.mark.parametrize(
+    "write, match",
+    [
+        (lambda root: np.savez(root / "e.npz", x=np.array([_Evil()], dtype=object), y=[0]) or str(root / "e.npz"),
+         "holds Python objects"),
+        (lambda root: torch.save({"x": _Evil(), "y": [0]}, root / "e.pt") or str(root / "e.pt"),
+         "references 'posix.system'.*could run code"),
+        (write_evil_cifar, "not a CIFAR python batch file.*refusing to load 'posix.system'"),
+    ],
+    ids=["npz", "pt", "cifar"],
+)
+def test_nothing_a_file_says_runs_code(tmp_path, monkeypatch, write, match):
+    monkeypatch.chdir(tmp_path)
+    spec = write(tmp_path)
+    with pytest.raises(LandscapeError, match=match) as exc:
+        data.load(spec, data_dir=tmp_path)
+    assert_one_line(exc)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def cifar_batch(**fields) -> bytes:
+    """A CIFAR-10 test batch: 2 black images labelled 0, 1 with ``fields`` replaced (None drops one)."""
+    batch = {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1], **fields}
+    return pickle.dumps({k.encode(): v for k, v in batch.items() if v is not None})
+
+
+BAD_CIFAR_BATCHES = [
+    # data set, content of its test batch (None: a folder), match
+    ("cifar10", os.urandom(64), "not a CIFAR python batch file"),
+    ("cifar10", b"", r"not a CIFAR python batch file \(EOFError"),
+    ("cifar10", cifar_batch()[:100], "not a CIFAR python batch file"),
+    ("cifar10", pickle.dumps([1, 2, 3]), r"it holds a list, not a dict"),
+    ("cifar10", cifar_batch(data=None), "lacks 'data'; its keys: 'labels'"),
+    ("cifar10", cifar_batch(labels=None), "lacks 'labels'; its keys: 'data'"),
+    ("cifar10", cifar_batch(data=np.zeros((2, 1000), np.uint8)), "2000 values of type uint8, not whole 3x32x32"),
+    ("cifar10", cifar_batch(data=np.zeros((0, 3072), np.uint8), labels=[]), "0 values"),
+    ("cifar10", cifar_batch(data=np.zeros((2, 3072))), "values of type float64, not whole 3x32x32 images of bytes"),
+    ("cifar10", cifar_batch(data=np.full((2, 3072), 256)), r"values outside 0\.\.255"),
+    ("cifar10", cifar_batch(data=[b"ab", None]), "'data' holds (Python objects|byte strings)"),
+    ("cifar10", cifar_batch(labels=[0]), "has 2 images but 1 labels"),
+    ("cifar10", cifar_batch(labels=[0, 1, 2]), "has 2 images but 3 labels"),
+    ("cifar10", cifar_batch(labels=[0, 10]), r"labels must lie in \[0, 9\], found 0\.\.10"),
+    ("cifar10", cifar_batch(labels=[-1, 0]), r"labels must lie in \[0, 9\]"),
+    ("cifar10", cifar_batch(labels=["cat", "dog"]), "'labels' holds strings"),
+    ("cifar10", cifar_batch(labels=[0.5, 1.0]), "must be a list of integers"),
+    ("cifar10", None, "CIFAR batch file is a folder, not a file"),
+    ("cifar100", cifar_batch(), "lacks 'fine_labels'.*is this cifar100"),
+    ("cifar100", cifar_batch(labels=None, fine_labels=[0, 100]), r"must lie in \[0, 99\], found 0\.\.100"),
+]
+
+
+@pytest.mark.parametrize("name, content, match", BAD_CIFAR_BATCHES)
+def test_bad_cifar_batches_are_one_line_errors(tmp_path, name, content, match):
+    folder = write_cifar_fixture(tmp_path, name, per_file=2)
+    batch = folder / data.CIFAR_FILES[name]["test"][0]
+    if content is None:
+        batch.unlink()
+        batch.mkdir()
+    else:
+        batch.write_bytes(content)
+    with pytest.raises(LandscapeError, match=match) as exc:
+        data.load(f"{name}:split=test", data_dir=tmp_path)
+    assert_one_line(exc, batch)
+
+
+def write_tensor_file(root):
+    np.savez(root / "d.npz", x=X3, y=np.zeros(3))
+    return str(root / "d.npz"), root / "d.npz", "cannot read data file"
+
+
+def write_cifar(root):
+    folder = write_cifar_fixture(root, "cifar10", per_file=2)
+    return "cifar10:split=test", folder / "test_batch", "cannot read CIFAR batch file"
+
+
+@pytest.mark.parametrize("code, what", [(errno.EACCES, "permission denied"), (errno.EISDIR, "is a folder"),
+                                        (errno.EIO, "input/output error")])
+@pytest.mark.parametrize("write", [write_tensor_file, write_cifar], ids=["tensor-file", "cifar"])
+def test_os_errors_while_reading_are_one_line(tmp_path, monkeypatch, write, code, what):
+    # Tests run as root, which reads any file: the OS refusal is simulated where data.py opens files.
+    # No file name on the error, as for a failed read(): the message must still name the file.
+    spec, path, action = write(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(data, "open", refuse, raising=False)
+    with pytest.raises(LandscapeError, match=f"{action}: {what}") as exc:
+        data.load(spec, data_dir=tmp_path)
+    assert_one_line(exc, path)
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("imagenet", "unknown data set 'imagenet'"),
+        ("digits:split", "write key=value"),
+        ("digits:split=val", "split must be 'train' or 'test', got 'val'"),
+        ("synthetic:split=valid", "split must be 'train' or 'test', got 'valid'"),
+        ("missing.npz", "data file not found"),
+        ("digits:foo=1", "unknown option 'foo' for digits.*digits takes split"),
+        ("synthetic:dir=x", "unknown option 'dir' for synthetic"),
+        ("cifar10:n=5", "unknown option 'n' for cifar10.*takes split, dir"),
+        ("digits:dataset=cifar10", "unknown option 'dataset'"),
+        ("digits:split=test,split=train", "option 'split' is given twice"),
+        ("synthetic:n=abc", "synthetic n must be a positive integer, got 'abc'"),
+        ("synthetic:n=1.5", "synthetic n must be a positive integer, got '1.5'"),
+        ("synthetic:n=0", "synthetic n must be a positive integer, got '0'"),
+        ("synthetic:n=-4", "synthetic n must be a positive integer"),
+        ("synthetic:n=", "synthetic n must be a positive integer, got ''"),
+        ("synthetic:n=" + "9" * 5000, "synthetic n must be a positive integer"),
+        (f"synthetic:n={10**12}", "would hold 1000000000000 samples of shape 3x32x32.*more than the 1e\\+08"),
+        ("synthetic:n=10,shape=1000x1000x1000", "would hold 10 samples of shape 1000x1000x1000"),
+        ("synthetic:n=2,classes=100000,shape=1000x10", "would hold 100000 class means"),
+        ("synthetic:shape=0x4", "every synthetic shape dimension must be a positive integer, got '0'"),
+        ("synthetic:shape=3xx4", "shape dimension must be a positive integer, got ''"),
+        ("synthetic:shape=", "shape dimension must be a positive integer, got ''"),
+        ("synthetic:classes=1", "synthetic classes must be an integer >= 2, got '1'"),
+        ("synthetic:classes=many", "synthetic classes must be an integer >= 2"),
+        ("synthetic:seed=-1", "synthetic seed must be a non-negative integer"),
+        (f"synthetic:seed={2**64}", "synthetic seed must be at most"),
+    ],
+)
+def test_bad_specs(spec, match):
+    with pytest.raises(LandscapeError, match=match) as exc:
+        data.load(spec)
+    text = assert_one_line(exc, spec.split(":")[0])
+    assert len(text) < 300  # a long spec is quoted in part only
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ({"dataset": "synthetic", "n": None}, "synthetic n must be a positive integer, got None"),
+        ({"dataset": "synthetic", "n": True}, "synthetic n must be a positive integer, got True"),
+        ({"dataset": "synthetic", "shape": 5}, "synthetic shape must look like 3x32x32"),
+        ({"dataset": "synthetic", "shape": ["a"]}, "shape dimension must be a positive integer, got 'a'"),
+        ({"dataset": "synthetic", "split": None}, "split must be 'train' or 'test', got None"),
+        ({"dataset": "file"}, "a file data spec needs a path, got None"),
+        ({"dataset": "cifar10", "dir": 3}, "cifar10 dir must be a folder path, got 3"),
+        ({"dataset": None}, "unknown data set None"),
+        ({}, "unknown data set None"),
+        (["digits"], "a data spec must be a string or a dict, got list"),
+    ],
+)
+def test_bad_spec_dicts(spec, match):
+    with pytest.raises(LandscapeError, match=match) as exc:
+        data.load(spec)
+    assert_one_line(exc)
+
+
+def test_make_synthetic_checks_its_arguments():
+    with pytest.raises(LandscapeError, match="synthetic classes must be an integer >= 2, got 1") as exc:
+        data.make_synthetic(n=4, classes=1, shape=(2,))
+    assert_one_line(exc, "synthetic:n=4,classes=1,shape=2")
+    with pytest.raises(LandscapeError, match="more than the 1e\\+08 allowed"):
+        data.make_synthetic(n=10**5, shape=(10**4,))
+
+
+def test_head_is_a_seeded_subset_and_batches_cover_it():
+    d = data.load("digits")
+    a, b = d.head(100, seed=1), d.head(100, seed=1)
+    assert torch.equal(a.x, b.x) and len(a) == 100 and a.spec["num_samples"] == 100
+    batches = a.batches(32)
+    assert [len(y) for _, y in batches] == [32, 32, 32, 4]
+    assert torch.equal(torch.cat([x for x, _ in batches]), a.x)
 
 
 def test_download_helper_unpacks_a_local_archive(tmp_path):
@@ -83,46 +362,3 @@ def test_download_helper_unpacks_a_local_archive(tmp_path):
     # The archive is already present, so no network is used.
     folder = data.download_cifar("cifar10", tmp_path / "dest")
     assert (folder / "data_batch_5").exists()
-
-
-def test_tensor_files_are_data_sets(tmp_path):
-    x, y = np.random.default_rng(0).normal(size=(10, 5)), np.arange(10) % 3
-    np.savez(tmp_path / "d.npz", x=x, y=y)
-    torch.save({"x": torch.tensor(x), "y": torch.tensor(y), "num_classes": 4}, tmp_path / "d.pt")
-    a, b = data.load(str(tmp_path / "d.npz")), data.load(str(tmp_path / "d.pt"))
-    assert a.num_classes == 3 and b.num_classes == 4 and torch.equal(a.y, b.y)
-
-
-@pytest.mark.parametrize(
-    "arrays, match",
-    [
-        ({"inputs": np.zeros((3, 2)), "y": np.zeros(3)}, "must hold arrays 'x' and 'y'"),
-        ({"x": np.zeros((3, 2)), "y": np.array([0, 1, -1])}, r"must lie in \[0, 1\]"),
-        ({"x": np.zeros((3, 2)), "y": np.array([0, 1, 5]), "num_classes": 3}, r"must lie in \[0, 2\]"),
-        ({"x": np.zeros((3, 2)), "y": np.array([0.5, 1, 0])}, "must be integers"),
-        ({"x": np.zeros((4, 2)), "y": np.array([0, 1, 0])}, "x has 4 samples but y has 3"),
-    ],
-)
-def test_bad_tensor_files_are_clear_errors(tmp_path, arrays, match):
-    np.savez(tmp_path / "bad.npz", **arrays)
-    with pytest.raises(LandscapeError, match=match):
-        data.load(str(tmp_path / "bad.npz"))
-
-
-@pytest.mark.parametrize(
-    "spec, match",
-    [("imagenet", "unknown data set 'imagenet'"), ("digits:split", "write key=value"),
-     ("digits:split=val", "split must be 'train' or 'test'"), ("missing.npz", "data file not found")],
-)
-def test_bad_specs(spec, match):
-    with pytest.raises(LandscapeError, match=match):
-        data.load(spec)
-
-
-def test_head_is_a_seeded_subset_and_batches_cover_it():
-    d = data.load("digits")
-    a, b = d.head(100, seed=1), d.head(100, seed=1)
-    assert torch.equal(a.x, b.x) and len(a) == 100 and a.spec["num_samples"] == 100
-    batches = a.batches(32)
-    assert [len(y) for _, y in batches] == [32, 32, 32, 4]
-    assert torch.equal(torch.cat([x for x, _ in batches]), a.x)
