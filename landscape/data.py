@@ -21,14 +21,21 @@ line that names the file and quotes at most a few dozen characters of it.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import lzma
 import math
 import os
 import pickle
+import posixpath
 import re
+import shutil
 import tarfile
+import tempfile
 import urllib.request
 import warnings
-from collections.abc import Mapping
+import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -289,26 +296,145 @@ def black_pixel(ds: Dataset) -> torch.Tensor | None:
 
 
 def download_cifar(name: str, root: str | os.PathLike) -> Path:
-    """Download and unpack CIFAR-10/100 (python version) into ``root``; needs internet."""
+    """Download and unpack CIFAR-10/100 (python version) into ``root``; needs internet.
+
+    The archive is downloaded to ``NAME.part`` and renamed when complete, so an interrupted
+    download never looks like a finished one; an archive already in ``root`` is reused.
+    """
     if name not in CIFAR_URLS:
         raise LandscapeError(f"can only download {', '.join(CIFAR_URLS)}, not '{name}'")
-    root = Path(root).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
-    archive = root / Path(CIFAR_URLS[name]).name
+    url, root = CIFAR_URLS[name], Path(root).expanduser()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _os_error(exc, "cannot create the data folder", root) from None
+    archive = root / Path(url).name
     if not archive.exists():
+        part = archive.with_name(archive.name + ".part")
         try:
-            urllib.request.urlretrieve(CIFAR_URLS[name], archive.with_suffix(".part"))
-        except OSError as exc:
-            raise LandscapeError(f"could not download {CIFAR_URLS[name]} ({exc}); fetch it by hand into {root}") from None
-        archive.with_suffix(".part").rename(archive)
-    extract_archive(archive, root)
+            urllib.request.urlretrieve(url, part)
+            os.replace(part, archive)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise LandscapeError(f"could not download {url} ({_reason(exc)})", where=root,
+                                 fix=f"check the connection and the free space, or fetch it by hand into {root}") from None
+        finally:
+            part.unlink(missing_ok=True)
+    folder = CIFAR_FOLDERS[name]
+    extract_archive(archive, root, [f"{folder}/{f}" for files in CIFAR_FILES[name].values() for f in files])
     return find_cifar(name, root)
 
 
-def extract_archive(archive: Path, root: Path) -> None:
-    """Unpack a .tar.gz with tarfile's safe 'data' filter (no absolute paths or links out)."""
-    with tarfile.open(archive) as tar:
-        tar.extractall(root, filter="data")
+#: tarfile's own guard (Python >= 3.11.4, 3.10.12): it resolves links on disk as it writes.
+_TAR_FILTER: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+
+
+def extract_archive(archive: str | os.PathLike, root: str | os.PathLike, required: Sequence[str] = ()) -> list[Path]:
+    """Unpack a tar archive (``.tar``, ``.tar.gz``, ...) into ``root``, whole or not at all.
+
+    Every member is checked before anything is written: absolute names, names with ``..``,
+    links that point outside the archive's folder (and, without tarfile's ``data`` filter, any
+    link) and device files are refused. The members are unpacked into a temporary folder inside
+    ``root`` (with the ``data`` filter as a second guard) and its top-level entries are moved
+    into place only when all of them were written and every path in ``required`` (relative, e.g.
+    ``cifar-10-batches-py/test_batch``) is among them; an entry of the same name already in
+    ``root`` is replaced. On any failure the temporary folder is removed and ``root`` is as it was.
+
+    Returns:
+        The top-level paths placed in ``root``.
+
+    Raises:
+        LandscapeError: a member that would land outside ``root``, a damaged, truncated or empty
+            archive, a required file missing from it, or an OS failure (full disk, permissions).
+    """
+    archive, root = Path(archive).expanduser(), Path(root).expanduser()
+    damaged = f"delete {archive} and download it again"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=root))
+    except OSError as exc:
+        raise _os_error(exc, "cannot unpack into", root) from None
+    try:
+        staged = tmp / "new"
+        try:
+            with tarfile.open(archive) as tar:
+                members = tar.getmembers()  # reads the whole archive: a truncated one fails here
+                if not members:
+                    raise LandscapeError("archive holds no files", where=archive, fix=damaged)
+                for member in members:
+                    _check_member(member, archive)
+                tar.extractall(staged, members=members, **_TAR_FILTER)
+        except LandscapeError:
+            raise
+        except tarfile.TarError as exc:
+            member = getattr(exc, "tarinfo", None)
+            if member is not None:  # one of the data filter's refusals
+                raise _outside(member.name, "leads outside the folder through a link", archive) from None
+            raise LandscapeError(f"damaged or not a tar archive ({_reason(exc)})", where=archive, fix=damaged) from None
+        except (EOFError, zlib.error, lzma.LZMAError) as exc:
+            raise LandscapeError(f"damaged or truncated archive ({_reason(exc)})", where=archive, fix=damaged) from None
+        except OSError as exc:
+            if exc.errno is None:  # gzip/bz2 report bad data as a bare OSError
+                raise LandscapeError(f"damaged archive ({_reason(exc)})", where=archive, fix=damaged) from None
+            raise _os_error(exc, "cannot unpack", archive) from None
+        missing = [name for name in required if not (staged / name).is_file()]
+        if missing:
+            raise LandscapeError(f"archive lacks {_show(missing[0], 60)}"
+                                 f"{f' and {len(missing) - 1} more files' if len(missing) > 1 else ''}; "
+                                 "nothing was unpacked", where=archive, fix=damaged)
+        return _move_into_place(staged, root, tmp / "old")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _outside(name: str, why: str, archive: Path) -> LandscapeError:
+    return LandscapeError(f"archive member {_show(name, 60)} {why}; nothing was unpacked", where=archive,
+                          fix="use an archive from a trusted source (e.g. the official download)")
+
+
+def _escapes(relative: str) -> bool:
+    """Whether a normalized POSIX path relative to the archive's folder leaves it."""
+    return relative == ".." or relative.startswith(("../", "/"))
+
+
+def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
+    """Refuse a member that could write outside the destination, before anything is written."""
+    name = member.name
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in name.replace("\\", "/").split("/"):
+        raise _outside(name, "has an absolute name or one with '..'", archive)
+    if member.issym() or member.islnk():
+        target = member.linkname
+        # A symbolic link is relative to its own folder; a hard link to the archive's root.
+        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target) if member.issym() else target)
+        if target.startswith("/") or _escapes(resolved):
+            raise _outside(name, f"is a link to {_show(target, 40)}, outside the folder", archive)
+        if not _TAR_FILTER:  # without the data filter a chain of links inside could still lead out
+            raise _outside(name, "is a link, which this Python's tarfile cannot unpack safely", archive)
+    elif not (member.isfile() or member.isdir()):
+        raise _outside(name, "is a device file or pipe", archive)
+
+
+def _move_into_place(staged: Path, root: Path, old: Path) -> list[Path]:
+    """Move the entries of ``staged`` into ``root``, replacing same-named ones; undo all on failure."""
+    replaced: list[str] = []
+    placed: list[Path] = []
+    try:
+        old.mkdir()
+        for entry in sorted(staged.iterdir()):
+            target = root / entry.name
+            if target.exists() or target.is_symlink():
+                os.replace(target, old / entry.name)
+                replaced.append(entry.name)
+            os.replace(entry, target)
+            placed.append(target)
+    except OSError as exc:
+        for target in placed:  # best effort: put back what was there before
+            with contextlib.suppress(OSError):
+                os.replace(target, staged / target.name)
+        for entry_name in replaced:
+            with contextlib.suppress(OSError):
+                os.replace(old / entry_name, root / entry_name)
+        raise _os_error(exc, "cannot move the unpacked files into place", root) from None
+    return placed
 
 
 _FILE_FIX = "save it with np.savez(path, x=inputs, y=labels) or torch.save({'x': inputs, 'y': labels}, path)"

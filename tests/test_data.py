@@ -352,6 +352,128 @@ def test_head_is_a_seeded_subset_and_batches_cover_it():
     assert torch.equal(torch.cat([x for x, _ in batches]), a.x)
 
 
+def write_tar(path, members, mode="w:gz"):
+    """A tar archive of ``members``: ``(name, type, linkname or content)`` rows, written by hand so
+    that names and links tarfile.add would never produce can be tested."""
+    with tarfile.open(path, mode) if isinstance(path, (str, os.PathLike)) else tarfile.open(fileobj=path, mode=mode) as tar:
+        for name, kind, extra in members:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            if kind == tarfile.REGTYPE:
+                info.size = len(extra)
+                tar.addfile(info, io.BytesIO(extra))
+            else:
+                info.linkname = extra or ""
+                tar.addfile(info)
+    return path
+
+
+FILE, DIR, SYM, HARD = tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE
+GOOD = [("top", DIR, None), ("top/a", FILE, b"new")]
+
+ESCAPING_ARCHIVES = [
+    # members (a good one first: nothing of it may be left either), offending member, match
+    (GOOD + [("../escaped", FILE, b"x")], "../escaped", "absolute name or one with '..'"),
+    (GOOD + [("top/../../escaped", FILE, b"x")], "top/../../escaped", "one with '..'"),
+    (GOOD + [("/tmp/escaped-absolute", FILE, b"x")], "/tmp/escaped-absolute", "absolute name"),
+    (GOOD + [("top/out", SYM, "../../escaped")], "top/out", "is a link to '../../escaped', outside the folder"),
+    (GOOD + [("top/out", SYM, "/etc"), ("top/out/passwd", FILE, b"x")], "top/out", "is a link to '/etc'"),
+    (GOOD + [("top/hard", HARD, "../escaped")], "top/hard", "is a link to '../escaped', outside"),
+    (GOOD + [("top/hard", HARD, "/etc/passwd")], "top/hard", "is a link to '/etc/passwd'"),
+    (GOOD + [("top/fifo", tarfile.FIFOTYPE, None)], "top/fifo", "is a device file or pipe"),
+    (GOOD + [("top/dev", tarfile.CHRTYPE, None)], "top/dev", "is a device file or pipe"),
+]
+if data._TAR_FILTER:  # links that each look inside but lead out together: only tarfile's data filter sees it
+    ESCAPING_ARCHIVES.append((GOOD + [("d", SYM, "."), ("d/d/l", SYM, "../../escaped"), ("d/d/l/f", FILE, b"x")],
+                              "d/d/l", "leads outside the folder through a link"))
+
+
+def folder_state(root):
+    """Every path under ``root`` with its content (files) or link target, to compare before and after."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        out[str(p.relative_to(root))] = os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() else None
+    return out
+
+
+@pytest.mark.parametrize("members, member, match", ESCAPING_ARCHIVES)
+def test_archives_cannot_escape_their_folder(tmp_path, members, member, match):
+    outside = tmp_path / "outside"
+    dest = outside / "dest"
+    (dest / "top").mkdir(parents=True)
+    (dest / "top" / "a").write_bytes(b"old")
+    archive = write_tar(outside / "a.tar.gz", members)
+    before = folder_state(outside)
+    with pytest.raises(LandscapeError, match=match) as exc:
+        data.extract_archive(archive, dest)
+    assert "nothing was unpacked" in assert_one_line(exc, member, archive)
+    assert folder_state(outside) == before  # nothing written, nothing half unpacked, the old file intact
+    assert not list(tmp_path.rglob("escaped*"))  # also not beside the folder the links point at
+    assert not os.path.lexists("/tmp/escaped-absolute")
+
+
+def test_good_archive_unpacks_and_replaces_what_was_there(tmp_path):
+    dest = tmp_path / "dest"
+    (dest / "top").mkdir(parents=True)
+    (dest / "top" / "stale").write_bytes(b"from an older unpacking")
+    (dest / "keep").write_bytes(b"not in the archive")
+    archive = write_tar(tmp_path / "a.tar", GOOD + [("top/sub", DIR, None), ("top/sub/b", FILE, b"bb"),
+                                                     ("top/link", SYM, "a"), ("README", FILE, b"r")], mode="w")
+    placed = data.extract_archive(archive, dest)
+    assert sorted(p.name for p in placed) == ["README", "top"]
+    assert folder_state(dest) == {"README": b"r", "keep": b"not in the archive", "top": None, "top/a": b"new",
+                                  "top/link": "a", "top/sub": None, "top/sub/b": b"bb"}
+
+
+def good_archive_bytes(tmp_path) -> bytes:
+    path = write_tar(tmp_path / "good.tar.gz", [("top", DIR, None)] + [(f"top/f{i}", FILE, os.urandom(20000))
+                                                                      for i in range(5)])
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (lambda good: os.urandom(500), "damaged or not a tar archive"),
+        (lambda good: b"", "damaged or not a tar archive"),
+        (lambda good: good[: len(good) // 2], "damaged or truncated archive"),
+        (lambda good: good[:10], "damaged"),
+        (lambda good: good[:-2000], "damaged or truncated"),
+        (lambda good: good[:100] + bytes(200) + good[300:], "damaged"),
+        (lambda good: write_tar(io.BytesIO(), [], mode="w").getvalue(), "archive holds no files"),
+    ],
+    ids=["garbage", "empty-file", "truncated-half", "truncated-header", "truncated-tail", "corrupted", "no-members"],
+)
+def test_damaged_archives_are_one_line_and_leave_nothing(tmp_path, content, match):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(content(good_archive_bytes(tmp_path)))
+    with pytest.raises(LandscapeError, match=match) as exc:
+        data.extract_archive(archive, dest)
+    assert "download it again" in assert_one_line(exc, archive)
+    assert list(dest.iterdir()) == []
+
+
+def test_failed_unpacking_leaves_nothing_half_unpacked(tmp_path, monkeypatch):
+    dest = tmp_path / "dest"
+    (dest / "top").mkdir(parents=True)
+    (dest / "top" / "a").write_bytes(b"old")
+    archive = write_tar(tmp_path / "a.tar.gz", GOOD + [("top/b", FILE, b"b"), ("top/c", FILE, b"c")])
+    real = tarfile.TarFile.makefile
+
+    def full_disk_on_third_file(self, tarinfo, targetpath):
+        if tarinfo.name == "top/c":
+            raise OSError(errno.ENOSPC, "No space left on device", targetpath)
+        return real(self, tarinfo, targetpath)
+
+    monkeypatch.setattr(tarfile.TarFile, "makefile", full_disk_on_third_file)
+    with pytest.raises(LandscapeError, match="cannot unpack: no space left on the device") as exc:
+        data.extract_archive(archive, dest)
+    assert_one_line(exc)
+    assert folder_state(dest) == {"top": None, "top/a": b"old"}  # the old folder intact, no temporary left
+
+
 def test_download_helper_unpacks_a_local_archive(tmp_path):
     src = tmp_path / "src"
     write_cifar_fixture(src, "cifar10")
@@ -362,3 +484,33 @@ def test_download_helper_unpacks_a_local_archive(tmp_path):
     # The archive is already present, so no network is used.
     folder = data.download_cifar("cifar10", tmp_path / "dest")
     assert (folder / "data_batch_5").exists()
+    assert len(data.load("cifar10:split=test", data_dir=tmp_path / "dest")) == 6
+
+
+def unrelated_archive(path):
+    write_tar(path, [("readme.txt", FILE, b"no cifar here")])
+
+
+def cifar_archive_without_test_batch(path):
+    write_tar(path, [(f"cifar-10-batches-py/data_batch_{i}", FILE, cifar_batch()) for i in range(1, 6)])
+
+
+@pytest.mark.parametrize(
+    "write, match",
+    [
+        (raw(b"<html>not found</html>"), "error: damaged or not a tar archive"),
+        (unrelated_archive, "error: archive lacks 'cifar-10-batches-py/data_batch_1' and 5 more files; nothing"),
+        (cifar_archive_without_test_batch, "error: archive lacks 'cifar-10-batches-py/test_batch'; nothing"),
+        (lambda path: path.mkdir(), "error: cannot unpack: is a folder, not a file"),
+    ],
+    ids=["html-page", "unrelated", "incomplete", "folder"],
+)
+def test_download_command_with_a_bad_archive_is_one_error_line(tmp_path, capsys, write, match):
+    from landscape.cli import main
+
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    write(archive)
+    assert main(["download", "cifar10", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(match) and err.count("\n") == 1 and str(archive) in err, err
+    assert [p.name for p in tmp_path.iterdir()] == [archive.name]  # nothing unpacked, no temporary left

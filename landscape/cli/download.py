@@ -9,7 +9,10 @@ from landscape import data
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("download", help="download CIFAR-10/100 (python format) into a folder",
-                       description="Download and unpack CIFAR-10 or CIFAR-100 (needs internet).")
+                       description="Download and unpack CIFAR-10 or CIFAR-100 (needs internet). An archive "
+                                   "already in the folder is used as it is. Unpacking is all or nothing: a "
+                                   "damaged or foreign archive, or one with members that would land outside "
+                                   "the folder, is refused and leaves the folder as it was.")
     p.add_argument("dataset", choices=sorted(data.CIFAR_URLS))
     p.add_argument("--data-dir", default="data", help="destination folder (default: ./data)")
     p.set_defaults(run=run)
