@@ -22,6 +22,8 @@ line that names the file and quotes at most a few dozen characters of it.
 from __future__ import annotations
 
 import contextlib
+import csv
+import hashlib
 import http.client
 import lzma
 import math
@@ -772,11 +774,17 @@ def default_federation(name: str, labels: np.ndarray) -> tuple[int, int]:
     return 10, max(1, int(counts.min()) // per_class)
 
 
-def _check_partition_args(num_labels: int, num_clients: int, samples_per_client: int, alpha: float) -> None:
-    if not isinstance(num_clients, (int, np.integer)) or num_clients < 1:
-        raise LandscapeError(f"--num-clients must be a positive integer, got {num_clients}")
-    if not isinstance(samples_per_client, (int, np.integer)) or samples_per_client < 1:
-        raise LandscapeError(f"--samples-per-client must be a positive integer, got {samples_per_client}")
+def _is_count(value: Any, minimum: int) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= minimum
+
+
+def _check_partition_args(num_labels: int, num_clients: int, samples_per_client: int, alpha: float, seed: int) -> None:
+    if not _is_count(num_clients, 1):
+        raise LandscapeError(f"--num-clients must be a positive integer, got {_show(num_clients, 30)}")
+    if not _is_count(samples_per_client, 1):
+        raise LandscapeError(f"--samples-per-client must be a positive integer, got {_show(samples_per_client, 30)}")
+    if not _is_count(seed, 0):
+        raise LandscapeError(f"the partition seed must be a non-negative integer, got {_show(seed, 30)}")
     if not alpha >= 0:  # also catches NaN
         raise LandscapeError(
             f"--alpha must be >= 0 (0: one class per client, large: iid), got {alpha}"
@@ -831,8 +839,13 @@ def partition(
     True
     """
     labels = np.asarray(labels).astype(np.int64).reshape(-1)
-    _check_partition_args(len(labels), num_clients, samples_per_client, float(alpha))
-    C = int(num_classes) if num_classes is not None else int(labels.max()) + 1
+    _check_partition_args(len(labels), num_clients, samples_per_client, float(alpha), seed)
+    C = int(labels.max()) + 1
+    if num_classes is not None:
+        if not _is_count(num_classes, C):
+            raise LandscapeError(f"num_classes must be an integer >= {C} (the labels run up to {C - 1}), "
+                                 f"got {_show(num_classes, 30)}")
+        C = int(num_classes)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x9A27]))
     # A seeded shuffle of each class: images are taken from the front, without replacement.
     pools = [rng.permutation(np.flatnonzero(labels == c)) for c in range(C)]
@@ -897,90 +910,134 @@ def read_split_file(path: str | os.PathLike, labels: np.ndarray | None = None) -
     """Read a published split: CSV rows ``user_id,image_id,class`` (a header line is allowed).
 
     Clients are numbered by sorted user id (numerically when all ids are integers). When
-    ``labels`` are given, every row's class must match ``labels[image_id]``.
+    ``labels`` are given, every row's class must match ``labels[image_id]``. A message quotes
+    at most 10 characters of each offending field and nothing else of the file (it may be any
+    file, e.g. a password file given by mistake).
 
     Raises:
-        LandscapeError: missing file, malformed rows, images out of range, a sample given to two
-            users, or classes that disagree with the data set.
+        LandscapeError: missing, unreadable or binary file, malformed rows, images out of range,
+            a sample given to two users, or classes that disagree with the data set.
     """
-    import csv
-
     path = Path(path).expanduser()
+    fix = "pass a CSV with rows user_id,image_id,class"
+    if path.is_dir():
+        raise LandscapeError("split file is a folder, not a file", where=path, fix=fix)
     if not path.is_file():
-        raise LandscapeError(f"split file not found: {path}; pass a CSV with rows user_id,image_id,class")
+        raise LandscapeError("split file not found", where=path, fix=fix)
     users: dict[str, list[int]] = {}
-    with open(path, newline="") as f:
-        for lineno, row in enumerate(csv.reader(f), 1):
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) < 3:
-                raise LandscapeError(f"{path}:{lineno}: expected user_id,image_id,class, got {','.join(row)}")
-            user, image, cls = (c.strip() for c in row[:3])
-            try:
-                image_id, class_id = int(image), int(cls)
-            except ValueError:
-                if lineno == 1:  # header
+    lineno, rows = 0, 0
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            for lineno, row in enumerate(csv.reader(f), 1):
+                if not row or all(not c.strip() for c in row):
                     continue
-                raise LandscapeError(f"{path}:{lineno}: image_id and class must be integers, got {image!r}, {cls!r}") from None
-            if labels is not None:
-                if not 0 <= image_id < len(labels):
-                    raise LandscapeError(f"{path}:{lineno}: image_id {image_id} is outside the {len(labels)} training images")
-                if int(labels[image_id]) != class_id:
-                    raise LandscapeError(
-                        f"{path}:{lineno}: image {image_id} has class {int(labels[image_id])} in the data set, "
-                        f"not {class_id}; is this split for another data set?"
-                    )
-            users.setdefault(user, []).append(image_id)
+                rows += 1
+                where = f"{path}:{lineno}"
+                if len(row) < 3:  # described, not quoted: the file may be anything (a password file)
+                    raise LandscapeError(f"row has {len(row)} field{'s' if len(row) > 1 else ''}, expected 3: "
+                                         "user_id,image_id,class", where=where, fix=fix)
+                user, image, cls = (c.strip() for c in row[:3])
+                if not (_INTEGER.fullmatch(image) and _INTEGER.fullmatch(cls)):
+                    if rows == 1:  # header
+                        continue
+                    raise LandscapeError(f"image_id and class must be integers, got {_show(image, 10)}, "
+                                         f"{_show(cls, 10)}", where=where, fix=fix)
+                image_id, class_id = int(image), int(cls)
+                limit = len(labels) if labels is not None else 2**62
+                if not 0 <= image_id < limit:
+                    raise LandscapeError(f"image_id {_show(image_id, 25)} is outside the {limit} training images"
+                                         if labels is not None else f"image_id {_show(image_id, 25)} is not an index",
+                                         where=where, fix="image ids count the training images from 0; "
+                                                          "is this split for another data set?")
+                if labels is not None and int(labels[image_id]) != class_id:
+                    raise LandscapeError(f"image {image_id} has class {int(labels[image_id])} in the data set, not "
+                                         f"{_show(class_id, 25)}", where=where, fix="is this split for another data set?")
+                users.setdefault(user, []).append(image_id)
+    except LandscapeError:
+        raise
+    except UnicodeDecodeError:
+        raise LandscapeError("split file is not UTF-8 text (it holds binary data)", where=path, fix=fix) from None
+    except csv.Error as exc:  # a NUL byte, an unclosed quote, an over-long field
+        raise LandscapeError(f"split file is not a CSV ({_show(str(exc), 60)})", where=f"{path}:{lineno + 1}", fix=fix) from None
+    except OSError as exc:
+        raise _os_error(exc, "cannot read split file", path) from None
     if not users:
-        raise LandscapeError(f"split file {path} has no rows user_id,image_id,class")
-    keys = sorted(users, key=lambda u: (0, int(u), "") if u.lstrip("-").isdigit() else (1, 0, u))
+        raise LandscapeError("split file has no rows user_id,image_id,class", where=path, fix=fix)
+    keys = sorted(users, key=lambda u: (0, int(u), "") if _INTEGER.fullmatch(u) else (1, 0, u))
     parts = [np.sort(np.asarray(users[u], dtype=np.int64)) for u in keys]
     allidx = np.concatenate(parts)
     if len(np.unique(allidx)) != len(allidx):
-        raise LandscapeError(f"split file {path} gives some images to more than one user")
+        raise LandscapeError("split file gives some images to more than one user", where=path,
+                             fix="each image may belong to one user only")
     return parts
 
 
 _PARTITION_CACHE: dict[tuple[Any, ...], list[np.ndarray]] = {}
 
 
-def partition_from_spec(labels: np.ndarray, partition_spec: dict[str, Any]) -> list[np.ndarray]:
+def partition_from_spec(labels: np.ndarray, partition_spec: Mapping[str, Any]) -> list[np.ndarray]:
     """The client index arrays described by a checkpoint's ``data["partition"]`` dict.
 
     A split file is re-read and its SHA-256 checked against ``split_sha256``; otherwise
     :func:`partition` is rerun with the stored (num_clients, samples_per_client, alpha, seed).
     Results are cached per (labels, spec).
-    """
-    import hashlib
 
+    Raises:
+        LandscapeError: a spec that is not a dict, lacks a key, or holds a value of the wrong
+            type or range; a split file that is missing, changed or malformed.
+    """
     from landscape.files import sha256
 
-    spec = dict(partition_spec.get("partition", partition_spec))
+    where = "the checkpoint's partition spec"
+    fix = "the checkpoint's data['partition'] is damaged; pass the client's data as a file instead"
+    spec = partition_spec.get("partition", partition_spec) if isinstance(partition_spec, Mapping) else partition_spec
+    if not isinstance(spec, Mapping):
+        raise LandscapeError(f"a partition spec must be a dict, got {type(spec).__name__}", where=where, fix=fix)
+    spec = dict(spec)
     labels = np.asarray(labels).astype(np.int64).reshape(-1)
     digest = None
-    if spec.get("split_file"):
-        path = Path(spec["split_file"]).expanduser()
+    split_file = spec.get("split_file")
+    if split_file is not None and split_file != "":
+        if not isinstance(split_file, (str, os.PathLike)):
+            raise LandscapeError(f"split_file must be a path, got {_show(split_file, 30)}", where=where, fix=fix)
+        path = Path(split_file).expanduser()
         if not path.is_file():
-            raise LandscapeError(f"split file not found: {path}; the partition was built from it")
-        digest = sha256(path)
-    key = (hashlib.sha1(labels.tobytes()).hexdigest(), digest, tuple(sorted((k, str(v)) for k, v in spec.items())))
-    if key in _PARTITION_CACHE:
-        return _PARTITION_CACHE[key]
-    if digest is not None:
-        if spec.get("split_sha256") and spec["split_sha256"] != digest:
-            raise LandscapeError(f"split file {path} changed since the run (sha256 {digest[:12]} != {spec['split_sha256'][:12]})")
-        parts = read_split_file(path, labels)
+            what = "is a folder, not a file" if path.is_dir() else "not found"
+            raise LandscapeError(f"split file {what}; the partition was built from it", where=path,
+                                 fix="put the split file back at that path")
+        expected = spec.get("split_sha256")
+        if expected is not None and not isinstance(expected, str):
+            raise LandscapeError(f"split_sha256 must be a hex string, got {_show(expected, 30)}", where=where, fix=fix)
+        try:
+            digest = sha256(path)
+        except OSError as exc:
+            raise _os_error(exc, "cannot read split file", path) from None
+        if expected and expected != digest:
+            raise LandscapeError(f"split file changed since the run (sha256 {digest[:12]} != {_show(expected[:12], 16)})",
+                                 where=path, fix="restore the file the run used")
+        args: tuple[Any, ...] = ()
     else:
         missing = [k for k in ("num_clients", "samples_per_client", "alpha", "seed") if k not in spec]
         if missing:
-            raise LandscapeError(f"partition spec lacks {missing}; it needs num_clients, samples_per_client, alpha, seed")
-        parts = partition(labels, int(spec["num_clients"]), int(spec["samples_per_client"]), float(spec["alpha"]),
-                          int(spec["seed"]), spec.get("num_classes"))
+            raise LandscapeError(f"partition spec lacks {', '.join(missing)}", where=where,
+                                 fix="it needs num_clients, samples_per_client, alpha and seed (or split_file)")
+        num_classes = spec.get("num_classes")
+        args = (
+            _integer(spec["num_clients"], "num_clients", where=where, fix=fix, minimum=1),
+            _integer(spec["samples_per_client"], "samples_per_client", where=where, fix=fix, minimum=1),
+            _number(spec["alpha"], "alpha", where=where, fix=fix, minimum=0.0),
+            _integer(spec["seed"], "seed", where=where, fix=fix, minimum=0),
+            None if num_classes is None else _integer(num_classes, "num_classes", where=where, fix=fix, minimum=1),
+        )
+    key = (hashlib.sha1(labels.tobytes()).hexdigest(), digest, args)
+    if key in _PARTITION_CACHE:
+        return _PARTITION_CACHE[key]
+    parts = read_split_file(path, labels) if digest is not None else partition(labels, *args)
     _PARTITION_CACHE[key] = parts
     return parts
 
 
-def client_data(dataset: Dataset, partition_spec: dict[str, Any], client_id: int) -> Dataset:
+def client_data(dataset: Dataset, partition_spec: Mapping[str, Any], client_id: int) -> Dataset:
     """The training samples of one client, rebuilt from what a checkpoint stores.
 
     Args:
@@ -992,8 +1049,10 @@ def client_data(dataset: Dataset, partition_spec: dict[str, Any], client_id: int
         LandscapeError: client id out of range, or an unusable spec.
     """
     parts = partition_from_spec(dataset.y.cpu().numpy(), partition_spec)
-    if not isinstance(client_id, (int, np.integer)) or not 0 <= client_id < len(parts):
-        raise LandscapeError(f"client id {client_id} is out of range; the partition has clients 0..{len(parts) - 1}")
+    if isinstance(client_id, (bool, np.bool_)) or not isinstance(client_id, (int, np.integer)) \
+            or not 0 <= client_id < len(parts):
+        raise LandscapeError(f"client id {_show(client_id, 30)} is out of range; the partition has clients "
+                             f"0..{len(parts) - 1}")
     out = dataset.subset(parts[client_id])
     out.spec = {**dataset.spec, "partition": dict(partition_spec.get("partition", partition_spec)), "client_id": int(client_id)}
     return out

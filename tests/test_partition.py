@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -81,12 +84,26 @@ def test_exhausted_class_is_redrawn() -> None:
         ({"num_clients": 0}, "num-clients must be a positive integer"),
         ({"samples_per_client": 0}, "samples-per-client must be a positive integer"),
         ({"alpha": 0.0, "samples_per_client": 490, "num_clients": 102}, "room for 100 clients"),
+        ({"num_clients": True}, "num-clients must be a positive integer, got True"),
+        ({"num_clients": 2.0}, "num-clients must be a positive integer, got 2.0"),
+        ({"seed": -1}, "seed must be a non-negative integer, got -1"),
+        ({"num_classes": 5}, r"num_classes must be an integer >= 10 \(the labels run up to 9\), got 5"),
     ],
 )
 def test_bad_partition_arguments(kwargs: dict, match: str) -> None:
     args = {"num_clients": 100, "samples_per_client": 500, "alpha": 0.5, "seed": 0, **kwargs}
-    with pytest.raises(LandscapeError, match=match):
+    with pytest.raises(LandscapeError, match=match) as exc:
         data.partition(CIFAR10_LABELS, **args)
+    assert_one_line(exc)
+
+
+def assert_one_line(exc: pytest.ExceptionInfo, *names: object) -> str:
+    """The message is one line and names every one of ``names``."""
+    text = str(exc.value)
+    assert "\n" not in text and text.strip() == text, text
+    for name in names:
+        assert str(name) in text, (name, text)
+    return text
 
 
 def test_digits_defaults_fit() -> None:
@@ -126,13 +143,138 @@ def test_split_file_round_trip(tmp_path) -> None:
 )
 def test_bad_split_file(tmp_path, rows: list, match: str) -> None:
     write_split(tmp_path / "split.csv", rows, header=False)
-    with pytest.raises(LandscapeError, match=match):
+    with pytest.raises(LandscapeError, match=match) as exc:
         data.read_split_file(tmp_path / "split.csv", np.array([0, 1, 1, 0, 2, 2]))
+    assert_one_line(exc, tmp_path / "split.csv")
 
 
-def test_missing_split_file(tmp_path) -> None:
-    with pytest.raises(LandscapeError, match="split file not found"):
-        data.read_split_file(tmp_path / "nope.csv")
+BAD_SPLIT_FILES = [
+    # content (None: a folder, "missing": no file), match
+    (None, "split file is a folder, not a file"),
+    ("missing", "split file not found"),
+    (b"", "split file has no rows user_id,image_id,class"),
+    (b"\n\n  \n", "split file has no rows"),
+    (b"user_id,image_id,class\n", "split file has no rows"),
+    (bytes(range(256)) * 4, "split file is not UTF-8 text"),
+    (b"0,1,1\n\xff\xfe\x00garbage\n", r"not UTF-8 text \(it holds binary data\)"),
+    (b"0,1,1\n0,\x00,1\n", r"image_id and class must be integers, got '\\x00', '1'"),
+    (b"0,1,1\n0,1.5,1\n", "image_id and class must be integers, got '1.5', '1'"),
+    (b"0,1,1\n0,2,one\n", "image_id and class must be integers, got '2', 'one'"),
+    (b"0,1,1\n0,2\n", "row has 2 fields, expected 3: user_id,image_id,class"),
+    (b"root:x:0:0:TOPSECRET-7f3a9c:/root:/bin/bash\n", "row has 1 field, expected 3"),
+    (b"0,1,1\n0,-2,1\n", "image_id -2 is outside the 6 training images"),
+    (b"0,1,1\n0," + b"9" * 5000 + b",1\n", "image_id and class must be integers"),
+    (b'0,1,"' + b"Q" * 200_000 + b'"\n', r"split file is not a CSV \('field larger than field limit"),
+]
+
+
+@pytest.mark.parametrize("content, match", BAD_SPLIT_FILES)
+def test_bad_split_files_are_one_line(tmp_path, content, match: str) -> None:
+    path = tmp_path / "split.csv"
+    if content is None:
+        path.mkdir()
+    elif content != "missing":
+        path.write_bytes(content)
+    with pytest.raises(LandscapeError, match=match) as exc:
+        data.read_split_file(path, np.array([0, 1, 1, 0, 2, 2]))
+    assert len(assert_one_line(exc, path)) < len(str(path)) + 200
+
+
+def test_split_file_messages_quote_only_the_offending_row(tmp_path) -> None:
+    path = tmp_path / "split.csv"
+    path.write_text("user_id,image_id,class\n0,1,1\n0,2,TOPSECRET-" + "Z" * 1000 + "\nSECRET,SECRET,SECRET\n")
+    with pytest.raises(LandscapeError, match=r"must be integers, got '2', 'TOPSEC\.\.\. \(") as exc:
+        data.read_split_file(path)
+    text = assert_one_line(exc, f"{path}:3")
+    assert "SECRET" not in text and "Z" not in text.replace(str(path), "")
+
+
+def test_split_file_header_after_blank_lines_and_byte_order_mark(tmp_path) -> None:
+    path = tmp_path / "split.csv"
+    path.write_bytes("\ufeff\nuser_id,image_id,class\n7,1,1\n7,2,1\n".encode())
+    assert [p.tolist() for p in data.read_split_file(path, np.array([0, 1, 1]))] == [[1, 2]]
+
+
+@pytest.mark.parametrize("code, what", [(errno.EACCES, "permission denied"), (errno.EIO, "input/output error")])
+def test_split_file_os_errors_are_one_line(tmp_path, monkeypatch, code, what) -> None:
+    # Tests run as root, which reads any file: the refusal is simulated where data.py opens it.
+    path = tmp_path / "split.csv"
+    write_split(path, [(0, 0, 0)])
+
+    def refuse(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(data, "open", refuse, raising=False)
+    with pytest.raises(LandscapeError, match=f"cannot read split file: {what}") as exc:
+        data.read_split_file(path)
+    assert_one_line(exc, path)
+
+
+GOOD_SPEC = {"num_clients": 2, "samples_per_client": 2, "alpha": 0.5, "seed": 0}
+
+BAD_PARTITION_SPECS = [
+    ({**GOOD_SPEC, "num_clients": "x"}, "num_clients must be a positive integer, got 'x'"),
+    ({**GOOD_SPEC, "num_clients": None}, "num_clients must be a positive integer, got None"),
+    ({**GOOD_SPEC, "num_clients": -2}, "num_clients must be a positive integer, got -2"),
+    ({**GOOD_SPEC, "num_clients": 1.5}, "num_clients must be a positive integer, got 1.5"),
+    ({**GOOD_SPEC, "num_clients": [2]}, "num_clients must be a positive integer, got \\[2\\]"),
+    ({**GOOD_SPEC, "samples_per_client": 0}, "samples_per_client must be a positive integer, got 0"),
+    ({**GOOD_SPEC, "samples_per_client": "many"}, "samples_per_client must be a positive integer"),
+    ({**GOOD_SPEC, "alpha": None}, "alpha must be a number >= 0, got None"),
+    ({**GOOD_SPEC, "alpha": "x"}, "alpha must be a number >= 0, got 'x'"),
+    ({**GOOD_SPEC, "alpha": -0.5}, "alpha must be a number >= 0, got -0.5"),
+    ({**GOOD_SPEC, "alpha": float("nan")}, "alpha must be a number >= 0, got nan"),
+    ({**GOOD_SPEC, "alpha": True}, "alpha must be a number >= 0, got True"),
+    ({**GOOD_SPEC, "seed": -1}, "seed must be a non-negative integer, got -1"),
+    ({**GOOD_SPEC, "seed": "s"}, "seed must be a non-negative integer, got 's'"),
+    ({**GOOD_SPEC, "num_classes": "ten"}, "num_classes must be a positive integer, got 'ten'"),
+    ({**GOOD_SPEC, "num_classes": 2}, "num_classes must be an integer >= 3"),
+    ({**GOOD_SPEC, "num_clients": 4}, "4 clients x 2 samples = 8 exceeds the 6 training samples"),
+    ({"num_clients": 2, "alpha": 0.5}, "partition spec lacks samples_per_client, seed"),
+    ({}, "partition spec lacks num_clients, samples_per_client, alpha, seed"),
+    ({"partition": None}, "a partition spec must be a dict, got NoneType"),
+    ({"partition": "x"}, "a partition spec must be a dict, got str"),
+    ([1, 2], "a partition spec must be a dict, got list"),
+    ({"split_file": 3}, "split_file must be a path, got 3"),
+    ({"split_file": "/nonexistent/split.csv"}, "split file not found; the partition was built from it"),
+]
+
+
+@pytest.mark.parametrize("spec, match", BAD_PARTITION_SPECS)
+def test_bad_partition_specs_are_one_line(spec, match: str) -> None:
+    with pytest.raises(LandscapeError, match=match) as exc:
+        data.partition_from_spec(np.array([0, 1, 1, 0, 2, 2]), spec)
+    assert_one_line(exc)
+
+
+def test_partition_spec_values_as_a_json_round_trip_would_give_them() -> None:
+    labels = np.repeat(np.arange(3), 4)
+    stored = data.partition_from_spec(labels, {"num_clients": 3, "samples_per_client": 4, "alpha": 0, "seed": 1})
+    loose = data.partition_from_spec(labels, {"num_clients": 3.0, "samples_per_client": "4", "alpha": "0", "seed": 1})
+    assert [p.tolist() for p in stored] == [p.tolist() for p in loose]
+    inf = data.partition_from_spec(labels, {"num_clients": 3, "samples_per_client": 4, "alpha": "inf", "seed": 1})
+    assert sorted(np.concatenate(inf).tolist()) == list(range(12))
+
+
+def test_split_file_spec_checks_its_types(tmp_path) -> None:
+    path = tmp_path / "split.csv"
+    write_split(path, [(0, 0, 0)])
+    with pytest.raises(LandscapeError, match="split_sha256 must be a hex string, got 5") as exc:
+        data.partition_from_spec(np.array([0]), {"split_file": str(path), "split_sha256": 5})
+    assert_one_line(exc)
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(LandscapeError, match="split file is a folder, not a file") as exc:
+        data.partition_from_spec(np.array([0]), {"split_file": str(path)})
+    assert_one_line(exc, path)
+
+
+@pytest.mark.parametrize("client", [True, 1.0, "1", -1])
+def test_client_ids_must_be_integers_in_range(client) -> None:
+    ds = data.make_synthetic(n=40, classes=2, shape=(2,), seed=0)
+    with pytest.raises(LandscapeError, match="is out of range; the partition has clients 0..1") as exc:
+        data.client_data(ds, {"num_clients": 2, "samples_per_client": 10, "alpha": 1.0, "seed": 0}, client)
+    assert_one_line(exc)
 
 
 def test_client_data_rebuilds_partition_from_spec() -> None:
