@@ -220,12 +220,12 @@ def test_swa_batchnorm_statistics_are_recomputed(tmp_path: Path) -> None:
     cfg = digits_config(model="tests.test_train_run:bn_mlp", model_kwargs={}, num_rounds=4, swa=True, batch_size=13,
                         swa_start=0.5, swa_cycle=1)
     train(cfg, out, engine="batched")
-    s = checkpoint.load(swa_path(out))
+    s = checkpoint.load(swa_path(out), trust_factory=True)  # our own factory, from this file
     model = s.build_model()
     fed_x = torch.cat([data.client_data(data.load(s.data), s.data["partition"], k).x for k in range(20)])
     stored = {k: v.clone() for k, v in model.state_dict().items()}
     update_bn([(xb,) for xb in fed_x.split(256)], model)  # torch's SWA reference: cumulative average
     torch.testing.assert_close(stored["1.running_mean"], model.state_dict()["1.running_mean"])
     torch.testing.assert_close(stored["1.running_var"], model.state_dict()["1.running_var"])
-    last = checkpoint.load(global_path(out, 4))
+    last = checkpoint.load(global_path(out, 4), trust_factory=True)
     assert not torch.allclose(last.state_dict["1.running_mean"], stored["1.running_mean"])
