@@ -178,8 +178,8 @@ def test_cli_trains_and_lists_presets(tmp_path: Path, capsys: pytest.CaptureFixt
     "argv, match",
     [
         (["--preset", "nope"], "unknown preset 'nope'; list them with `landscape train --list-presets`"),
-        (["--algorithm", "fedprox", "--dataset", "digits"], "unknown algorithm 'fedprox'; choose one of"),
-        (["--dataset", "digits", "--alpha", "-0.5"], "--alpha must be >= 0"),
+        (["--algorithm", "fedprox", "--dataset", "digits"], r"unknown algorithm 'fedprox' \(--algorithm\); choose one of"),
+        (["--dataset", "digits", "--alpha", "-0.5"], "argument --alpha: must be a finite number >= 0, got -0.5"),
         (["--dataset", "digits", "--clients-per-round", "21"], "--clients-per-round 21 is more than the 20 clients"),
         (["--dataset", "cifar100", "--data-dir", "{tmp}/none"], "cifar100 not found in .* `landscape download cifar100"),
         (["--dataset", "digits", "--num-clients", "30"], "exceeds the 1437 training samples"),

@@ -112,9 +112,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        """Inverse of :meth:`to_dict`; unknown keys and wrong types are an error."""
+        if not isinstance(d, dict):
+            raise LandscapeError(f"a training config must be a JSON object of options, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(map(str, set(d) - names))
         if unknown:
             raise LandscapeError(f"unknown training options {unknown}; see `landscape train --help`")
         return cls(**d)
@@ -124,51 +126,112 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value >= 1)
-    if not ok:
-        flag = "--" + name.replace("_", "-")
-        raise LandscapeError(f"{flag} must be {'a non-negative' if allow_zero else 'a positive'} integer, got {value!r}")
+#: Flags whose name is not the field's in kebab case (the one place the CLI and the messages read).
+FLAG_NAMES = {"num_rounds": "rounds"}
+
+
+def flag(name: str) -> str:
+    """The ``landscape train`` flag of a TrainConfig field.
+
+    >>> flag("num_rounds"), flag("clients_per_round")
+    ('--rounds', '--clients-per-round')
+    """
+    return "--" + FLAG_NAMES.get(name, name).replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric field takes: ``low <= v <= high`` (``<`` where open), finite."""
+
+    low: float
+    high: float | None = None
+    high_open: bool = False
+    integer: bool = False
+    optional: bool = False  # None allowed (filled in from the data or the algorithm)
+    meaning: str = ""
+
+    def describe(self) -> str:
+        kind, fmt = ("an integer", "{:,}") if self.integer else ("a finite number", "{:g}")
+        if self.high is None:
+            return f"{kind} >= {fmt.format(self.low)}"
+        return f"{kind} in [{fmt.format(self.low)}, {fmt.format(self.high)}{')' if self.high_open else ']'}"
+
+    def admits(self, v: Any) -> bool:
+        if self.optional and v is None:
+            return True
+        if isinstance(v, bool) or not isinstance(v, (int, float) if not self.integer else int):
+            return False
+        if not math.isfinite(v) or v < self.low:
+            return False
+        return self.high is None or (v < self.high if self.high_open else v <= self.high)
+
+
+SEED_MAX = 2**63 - 1
+#: Every numeric field and its range ([C22], [L26] define them; momenta are < 1 so they decay).
+RANGES: dict[str, Range] = {
+    "num_clients": Range(1, integer=True, optional=True),
+    "samples_per_client": Range(1, integer=True, optional=True),
+    "alpha": Range(0, meaning="0: one class per client, large: iid"),
+    "clients_per_round": Range(1, integer=True),
+    "num_rounds": Range(1, integer=True),
+    "lr": Range(0),
+    "batch_size": Range(1, integer=True),
+    "local_epochs": Range(1, integer=True),
+    "weight_decay": Range(0),
+    "client_momentum": Range(0, 1, high_open=True),
+    "rho": Range(0, optional=True),
+    "eta": Range(0),
+    "server_lr": Range(0),
+    "server_momentum": Range(0, 1, high_open=True),
+    "gamma": Range(0, 1, high_open=True),
+    "swa_start": Range(0, 1, meaning="a fraction of the rounds"),
+    "swa_gamma1": Range(0),
+    "swa_gamma2": Range(0),
+    "swa_cycle": Range(1, integer=True),
+    "seed": Range(0, SEED_MAX, integer=True),
+    "eval_every": Range(0, integer=True, meaning="0: only at the end"),
+    "save_every": Range(0, integer=True, meaning="0: only at the end"),
+    "save_clients_every": Range(0, integer=True, meaning="0: never"),
+}
+#: The string fields and their choices (None: any string).
+CHOICES: dict[str, tuple[str, ...] | None] = {
+    "algorithm": ALGORITHMS, "dataset": None, "model": None, "asam_variant": ("kwon", "davda54"),
+    "perturbation": PERTURBATIONS, "dtype": DTYPES,
+}
+BOOLS = ("augment", "bn_first_pass_only", "fednsam_reference_momentum", "fednsam_extrapolate_buffers", "swa",
+         "swa_collect_early", "bf16")
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Raise a one-line :class:`LandscapeError` for any impossible setting."""
-    if cfg.algorithm not in ALGORITHMS:
-        raise LandscapeError(f"unknown algorithm '{cfg.algorithm}'; choose one of {', '.join(ALGORITHMS)}")
-    if cfg.perturbation not in PERTURBATIONS:
-        raise LandscapeError(f"unknown perturbation '{cfg.perturbation}'; choose one of {', '.join(PERTURBATIONS)}")
-    if cfg.asam_variant not in ("kwon", "davda54"):
-        raise LandscapeError(f"unknown ASAM variant '{cfg.asam_variant}'; choose kwon or davda54")
-    if cfg.dtype not in DTYPES:
-        raise LandscapeError(f"--dtype must be one of {', '.join(DTYPES)}, got '{cfg.dtype}'")
-    if not (isinstance(cfg.alpha, (int, float)) and cfg.alpha >= 0):
-        raise LandscapeError(f"--alpha must be >= 0 (0: one class per client, large: iid), got {cfg.alpha}")
-    for name in ("clients_per_round", "num_rounds", "batch_size", "local_epochs", "swa_cycle"):
-        _positive_int(name, getattr(cfg, name))
-    for name in ("eval_every", "save_every", "save_clients_every", "seed"):
-        _positive_int(name, getattr(cfg, name), allow_zero=True)
-    for name in ("num_clients", "samples_per_client"):
-        if getattr(cfg, name) is not None:
-            _positive_int(name, getattr(cfg, name))
+    """Raise a one-line :class:`LandscapeError`, naming the flag, for any impossible setting.
+
+    Checks every field's type and range (NaN and inf included), so a config read from a file is
+    held to what the command line accepts.
+    """
+    for name, choices in CHOICES.items():
+        v = getattr(cfg, name)
+        if not isinstance(v, str):
+            raise LandscapeError(f"{flag(name)} must be a string, got {v!r}")
+        if choices is not None and v not in choices:
+            raise LandscapeError(f"unknown {name.replace('_', ' ')} '{v}' ({flag(name)}); choose one of "
+                                 f"{', '.join(choices)}")
+    for name in BOOLS:
+        if not isinstance(getattr(cfg, name), bool):
+            raise LandscapeError(f"{flag(name)} must be true or false, got {getattr(cfg, name)!r}")
+    for name, rng in RANGES.items():
+        v = getattr(cfg, name)
+        if not rng.admits(v):
+            meaning = f" ({rng.meaning})" if rng.meaning else ""
+            raise LandscapeError(f"{flag(name)} must be {rng.describe()}{meaning}, got {v!r}")
+    if cfg.split_file is not None and not (isinstance(cfg.split_file, str) and cfg.split_file):
+        raise LandscapeError(f"--split-file must be a file path, got {cfg.split_file!r}")
+    if not isinstance(cfg.model_kwargs, dict) or not all(isinstance(k, str) for k in cfg.model_kwargs):
+        raise LandscapeError(f"--model-kwargs must be a JSON object, got {cfg.model_kwargs!r}")
     if cfg.num_clients is not None and cfg.clients_per_round > cfg.num_clients:
         raise LandscapeError(
             f"--clients-per-round {cfg.clients_per_round} is more than the {cfg.num_clients} clients; "
             "lower it or raise --num-clients"
         )
-    for name in ("lr", "weight_decay", "eta", "server_lr", "swa_gamma1", "swa_gamma2"):
-        v = getattr(cfg, name)
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise LandscapeError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v!r}")
-    if cfg.rho is not None and not (math.isfinite(cfg.rho) and cfg.rho >= 0):
-        raise LandscapeError(f"--rho must be a finite number >= 0, got {cfg.rho!r}")
-    for name in ("server_momentum", "gamma", "client_momentum"):
-        v = getattr(cfg, name)
-        if not (isinstance(v, (int, float)) and 0 <= v < 1):
-            raise LandscapeError(f"--{name.replace('_', '-')} must lie in [0, 1), got {v!r}")
-    if not 0 <= cfg.swa_start <= 1:
-        raise LandscapeError(f"--swa-start is a fraction of the rounds in [0, 1], got {cfg.swa_start}")
-    if not isinstance(cfg.model_kwargs, dict):
-        raise LandscapeError(f"--model-kwargs must be a JSON object, got {cfg.model_kwargs!r}")
 
 
 # ---------------------------------------------------------------------------------------------

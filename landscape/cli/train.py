@@ -1,7 +1,8 @@
 """``landscape train``: federated training (FedAvg, FedAvgM, FedSAM, FedASAM, FedNSAM, + SWA).
 
-Every field of :class:`train.config.TrainConfig` is a flag; precedence is defaults < ``--preset``
-< flags. ``--resume`` continues the run in ``--out`` and refuses flags that change its config.
+Every field of :class:`train.config.TrainConfig` is a flag (named by :func:`train.config.flag`,
+numbers checked against :data:`train.config.RANGES` where they are parsed); precedence is
+defaults < ``--preset`` < flags. ``--resume`` continues the run in ``--out`` and refuses flags that change its config.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from landscape.cli import common
 from landscape.errors import LandscapeError
 
-#: Help text per TrainConfig field (flag = field name in kebab case; num_rounds is --rounds).
+#: Help text per TrainConfig field (its flag is train.config.flag(field)).
 HELP = {
     "algorithm": "fedavg, fedavgm, fedsam, fedasam or fednsam (default: fedavg)",
     "dataset": "training data: cifar10, cifar100, digits, synthetic[:n=..,classes=..,shape=3x32x32] or a "
@@ -60,7 +61,6 @@ HELP = {
     "dtype": "weights in float32 (default) or float64",
     "bf16": "bfloat16 autocast for the forward passes",
 }
-FLAG = {"num_rounds": "rounds"}
 
 
 def _fields() -> list[dataclasses.Field]:
@@ -70,6 +70,8 @@ def _fields() -> list[dataclasses.Field]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from train.config import BOOLS, RANGES, flag
+
     p = sub.add_parser(
         "train",
         help="federated training: FedAvg, FedAvgM, FedSAM, FedASAM, FedNSAM (+SWA)",
@@ -90,19 +92,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="progress bar with ETA (default: when stderr is a terminal)")
     g = p.add_argument_group("training configuration (stored in every checkpoint)")
     for f in _fields():
-        flag = "--" + FLAG.get(f.name, f.name).replace("_", "-")
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": HELP.get(f.name, "")}
-        if f.type in ("bool",) or f.default is False or f.default is True:
+        rng = RANGES.get(f.name)
+        if f.name in BOOLS:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif f.name == "model_kwargs":
             kwargs.update(type=common.parse_json_object, metavar="JSON")
-        elif isinstance(f.default, int) or f.name in ("num_clients", "samples_per_client"):
-            kwargs.update(type=int, metavar="N")
-        elif isinstance(f.default, float) or f.name == "rho":
-            kwargs.update(type=float, metavar="X")
+        elif rng is not None and rng.integer:
+            kwargs.update(type=common.integer(int(rng.low), None if rng.high is None else int(rng.high)), metavar="N")
+        elif rng is not None:
+            kwargs.update(type=common.number(rng.low, rng.high, high_open=rng.high_open), metavar="X")
         else:
             kwargs.update(metavar=f.name.upper())
-        g.add_argument(flag, **kwargs)
+        g.add_argument(flag(f.name), **kwargs)
     p.set_defaults(run=run)
 
 
