@@ -20,17 +20,28 @@ a client checkpoint of round R holds the local model trained from the global mod
 Every random stream derives from (seed, round, client id), so a resumed run repeats exactly
 what the uninterrupted run would have done: bit for bit on the CPU. All files are written
 atomically; ``state.pt`` is written last, after the checkpoints it refers to.
+
+One process writes a run folder at a time (``OUT/.lock``, see :func:`landscape.files.exclusive`).
+Everything that can refuse a config (the data, the partition, the model and one forward pass on
+one sample) runs before the folder is touched. A folder whose first round never completed (no
+``state.pt``, or only the round-0 one and no logged round) is started again as if it were new;
+a killed run is continued with ``resume``. Nothing read from the folder runs code: ``state.pt``
+is loaded with ``weights_only`` and checked against the model before it is used, and
+:func:`stored_config` is how the command line gets a config back (with the model factories and
+the paths it names refused unless the user names them again).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import inspect
+import io
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,18 +51,14 @@ import torch
 from torch import nn
 
 from landscape import checkpoint, data, models
-from landscape.errors import LandscapeError
-from landscape.files import atomic_write, sha256, write_json
+from landscape.errors import LandscapeError, os_error, user_code
+from landscape.files import atomic_write, exclusive, sha256, write_json
 from landscape.operators import resolve_device
 from train import algorithms, swa
-from train.algorithms.fedavg import FedAvgState
-from train.algorithms.fedavgm import FedAvgMState
-from train.algorithms.fednsam import FedNSAMState
 from train.config import TrainConfig
 from train.engine import STREAM_INIT, FederatedData, derive_seed, evaluate, make_engine, sample_cohort
 
 STATE_FORMAT = "landscape-train-state"
-SERVER_STATES = {c.__name__: c for c in (FedAvgState, FedAvgMState, FedNSAMState)}
 
 
 def global_path(out: Path, round: int) -> Path:
@@ -140,11 +147,40 @@ def _model_kwargs(cfg: TrainConfig, ds: data.Dataset) -> dict[str, Any]:
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
-    """The initial model, its random init seeded by (seed, INIT) without touching the global RNG."""
+    """The initial model, its random init seeded by (seed, INIT) without touching the global RNG.
+
+    Raises:
+        LandscapeError: kwargs the factory rejects (whatever it raises, as one line).
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, 0, -1, STREAM_INIT))
         model = models.build(cfg.model, **cfg.model_kwargs)
     return model.to(getattr(torch, cfg.dtype))
+
+
+def check_model_fits(model: nn.Module, ds: data.Dataset, dtype: torch.dtype) -> None:
+    """One forward pass on one sample, in eval mode: the model must take the data's inputs and
+    give a score per class (so a mismatch stops the run before anything is written, not in round 1).
+
+    Raises:
+        LandscapeError: the model fails on an input of the data's shape, or its output is not
+            ``(1, C)`` with at least the data's C classes.
+    """
+    x = ds.x[:1].to(dtype)
+    shape = "x".join(map(str, ds.x.shape[1:]))
+    was_training = model.training
+    model.eval()  # no BatchNorm statistics change, no dropout draws
+    try:
+        with torch.no_grad(), user_code(f"model on one input of shape {shape} from the data",
+                                        fix="choose a --model (and --model-kwargs) that fits the --dataset"):
+            scores = model(x)
+    finally:
+        model.train(was_training)
+    if not (isinstance(scores, torch.Tensor) and scores.ndim == 2 and scores.shape[0] == 1
+            and scores.shape[1] >= ds.num_classes):
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise LandscapeError(f"the model maps one input of shape {shape} to {got}, not to (1, {ds.num_classes}) "
+                             f"class scores", fix="choose a --model (and --model-kwargs) that fits the --dataset")
 
 
 def recompute_batchnorm(model: nn.Module, weights: dict[str, torch.Tensor], x: torch.Tensor,
@@ -180,36 +216,244 @@ def _checkpoint(cfg: TrainConfig, fed: Federation, weights: dict[str, torch.Tens
                                  data=json.loads(json.dumps(fed.spec)), metadata=dict(metadata or {}))
 
 
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Name ``path`` in an OSError that names no file (a failed ``write()`` does not)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
+
+
+def _torch_file(path: Path, payload: Any) -> Path:
+    """Atomically write ``payload`` with torch.save, serialized in memory first.
+
+    torch's file writer reports a full disk as a RuntimeError; writing the bytes with Python
+    gives the OSError (ENOSPC, EDQUOT, ...) that the command line turns into one line.
+    """
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with _writing(path):
+        return atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+
+
+def _save_checkpoint(ck: checkpoint.Checkpoint, path: Path) -> Path:
+    """:func:`landscape.checkpoint.save`, with write failures as OSError (see :func:`_torch_file`)."""
+    return _torch_file(path, ck.to_dict())
+
+
 def _save_state(out: Path, cfg: TrainConfig, round: int, state: Any, swa_state: swa.SWAState, elapsed: float) -> None:
     fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
     fields["param_names"] = list(fields["param_names"])
     payload = {"format": STATE_FORMAT, "round": round, "config": cfg.to_dict(),
                "server": {"type": type(state).__name__, "fields": fields},
                "swa": {"weights": swa_state.weights, "num_models": swa_state.num_models}, "elapsed": elapsed}
-    atomic_write(Path(out) / "state.pt", lambda tmp: torch.save(payload, tmp))
+    _torch_file(Path(out) / "state.pt", payload)
 
 
-def _load_state(out: Path, device: torch.device) -> tuple[int, Any, swa.SWAState, float]:
-    path = Path(out) / "state.pt"
+def _read_state(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The raw payload of a state file (tensors and plain containers only), or one line."""
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
+    except OSError as exc:
+        raise os_error(exc, "cannot read the training state") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable state file gets one line
-        raise LandscapeError(f"cannot read {path} ({type(exc).__name__}); the run cannot be resumed") from None
+        raise LandscapeError(f"cannot read {path} ({type(exc).__name__}); the run cannot be resumed",
+                             fix="continue from a copy of the folder, or start a new run with another --out") from None
     if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
-        raise LandscapeError(f"{path} is not a training state file; the run cannot be resumed")
+        raise LandscapeError(f"{path} is not a training state file; the run cannot be resumed",
+                             fix="start a new run with another --out")
+    return payload
+
+
+def _same_tensors(found: Any, expected: dict[str, torch.Tensor]) -> str | None:
+    """Why ``found`` is not a dict of tensors named, shaped and typed like ``expected`` (None if it is)."""
+    if not isinstance(found, dict) or set(found) != set(expected):
+        return "its tensors are not the model's"
+    for k, v in expected.items():
+        f = found[k]
+        if not isinstance(f, torch.Tensor) or f.shape != v.shape or f.dtype != v.dtype:
+            return f"'{k}' is not a {v.dtype} tensor of shape {tuple(v.shape)}"
+    return None
+
+
+def _state_problem(payload: dict[str, Any], cfg: TrainConfig, expected: Any) -> str | None:
+    """What is wrong with a state payload for this config and model (None: nothing)."""
+    r = payload.get("round")
+    if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= cfg.num_rounds:
+        return f"round {r!r} is not a round of this run"
+    if payload.get("config") != cfg.to_dict():
+        return "it was written by another config"
+    server = payload.get("server")
+    kind = type(expected).__name__
+    if not isinstance(server, dict) or server.get("type") != kind:
+        found = server.get("type") if isinstance(server, dict) else None
+        return f"server state type {found!r} is not {kind}, the state of {cfg.algorithm}"
+    fields = server.get("fields")
+    names = [f.name for f in dataclasses.fields(expected)]
+    if not isinstance(fields, dict) or sorted(fields) != sorted(names):
+        return f"the server state does not hold exactly {', '.join(names)}"
+    for name in names:
+        want, got = getattr(expected, name), fields[name]
+        if name == "param_names":
+            if got != list(want):
+                return "its parameter names are not the model's"
+        elif name == "round":
+            if got != r:
+                return f"the server state is of round {got!r}, not {r}"
+        elif isinstance(want, dict):
+            problem = _same_tensors(got, want)
+            if problem:
+                return f"server {name}: {problem}"
+        else:
+            return f"unexpected server field {name}"
+    sw = payload.get("swa")
+    if not isinstance(sw, dict) or isinstance(sw.get("num_models"), bool) or not isinstance(sw.get("num_models"), int):
+        return "its SWA state is malformed"
+    if (sw.get("weights") is None) != (sw["num_models"] == 0) or sw["num_models"] < 0:
+        return "its SWA model count does not match its SWA weights"
+    if sw["weights"] is not None:
+        problem = _same_tensors(sw["weights"], expected.weights)
+        if problem:
+            return f"SWA weights: {problem}"
+    e = payload.get("elapsed")
+    if isinstance(e, bool) or not isinstance(e, (int, float)) or not (math.isfinite(e) and e >= 0):
+        return f"elapsed time {e!r} is not a duration"
+    return None
+
+
+def _load_state(out: Path, device: torch.device, cfg: TrainConfig, expected: Any) -> tuple[int, Any, swa.SWAState, float]:
+    """The round, server state, SWA state and elapsed time stored in ``OUT/state.pt``.
+
+    ``expected`` is the freshly initialized server state: the stored one must have its type and
+    every tensor its name, shape and dtype, so a damaged or foreign file is one line here, not
+    a traceback from inside the engine.
+    """
+    path = Path(out) / "state.pt"
+    payload = _read_state(path, device)
+    problem = _state_problem(payload, cfg, expected)
+    if problem:
+        raise LandscapeError(f"{path} does not fit this run ({problem}); the run cannot be resumed",
+                             fix="continue from a copy of the folder, or start a new run with another --out")
     fields = dict(payload["server"]["fields"])
     fields["param_names"] = tuple(fields["param_names"])
-    state = SERVER_STATES[payload["server"]["type"]](**fields)
+    state = type(expected)(**fields)
     s = payload["swa"]
-    return int(payload["round"]), state, swa.SWAState(s["weights"], int(s["num_models"])), float(payload["elapsed"])
+    return payload["round"], state, swa.SWAState(s["weights"], s["num_models"]), float(payload["elapsed"])
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``; lines that do not parse (a write cut by a kill or a
+    full disk, a hand edit) are left out."""
+    return [record for _, record in _metric_lines(Path(path))]
+
+
+def _metric_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    if not path.exists():
+        return []
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as exc:
+        raise os_error(exc, "cannot read the metrics log") from None
+    out = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        r = record.get("round") if isinstance(record, dict) else None
+        if isinstance(r, int) and not isinstance(r, bool):
+            out.append((line, record))
+    return out
 
 
 def _truncate_metrics(path: Path, round: int) -> None:
-    """Keep the metric lines of rounds <= ``round`` (a resumed run rewrites the rest)."""
+    """Keep the metric lines of rounds <= ``round`` that parse (a resumed run rewrites the rest)."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["round"] <= round]
-    atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep)))
+    keep = [line for line, record in _metric_lines(path) if record["round"] <= round]
+    with _writing(path):
+        atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep)))
+
+
+def _logged_a_round(out: Path) -> bool:
+    """Whether ``metrics.jsonl`` records a completed round."""
+    return any(record["round"] >= 1 for record in read_metrics(Path(out) / "metrics.jsonl"))
+
+
+def read_config(out: str | Path) -> dict[str, Any]:
+    """The TrainConfig fields stored in ``OUT/config.json`` (checked as :class:`TrainConfig` does).
+
+    Raises:
+        LandscapeError: no such file, or one that is not JSON, lacks its ``config`` or holds
+            options a config cannot have; one line each.
+    """
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        raise LandscapeError(f"nothing to resume in {out} (no config.json); start it without --resume")
+    try:
+        stored = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise os_error(exc, "cannot read the run's config") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise LandscapeError(f"{path} is not valid JSON ({str(exc).splitlines()[0]}); the run cannot be resumed",
+                             fix="restore the file, or start a new run with another --out") from None
+    values = stored.get("config") if isinstance(stored, dict) else None
+    if not isinstance(values, dict):
+        raise LandscapeError(f"{path} has no 'config' object; the run cannot be resumed",
+                             fix="restore the file, or start a new run with another --out")
+    try:
+        TrainConfig.from_dict(values)
+    except LandscapeError as exc:
+        raise LandscapeError(f"{path} holds an invalid config: {exc}") from None
+    return dict(values)
+
+
+def _inside(path: str, folder: Path) -> bool:
+    """Whether ``path`` (as it would be opened from here, links followed) lies inside ``folder``."""
+    return Path(path).expanduser().resolve().is_relative_to(Path(folder).resolve())
+
+
+def stored_config(out: str | Path, *, named: Collection[str] = (), trust_stored_factory: bool = False) -> dict[str, Any]:
+    """The config of the run in ``out``, for resuming it, with nothing in it used on the file's word.
+
+    A file is not the user's say-so. A ``package.module:factory`` model in ``config.json`` is
+    code that building the model would import and run: it is refused unless the user names it
+    again (``model`` in ``named``) or passes ``trust_stored_factory``. A split file or a data
+    path (``dataset`` as a file, or its ``dir=``) is read only if it lies inside the run folder
+    or the user names it again. Registered model names and data set names are always fine.
+
+    Args:
+        out: the run folder.
+        named: the TrainConfig fields the user gives again (on the command line or through a
+            preset); their stored values are replaced, so they are not checked.
+        trust_stored_factory: run the stored model factory (for run folders one trusts).
+
+    Raises:
+        LandscapeError: a damaged config.json (see :func:`read_config`), or a stored factory or
+            path that needs the user's say-so, with the flag that gives it.
+    """
+    values = read_config(out)
+    path = Path(out) / "config.json"
+    model = values.get("model", TrainConfig.model)
+    if ":" in model and "model" not in named and not trust_stored_factory:
+        raise LandscapeError(
+            f"{path} names the model factory '{model}', code that resuming would import and run",
+            fix=f"if you trust this run folder, pass --model {model} (or --trust-stored-factory)")
+    split = values.get("split_file")
+    if split is not None and "split_file" not in named and not _inside(split, Path(out)):
+        raise LandscapeError(f"{path} names the split file {split}, outside the run folder",
+                             fix=f"to read it, pass --split-file {split}")
+    dataset = values.get("dataset", TrainConfig.dataset)
+    if "dataset" not in named:
+        spec = data.parse_spec(dataset)
+        for key in ("path", "dir"):
+            if spec.get(key) is not None and not _inside(str(spec[key]), Path(out)):
+                raise LandscapeError(f"{path} names the data {spec[key]}, outside the run folder",
+                                     fix=f"to read it, pass --dataset {dataset}")
+    return values
 
 
 def config_difference(a: TrainConfig, b: TrainConfig) -> list[str]:
@@ -246,52 +490,151 @@ def train(
         on_round: called as ``on_round(round, metrics)`` after every round (for tests and tools).
 
     Raises:
-        LandscapeError: bad settings or data, an existing run without ``resume``, a config that
-            differs from the run being resumed, or a diverging run (NaN / inf loss: the last good
-            model stays saved).
+        LandscapeError: bad settings or data, a model that does not fit the data (all before
+            ``out`` is touched); another process writing ``out``; an existing run without
+            ``resume`` (a run whose first round never completed is started again instead); with
+            ``resume``, such a run, a config that differs from the stored one, or a damaged
+            ``state.pt``; a diverging run (NaN / inf loss: the last good model stays saved).
+        OSError: a failed write (full disk, ...); the folder stays resumable.
     """
     out = Path(out)
     dev = device if isinstance(device, torch.device) else resolve_device(device)
+    # Everything that can refuse the config, before the folder is touched: the data and the
+    # partition, the model and one forward pass on one sample, the engine.
     cfg, fed = load_federation(cfg, data_dir)
-    state_file, config_file = out / "state.pt", out / "config.json"
-    if resume:
-        if not state_file.exists():
-            raise LandscapeError(f"nothing to resume in {out} (no state.pt); start it without --resume")
-        stored = TrainConfig.from_dict(json.loads(config_file.read_text())["config"])
-        diff = config_difference(stored, cfg)
-        if diff:
-            raise LandscapeError(
-                f"--resume with a different config ({'; '.join(diff[:4])}); drop those flags to continue "
-                f"the run in {out}, or start a new run with another --out"
-            )
-    elif state_file.exists() or config_file.exists():
-        raise LandscapeError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-
     model = build_model(cfg)
     dtype = getattr(torch, cfg.dtype)
+    check_model_fits(model, fed.train, dtype)
     fdata = FederatedData.build(fed.train.x, fed.train.y, fed.parts, dev, dtype, cfg.augment,
                                 data.black_pixel(fed.train))
     runner = make_engine(engine, model, fdata, cfg, dev)
     algo = algorithms.get(cfg.algorithm)
+    weights = {k: v.detach().to(dev).clone() for k, v in model.state_dict().items()}
+    initial = algo.init(weights, runner.param_names, cfg)
+    if resume and not (out / "config.json").is_file():  # checked before the lock, which creates the folder
+        raise LandscapeError(f"nothing to resume in {out} (no config.json); start it without --resume")
+    if out.exists() and not out.is_dir():
+        raise LandscapeError("--out is a file, not a folder", where=out, fix="give a folder for the run")
 
-    if resume:
-        start_round, state, swa_state, elapsed = _load_state(out, dev)
-        _truncate_metrics(out / "metrics.jsonl", start_round)
-    else:
-        weights = {k: v.detach().to(dev).clone() for k, v in model.state_dict().items()}
-        state, swa_state, start_round, elapsed = algo.init(weights, runner.param_names, cfg), swa.SWAState(), 0, 0.0
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(config_file, {"config": cfg.to_dict(), "data": fed.spec,
-                                 "run": {"device": str(dev), "engine": runner.name, "torch": torch.__version__}})
-        checkpoint.save(_checkpoint(cfg, fed, state.weights, 0, "global"), global_path(out, 0))
-        _save_state(out, cfg, 0, state, swa_state, 0.0)
-
-    test = None
-    if fed.test is not None:
-        test = (fed.test.x.to(device=dev, dtype=dtype), fed.test.y.to(dev))
-    state, swa_state = _loop(cfg, out, fed, fdata, runner, algo, model, test, start_round, state, swa_state,
-                             elapsed, progress, on_round)
+    # One writer per run folder: what it holds is read and decided on under the lock. A folder
+    # this call creates is removed again if the run cannot even be set up in it (a full disk).
+    new = [p for p in (out, *out.parents) if not p.exists()]
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(exclusive(out, folder=True))
+        except OSError as exc:
+            _remove_new_folders(new)
+            if exc.filename is None:
+                exc.filename = str(out / ".lock")
+            raise os_error(exc, "cannot create or lock the run folder") from None
+        _remove_partial_writes(out)
+        if resume:
+            start_round, state, swa_state, elapsed = _resume(out, cfg, dev, initial)
+        else:
+            try:
+                _start(out, cfg, fed, runner, dev, initial)
+            except BaseException:
+                _remove_new_folders(new)
+                raise
+            state, swa_state, start_round, elapsed = initial, swa.SWAState(), 0, 0.0
+        test = None
+        if fed.test is not None:
+            test = (fed.test.x.to(device=dev, dtype=dtype), fed.test.y.to(dev))
+        state, swa_state = _loop(cfg, out, fed, fdata, runner, algo, model, test, start_round, state, swa_state,
+                                 elapsed, progress, on_round)
     return RunResult(out, cfg.num_rounds, state, swa_state, cfg)
+
+
+def _never_completed(out: Path) -> bool:
+    """Whether the run in ``out`` has no completed round to lose: no round logged, and no
+    ``state.pt`` or only the round-0 one (set-up was cut short, or round 1 was)."""
+    if _logged_a_round(out):
+        return False
+    state_file = out / "state.pt"
+    if not state_file.exists():
+        return True
+    try:
+        return _read_state(state_file).get("round") == 0
+    except LandscapeError:
+        return False  # unreadable: not ours to overwrite
+
+
+def _start(out: Path, cfg: TrainConfig, fed: Federation, runner: Any, dev: torch.device, initial: Any) -> None:
+    """Set up a new run: config.json, the round-0 model, then state.pt (what --resume needs)."""
+    config_file = out / "config.json"
+    holds_run = any((out / name).exists() for name in ("config.json", "state.pt", "metrics.jsonl"))
+    if holds_run and not _never_completed(out):
+        raise LandscapeError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if holds_run:  # a set-up or first round cut short: nothing in it to keep, start over
+        _remove_run_files(out)
+    try:
+        with _writing(config_file):
+            write_json(config_file, {"config": cfg.to_dict(), "data": fed.spec,
+                                     "run": {"device": str(dev), "engine": runner.name, "torch": torch.__version__}})
+        _save_checkpoint(_checkpoint(cfg, fed, initial.weights, 0, "global"), global_path(out, 0))
+        _save_state(out, cfg, 0, initial, swa.SWAState(), 0.0)
+    except BaseException:  # a failed set-up (a full disk) leaves no half-made run behind
+        _remove_run_files(out)
+        raise
+
+
+def _resume(out: Path, cfg: TrainConfig, dev: torch.device, initial: Any) -> tuple[int, Any, swa.SWAState, float]:
+    """The stored state of the run in ``out`` after checking it is this config's and has a round to continue."""
+    if _never_completed(out):
+        raise LandscapeError(f"the first round of the run in {out} never completed, so there is nothing to resume",
+                             fix="start it again without --resume")
+    if not (out / "state.pt").exists():
+        raise LandscapeError(f"{out} logs rounds but has no state.pt; the run cannot be resumed",
+                             fix="start a new run with another --out")
+    stored = TrainConfig.from_dict(read_config(out))
+    diff = config_difference(stored, cfg)
+    if diff:
+        raise LandscapeError(
+            f"--resume with a different config ({'; '.join(diff[:4])}); drop those flags to continue "
+            f"the run in {out}, or start a new run with another --out"
+        )
+    start_round, state, swa_state, elapsed = _load_state(out, dev, cfg, initial)
+    if start_round < cfg.num_rounds:  # a complete run is left as it is
+        _truncate_metrics(out / "metrics.jsonl", start_round)
+    return start_round, state, swa_state, elapsed
+
+
+#: The files a run writes, as glob patterns relative to the run folder.
+RUN_FILES = ("metrics.jsonl", "clients/r*_c*.pt", "checkpoints/global_r*.pt", "checkpoints/swa.pt", "state.pt",
+             "config.json")
+
+
+def _remove_run_files(out: Path) -> None:
+    """Remove what an earlier, never completed attempt wrote (only the run's own file names)."""
+    for pattern in RUN_FILES:
+        for path in sorted(out.glob(pattern)):
+            path.unlink(missing_ok=True)
+
+
+def _remove_new_folders(new: list[Path]) -> None:
+    """Remove the folders a failed set-up created (``new``: the run folder first, then the
+    parents it needed) and the lock in them; a folder holding anything else stays."""
+    if not new:
+        return
+    out = new[0]
+    _remove_partial_writes(out)
+    (out / ".lock").unlink(missing_ok=True)
+    for folder in (out / "checkpoints", out / "clients", *new):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
+def _remove_partial_writes(out: Path) -> None:
+    """Remove the temporary files of writes a kill cut short (``.NAME.*.tmp`` of the run's files).
+
+    Only the lock holder writes these names, and it holds the lock now.
+    """
+    for pattern in RUN_FILES:
+        folder, _, name = pattern.rpartition("/")
+        for path in (out / folder if folder else out).glob(f".{name}.*.tmp"):
+            path.unlink(missing_ok=True)
 
 
 def _client_inputs(fdata: FederatedData) -> torch.Tensor:
@@ -345,9 +688,10 @@ def _loop(cfg: TrainConfig, out: Path, fed: Federation, fdata: FederatedData, ru
                 if keep:
                     for k, w in result.client_weights.items():
                         meta = {"train_loss": result.client_losses[k], "lr": lr}
-                        checkpoint.save(_checkpoint(cfg, fed, w, R, "client", k, meta), client_path(out, R, k))
-                log.write(json.dumps(record) + "\n")
-                log.flush()
+                        _save_checkpoint(_checkpoint(cfg, fed, w, R, "client", k, meta), client_path(out, R, k))
+                with _writing(metrics_file):
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
                 state, swa_state = result.state, new_swa
                 good = (R, state, swa_state)
                 if _due(cfg.save_every, R, T) or time.perf_counter() - last_state_write > 300:
@@ -374,11 +718,11 @@ def _save_round(cfg: TrainConfig, out: Path, fed: Federation, model: nn.Module, 
     meta = {k: v for k, v in record.items() if k != "clients"}
     meta["algorithm"] = cfg.algorithm
     if write_global:
-        checkpoint.save(_checkpoint(cfg, fed, state.weights, R, "global", metadata=meta), global_path(out, R))
+        _save_checkpoint(_checkpoint(cfg, fed, state.weights, R, "global", metadata=meta), global_path(out, R))
         if swa_state.weights is not None:
             weights = recompute_batchnorm(model, swa_state.weights, _client_inputs(fdata))
-            checkpoint.save(_checkpoint(cfg, fed, weights, R, "swa", metadata={**meta, "swa_num_models": swa_state.num_models}),
-                            swa_path(out))
+            _save_checkpoint(_checkpoint(cfg, fed, weights, R, "swa",
+                                         metadata={**meta, "swa_num_models": swa_state.num_models}), swa_path(out))
     _save_state(out, cfg, R, state, swa_state, elapsed)
 
 
@@ -387,7 +731,7 @@ def _diverged(cfg: TrainConfig, out: Path, fed: Federation, good: tuple[int, Any
     """Save the last good round and stop with a one-line error."""
     r, state, swa_state = good
     path = global_path(out, r)
-    checkpoint.save(_checkpoint(cfg, fed, state.weights, r, "global", metadata={"diverged_at": R}), path)
+    _save_checkpoint(_checkpoint(cfg, fed, state.weights, r, "global", metadata={"diverged_at": R}), path)
     _save_state(out, cfg, r, state, swa_state, elapsed)
     raise LandscapeError(
         f"training diverged at round {R} (train loss {loss}); stopped, the last good model (round {r}) is "

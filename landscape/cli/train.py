@@ -2,14 +2,16 @@
 
 Every field of :class:`train.config.TrainConfig` is a flag (named by :func:`train.config.flag`,
 numbers checked against :data:`train.config.RANGES` where they are parsed); precedence is
-defaults < ``--preset`` < flags. ``--resume`` continues the run in ``--out`` and refuses flags that change its config.
+defaults < ``--preset`` < flags. ``--resume`` continues the run in ``--out`` from its
+``config.json`` and refuses flags that change it; a model factory or a path outside the run
+folder that the file names is used only when the user names it again (or, for the factory,
+passes ``--trust-stored-factory``): a file is not the user's say-so to run code.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -82,7 +84,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="run folder (config, metrics.jsonl, checkpoints/, clients/)")
     p.add_argument("--preset", metavar="NAME", help="start from a paper setting (see --list-presets)")
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (its config.json)")
+    p.add_argument("--trust-stored-factory", action="store_true",
+                   help="with --resume: import and call the package.module:factory that the run's config.json "
+                   "names as its model, i.e. run that code; only for run folders you trust (naming the same "
+                   "--model again does the same)")
     p.add_argument("--data-dir", metavar="DIR", help="folder holding CIFAR in its python format")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--engine", choices=["sequential", "batched", "auto"], default="auto",
@@ -118,7 +124,7 @@ def list_presets() -> str:
 
 def run(args: argparse.Namespace) -> int:
     from train.config import TrainConfig, preset
-    from train.run import global_path, swa_path, train
+    from train.run import global_path, read_metrics, stored_config, swa_path, train
 
     if args.list_presets:
         print(list_presets())
@@ -127,15 +133,13 @@ def run(args: argparse.Namespace) -> int:
         raise LandscapeError("name the run folder with --out DIR (e.g. --out runs/fedavg-cifar100)")
     overrides = {f.name: getattr(args, f.name) for f in _fields() if getattr(args, f.name) is not None}
     out = Path(args.out)
+    given = {**(preset(args.preset) if args.preset else {}), **overrides}  # what the user names here
+    if args.trust_stored_factory and not args.resume:
+        raise LandscapeError("--trust-stored-factory only applies with --resume", fix="drop it, or add --resume")
     values: dict[str, Any] = {}
     if args.resume:
-        config_file = out / "config.json"
-        if not config_file.exists():
-            raise LandscapeError(f"nothing to resume in {out} (no config.json); start it without --resume")
-        values = json.loads(config_file.read_text())["config"]
-    if args.preset:
-        values.update(preset(args.preset))
-    values.update(overrides)
+        values = stored_config(out, named=set(given), trust_stored_factory=args.trust_stored_factory)
+    values.update(given)
     cfg = TrainConfig.from_dict(values)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
@@ -145,10 +149,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"interrupted: the last completed round is saved; continue with "
               f"`landscape train --out {out} --resume`", file=sys.stderr)
         raise
-    metrics = (out / "metrics.jsonl").read_text().splitlines()
-    last = json.loads(metrics[-1]) if metrics else {}
+    metrics = read_metrics(out / "metrics.jsonl")
+    last = metrics[-1] if metrics else {}
     summary = ", ".join(f"{k} {last[k]:.4g}" for k in ("train_loss", "test_loss", "test_acc", "swa_test_acc")
-                        if k in last)
+                        if isinstance(last.get(k), (int, float)))
     print(f"trained {result.config.algorithm} for {result.round} rounds: {summary}")
     print(f"global model: {global_path(out, result.round)}")
     if result.swa.weights is not None:
