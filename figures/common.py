@@ -23,7 +23,7 @@ from typing import Any
 
 from landscape.cli import Parser, describe
 from landscape.errors import LandscapeError
-from landscape.files import atomic_write, writing
+from landscape.files import atomic_write, check_outputs, writing
 
 #: A table cell: a number, a text, or None for "no value" (``-`` in Markdown, empty in CSV).
 Cell = float | int | str | None
@@ -86,15 +86,21 @@ def parse_inputs(specs: Sequence[str]) -> list[Input]:
     return inputs
 
 
-def check_suffix(path: str | os.PathLike, suffixes: Sequence[str], flag: str) -> Path:
-    """``path`` as a Path if it ends in one of ``suffixes`` (checked before anything is written).
+def check_suffix(path: str | os.PathLike, suffixes: Sequence[str], flag: str,
+                 inputs: Sequence[Input] = (), also: Sequence[str] = ()) -> Path:
+    """``path`` as a Path if it ends in one of ``suffixes`` and overwrites no input (checked before any work).
+
+    Args:
+        also: other suffixes written beside ``path`` (a table's ``.md`` and ``.csv``), checked too.
 
     Raises:
-        LandscapeError: any other suffix.
+        LandscapeError: any other suffix, or an output that is one of ``inputs``.
     """
     path = Path(path)
     if path.suffix.lower() not in suffixes:
         raise LandscapeError(f"{flag} {path}: use a file ending in {', '.join(suffixes)}")
+    written = {f"{flag} ({s})": (path.with_suffix(s), [s]) for s in also} if also else {flag: (path, list(suffixes))}
+    check_outputs(written, [item.path for item in inputs])
     return path
 
 
@@ -119,17 +125,32 @@ def read_hessian(path: Path) -> dict[str, Any]:
     """A result of ``landscape hessian --out`` (eigenvalues descending, lambda_max, metadata).
 
     Raises:
-        LandscapeError: not such a result.
+        LandscapeError: not such a result (missing or mistyped entries).
     """
     result = read_json(path)
-    if not isinstance(result.get("eigenvalues"), list) or not result["eigenvalues"] or "lambda_max" not in result:
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    values = result.get("eigenvalues")
+    if not isinstance(values, list) or not values or not all(number(v) for v in values):
         raise LandscapeError(f"{path} is not a result of `landscape hessian --out` (no eigenvalues)")
+    ratio = result.get("lambda_max_over_lambda_5")
+    if not number(result.get("lambda_max")) or not (ratio is None or number(ratio)):
+        raise LandscapeError(f"{path} is not a result of `landscape hessian --out` (lambda_max is not a number)")
+    if not isinstance(result.get("converged", []), list) or not isinstance(result.get("metadata", {}), dict):
+        raise LandscapeError(f"{path} is not a result of `landscape hessian --out` (malformed converged or metadata)")
     return result
 
 
 def checkpoint_of(result: dict[str, Any]) -> dict[str, Any]:
     """The ``metadata.checkpoint`` entry of a Hessian result (round, role, client_id, data), or {}."""
-    return (result.get("metadata") or {}).get("checkpoint") or {}
+    entry = (result.get("metadata") or {}).get("checkpoint") if isinstance(result.get("metadata"), dict) else None
+    if not isinstance(entry, dict):
+        return {}
+    data = entry.get("data") if isinstance(entry.get("data"), dict) else {}
+    part = data.get("partition") if isinstance(data.get("partition"), dict) else {}
+    return {**entry, "data": {**data, "partition": part}}
 
 
 def format_cell(value: Cell) -> str:

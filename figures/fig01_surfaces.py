@@ -80,9 +80,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--html", metavar="HTML", help="interactive view with a slider (default: --out as .html)")
     parser.add_argument("--value", default="train/loss", help="the value to draw (default: train/loss)")
     args = parser.parse_args(argv)
-    out = common.check_suffix(args.out, static.SUFFIXES, "--out")
-    html = common.check_suffix(args.html or out.with_suffix(".html"), (".html",), "--html")
     inputs = common.parse_inputs(args.inputs)
+    out = common.check_suffix(args.out, static.SUFFIXES, "--out", inputs)
+    html = common.check_suffix(args.html or out.with_suffix(".html"), (".html",), "--html", inputs)
     results = load_surfaces(inputs, args.value)
     labels = [item.label for item in inputs]
     with writing(out, html):

@@ -17,6 +17,7 @@ view. ``--value test/accuracy`` draws the test accuracy when the plane was evalu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from figures import common
 from landscape import surface
@@ -36,8 +37,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--styles", nargs="+", default=["filled"], choices=static.STYLES,
                         help="panels to draw (default: filled)")
     args = parser.parse_args(argv)
-    out = common.check_suffix(args.out, static.SUFFIXES, "--out")
-    html = common.check_suffix(args.html, (".html",), "--html") if args.html else None
+    inputs = [common.Input("plane", Path(args.plane))]
+    out = common.check_suffix(args.out, static.SUFFIXES, "--out", inputs)
+    html = common.check_suffix(args.html, (".html",), "--html", inputs) if args.html else None
     result = surface.load_result(args.plane)
     if result["kind"] != "plane":
         raise LandscapeError(f"{args.plane} is a {result['kind']} result; Fig. 2 draws the result of "

@@ -111,8 +111,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--out", default="fig04_client_lambda_max.png", metavar="IMAGE",
                         help="image file, .png, .pdf or .svg (default: fig04_client_lambda_max.png)")
     args = parser.parse_args(argv)
-    out = common.check_suffix(args.out, static.SUFFIXES, "--out")
-    print(f"wrote {draw(collect(common.parse_inputs(args.inputs)), out)}")
+    inputs = common.parse_inputs(args.inputs)
+    out = common.check_suffix(args.out, static.SUFFIXES, "--out", inputs)
+    print(f"wrote {draw(collect(inputs), out)}")
     return 0
 
 

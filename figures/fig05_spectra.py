@@ -80,8 +80,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--out", default="fig05_spectra.png", metavar="IMAGE",
                         help="image file, .png, .pdf or .svg (default: fig05_spectra.png)")
     args = parser.parse_args(argv)
-    out = common.check_suffix(args.out, static.SUFFIXES, "--out")
     inputs = common.parse_inputs(args.inputs)
+    out = common.check_suffix(args.out, static.SUFFIXES, "--out", inputs)
     results, densities = zip(*(read_density(item) for item in inputs))
     print(f"wrote {draw(results, densities, [item.label for item in inputs], out)}")
     return 0

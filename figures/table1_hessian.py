@@ -69,6 +69,7 @@ def table_rows(inputs: Sequence[common.Input]) -> tuple[list[list[common.Cell]],
         ckpt = common.checkpoint_of(result)
         alpha = ((ckpt.get("data") or {}).get("partition") or {}).get("alpha")
         paper = PAPER.get(paper_key(item.label), (None,) * 4)
+        alpha = alpha if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) else None
         rows.append([item.label, None if alpha is None else f"{alpha:g}", ckpt.get("round"), result["lambda_max"],
                      ratio, *paper])
         if not all(result.get("converged", [True])):
@@ -82,8 +83,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     common.add_inputs(parser, "results of `landscape hessian --top-k 5 --out`, labelled by algorithm")
     parser.add_argument("--out", metavar="TABLE.md", help="write the table to TABLE.md and TABLE.csv")
     args = parser.parse_args(argv)
-    out = common.check_suffix(args.out, (".md", ".csv"), "--out") if args.out else None
-    rows, warnings = table_rows(common.parse_inputs(args.inputs))
+    inputs = common.parse_inputs(args.inputs)
+    out = common.check_suffix(args.out, (".md", ".csv"), "--out", inputs, (".md", ".csv")) if args.out else None
+    rows, warnings = table_rows(inputs)
     common.report_table(HEADER, rows, NOTES, out, warnings)
     return 0
 

@@ -120,8 +120,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     common.add_inputs(parser, "run folders of `landscape train`")
     parser.add_argument("--out", metavar="TABLE.md", help="write the table to TABLE.md and TABLE.csv")
     args = parser.parse_args(argv)
-    out = common.check_suffix(args.out, (".md", ".csv"), "--out") if args.out else None
-    rows = [table_row(item) for item in common.parse_inputs(args.inputs)]
+    inputs = common.parse_inputs(args.inputs)
+    out = common.check_suffix(args.out, (".md", ".csv"), "--out", inputs, (".md", ".csv")) if args.out else None
+    rows = [table_row(item) for item in inputs]
     common.report_table(HEADER, rows, NOTES, out)
     return 0
 

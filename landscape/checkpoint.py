@@ -132,6 +132,8 @@ def _read(path: Path) -> Any:
         raise LandscapeError(f"checkpoint not found: {path}; check the path")
     if path.is_dir():
         raise LandscapeError(f"{path} is a folder, not a checkpoint file")
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise LandscapeError("not a regular file", where=path, fix="pass a checkpoint file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as exc:

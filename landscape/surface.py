@@ -617,6 +617,12 @@ def load_result(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("axis_labels", "markers", "sources"):
         if not isinstance(meta.get(key), list):
             raise bad(f"its metadata lacks '{key}'")
+    for m in meta["markers"]:
+        coords = m.get("coords") if isinstance(m, dict) else "?"
+        if not isinstance(m, dict) or not isinstance(m.get("label"), str) or not (coords is None or (
+                isinstance(coords, list) and len(coords) == len(shape)
+                and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in coords))):
+            raise bad("a marker has no label or coordinates of another dimension")
     axes = [arrays.get(f"axis{i}") for i in range(len(shape))]
     if any(a is None or a.shape != (n,) for a, n in zip(axes, shape)):
         raise bad("its axes do not match its shape")

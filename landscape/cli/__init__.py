@@ -20,6 +20,7 @@ import difflib
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -74,8 +75,23 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: object = None, line: str | None = None) -> None:
+    """Our warnings as one ``warning: ...`` line (not Python's two-line form with the source)."""
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``landscape`` console script: the exit status (0 ok, 2 bad input, 130 interrupted)."""
+    with warnings.catch_warnings():
+        # torch's own warnings (pickle protocols, zero-element tensors, ...) speak of its internals, not of
+        # anything the user can act on; ours are one line each.
+        warnings.filterwarnings("ignore", module=r"torch(\.|$)")
+        warnings.showwarning = _one_line_warning
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         args = parse(argv)
     except SystemExit as exc:  # --help, --version, or a bad flag already reported in one line

@@ -20,6 +20,7 @@ from landscape.plots import IMAGE_SUFFIXES
 
 SOURCES = ("train", "test", "clients")
 DEFAULT_SOURCES = ("train", "test")
+DEFAULT_INTERVAL = (-0.5, 1.5)
 #: Coordinates beyond this many direction units leave every sensible model (and float32) behind.
 MAX_COORDINATE = 1e4
 #: Points per axis: at least 2 (a line needs two ends), at most 10,000.
@@ -48,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "`landscape hessian --save-eigenvectors` (overrides --directions)")
     p.add_argument("--save-directions", metavar="PT", help="save the directions used")
     p.add_argument("--to", metavar="CKPT_B", help="evaluate the line from CKPT (0) to CKPT_B (1) instead")
-    p.add_argument("--interval", type=common.number(-MAX_COORDINATE, MAX_COORDINATE), nargs=2, default=(-0.5, 1.5),
+    p.add_argument("--interval", type=common.number(-MAX_COORDINATE, MAX_COORDINATE), nargs=2, default=None,
                    metavar=("START", "STOP"),
                    help="coordinates of the --to line, extrapolating beyond both models (default: -0.5 1.5)")
     p.add_argument("--trajectory", nargs="+", metavar="CKPT", help="checkpoints along training for --directions pca")
@@ -65,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_evaluation_args(p: argparse.ArgumentParser) -> None:
     """Flags shared by ``surface`` and ``plane``: sources, BN, batching, outputs, data/compute/model."""
-    p.add_argument("--sources", type=parse_sources, default=DEFAULT_SOURCES, metavar="LIST",
+    p.add_argument("--sources", type=parse_sources, default=None, metavar="LIST",
                    help="comma-separated data sources evaluated at every point: train, test (the test split of "
                    "the data set), clients (each client's own data; needs a partition in the checkpoint) "
                    "(default: train,test)")
@@ -97,14 +98,14 @@ def parse_sources(text: str) -> tuple[str, ...]:
 
 def load_sources(args: argparse.Namespace, ckpt: Checkpoint) -> tuple[dict[str, data.Dataset], data.Dataset]:
     """The data sources named by ``--sources`` and the full training set (for calibration)."""
-    wanted = args.sources
+    wanted = args.sources or DEFAULT_SOURCES
     full = common.load_data(args.data, args.data_dir, ckpt, None, args.seed)
     sources: dict[str, data.Dataset] = {}
     if "train" in wanted:
         sources["train"] = full.head(args.num_samples, args.seed)
     if "test" in wanted:
         if full.spec.get("dataset") not in data.DATASETS:
-            if args.sources != DEFAULT_SOURCES:
+            if args.sources is not None:
                 raise LandscapeError(f"the data {full.spec} has no test split; drop 'test' from --sources")
             print("note: the data set has no test split; evaluating the training data only", file=sys.stderr)
         else:
@@ -204,7 +205,10 @@ def run(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     if args.to and (args.directions_file or args.trajectory):
         raise LandscapeError("--to (interpolation) cannot be combined with --directions-file or --trajectory")
-    if args.to and not args.interval[0] < args.interval[1]:
+    if args.interval is not None and not args.to:
+        raise LandscapeError("--interval sets the coordinates of the --to line", fix="add --to CKPT_B or drop --interval")
+    args.interval = args.interval or DEFAULT_INTERVAL
+    if not args.interval[0] < args.interval[1]:
         raise LandscapeError(f"--interval must have START < STOP, got {args.interval[0]:g} {args.interval[1]:g}")
     check_outputs(args, {"--save-directions": (args.save_directions, [".pt"])})
     with writing(args, args.save_directions):
