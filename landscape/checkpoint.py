@@ -35,7 +35,7 @@ from torch import nn
 
 from landscape import models
 from landscape.errors import LandscapeError, os_error
-from landscape.files import atomic_write, sha256
+from landscape.files import save_torch, sha256
 
 FORMAT = "landscape-checkpoint"
 FORMAT_VERSION = 1
@@ -122,8 +122,7 @@ def from_model(model: nn.Module, name: str, kwargs: dict[str, Any] | None = None
 
 def save(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:
     """Atomically write a checkpoint (a crash mid-write leaves the old file intact)."""
-    payload = checkpoint.to_dict()
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    return save_torch(path, checkpoint.to_dict())
 
 
 def _read(path: Path) -> Any:

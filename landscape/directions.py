@@ -46,7 +46,7 @@ from torch import nn
 from landscape import operators
 from landscape.eigen import top_eigenvalues
 from landscape.errors import LandscapeError
-from landscape.files import atomic_write
+from landscape.files import save_torch
 from landscape.operators import HessianOperator
 
 Params = dict[str, torch.Tensor]
@@ -411,7 +411,7 @@ def save_directions(path: str | os.PathLike, directions: Directions, model: Mapp
         "model": dict(model or {}),
         "vectors": [{n: t.detach().to("cpu") for n, t in v.items()} for v in directions.vectors],
     }
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    return save_torch(path, payload)
 
 
 def load_directions(path: str | os.PathLike, params: Mapping[str, torch.Tensor]) -> Directions:

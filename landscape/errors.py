@@ -42,6 +42,7 @@ class LandscapeError(Exception):
 _OS_FIXES = {
     errno.ENOSPC: ("no space left on the device", "free some space or write somewhere else"),
     errno.EDQUOT: ("disk quota exceeded", "free some space or write somewhere else"),
+    errno.EFBIG: ("file too large for this file system or limit", "write somewhere else or raise the limit"),
     errno.EACCES: ("permission denied", "check the permissions or choose another path"),
     errno.EPERM: ("operation not permitted", "check the permissions or choose another path"),
     errno.EROFS: ("read-only file system", "write somewhere else"),

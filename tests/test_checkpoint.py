@@ -1,4 +1,6 @@
+import errno
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,13 +33,14 @@ def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
     path = checkpoint.save(ckpt, tmp_path / "c.pt")
     before = path.read_bytes()
 
-    def broken(obj, f):
-        open(f, "wb").write(b"partial")
-        raise OSError("disk full")
+    def broken(self, data):
+        open(self, "wb").write(data[:10])
+        raise OSError(errno.ENOSPC, "No space left on device")  # a failed write() names no file
 
-    monkeypatch.setattr(torch, "save", broken)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(Path, "write_bytes", broken)
+    with pytest.raises(OSError) as info:
         checkpoint.save(ckpt, path)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
 

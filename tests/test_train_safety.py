@@ -23,6 +23,7 @@ import pytest
 import torch
 
 import train.run as run_module
+from landscape import checkpoint, files
 from landscape.cli import main
 from landscape.errors import LandscapeError
 from train.config import RANGES, TrainConfig, flag
@@ -515,12 +516,18 @@ def test_messages_name_real_flags() -> None:
         assert flag(name) in flags, name
 
 
+def patch_torch_writes(monkeypatch: pytest.MonkeyPatch, fake: object) -> None:
+    """Route every torch file a run writes (checkpoints, state.pt) through ``fake``."""
+    monkeypatch.setattr(checkpoint, "save_torch", fake)
+    monkeypatch.setattr(run_module, "save_torch", fake)
+
+
 def test_write_failure_is_one_line_and_resumable(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     argv = ["--preset", "digits-demo", "--rounds", "6", "--save-every", "2", "--eval-every", "3"]
     assert cli([*argv, "--out", str(tmp_path / "full")], capsys)[0] == 0
     out = tmp_path / "run"
-    real, calls = run_module._torch_file, []
+    real, calls = files.save_torch, []
 
     def full_disk(path: Path, payload: object) -> Path:
         calls.append(path)
@@ -528,10 +535,10 @@ def test_write_failure_is_one_line_and_resumable(tmp_path: Path, capsys: pytest.
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real(path, payload)
 
-    monkeypatch.setattr(run_module, "_torch_file", full_disk)
+    patch_torch_writes(monkeypatch, full_disk)
     err = one_line_error(*cli([*argv, "--out", str(out)], capsys))
     assert "no space left on the device" in err and "state.pt" in err
-    monkeypatch.setattr(run_module, "_torch_file", real)
+    patch_torch_writes(monkeypatch, real)
     assert torch.load(out / "state.pt", weights_only=True)["round"] == 0
     assert cli(["--out", str(out), "--resume"], capsys)[0] == 0
     assert_same_run(out, tmp_path / "full", 6)
@@ -542,7 +549,7 @@ def test_failed_setup_removes_the_folder_it_created(tmp_path: Path, capsys: pyte
     def full_disk(path: Path, payload: object) -> Path:
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(run_module, "_torch_file", full_disk)
+    patch_torch_writes(monkeypatch, full_disk)
     out = tmp_path / "new" / "run"
     err = one_line_error(*cli(["--preset", "digits-demo", "--rounds", "2", "--out", str(out)], capsys))
     assert "no space left on the device" in err and "global_r000000.pt" in err

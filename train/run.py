@@ -37,7 +37,6 @@ import contextlib
 import copy
 import dataclasses
 import inspect
-import io
 import json
 import math
 import time
@@ -52,7 +51,7 @@ from torch import nn
 
 from landscape import checkpoint, data, models
 from landscape.errors import LandscapeError, os_error, user_code
-from landscape.files import atomic_write, exclusive, sha256, write_json
+from landscape.files import atomic_write, exclusive, save_torch, sha256, write_json
 from landscape.operators import resolve_device
 from train import algorithms, swa
 from train.config import TrainConfig
@@ -227,30 +226,13 @@ def _writing(path: Path) -> Iterator[None]:
         raise
 
 
-def _torch_file(path: Path, payload: Any) -> Path:
-    """Atomically write ``payload`` with torch.save, serialized in memory first.
-
-    torch's file writer reports a full disk as a RuntimeError; writing the bytes with Python
-    gives the OSError (ENOSPC, EDQUOT, ...) that the command line turns into one line.
-    """
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    with _writing(path):
-        return atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
-
-
-def _save_checkpoint(ck: checkpoint.Checkpoint, path: Path) -> Path:
-    """:func:`landscape.checkpoint.save`, with write failures as OSError (see :func:`_torch_file`)."""
-    return _torch_file(path, ck.to_dict())
-
-
 def _save_state(out: Path, cfg: TrainConfig, round: int, state: Any, swa_state: swa.SWAState, elapsed: float) -> None:
     fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
     fields["param_names"] = list(fields["param_names"])
     payload = {"format": STATE_FORMAT, "round": round, "config": cfg.to_dict(),
                "server": {"type": type(state).__name__, "fields": fields},
                "swa": {"weights": swa_state.weights, "num_models": swa_state.num_models}, "elapsed": elapsed}
-    _torch_file(Path(out) / "state.pt", payload)
+    save_torch(Path(out) / "state.pt", payload)
 
 
 def _read_state(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -374,8 +356,7 @@ def _truncate_metrics(path: Path, round: int) -> None:
     if not path.exists():
         return
     keep = [line for line, record in _metric_lines(path) if record["round"] <= round]
-    with _writing(path):
-        atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep)))
+    atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep)))
 
 
 def _logged_a_round(out: Path) -> bool:
@@ -568,10 +549,9 @@ def _start(out: Path, cfg: TrainConfig, fed: Federation, runner: Any, dev: torch
     if holds_run:  # a set-up or first round cut short: nothing in it to keep, start over
         _remove_run_files(out)
     try:
-        with _writing(config_file):
-            write_json(config_file, {"config": cfg.to_dict(), "data": fed.spec,
-                                     "run": {"device": str(dev), "engine": runner.name, "torch": torch.__version__}})
-        _save_checkpoint(_checkpoint(cfg, fed, initial.weights, 0, "global"), global_path(out, 0))
+        write_json(config_file, {"config": cfg.to_dict(), "data": fed.spec,
+                               "run": {"device": str(dev), "engine": runner.name, "torch": torch.__version__}})
+        checkpoint.save(_checkpoint(cfg, fed, initial.weights, 0, "global"), global_path(out, 0))
         _save_state(out, cfg, 0, initial, swa.SWAState(), 0.0)
     except BaseException:  # a failed set-up (a full disk) leaves no half-made run behind
         _remove_run_files(out)
@@ -688,7 +668,7 @@ def _loop(cfg: TrainConfig, out: Path, fed: Federation, fdata: FederatedData, ru
                 if keep:
                     for k, w in result.client_weights.items():
                         meta = {"train_loss": result.client_losses[k], "lr": lr}
-                        _save_checkpoint(_checkpoint(cfg, fed, w, R, "client", k, meta), client_path(out, R, k))
+                        checkpoint.save(_checkpoint(cfg, fed, w, R, "client", k, meta), client_path(out, R, k))
                 with _writing(metrics_file):
                     log.write(json.dumps(record) + "\n")
                     log.flush()
@@ -718,10 +698,10 @@ def _save_round(cfg: TrainConfig, out: Path, fed: Federation, model: nn.Module, 
     meta = {k: v for k, v in record.items() if k != "clients"}
     meta["algorithm"] = cfg.algorithm
     if write_global:
-        _save_checkpoint(_checkpoint(cfg, fed, state.weights, R, "global", metadata=meta), global_path(out, R))
+        checkpoint.save(_checkpoint(cfg, fed, state.weights, R, "global", metadata=meta), global_path(out, R))
         if swa_state.weights is not None:
             weights = recompute_batchnorm(model, swa_state.weights, _client_inputs(fdata))
-            _save_checkpoint(_checkpoint(cfg, fed, weights, R, "swa",
+            checkpoint.save(_checkpoint(cfg, fed, weights, R, "swa",
                                          metadata={**meta, "swa_num_models": swa_state.num_models}), swa_path(out))
     _save_state(out, cfg, R, state, swa_state, elapsed)
 
@@ -731,7 +711,7 @@ def _diverged(cfg: TrainConfig, out: Path, fed: Federation, good: tuple[int, Any
     """Save the last good round and stop with a one-line error."""
     r, state, swa_state = good
     path = global_path(out, r)
-    _save_checkpoint(_checkpoint(cfg, fed, state.weights, r, "global", metadata={"diverged_at": R}), path)
+    checkpoint.save(_checkpoint(cfg, fed, state.weights, r, "global", metadata={"diverged_at": R}), path)
     _save_state(out, cfg, r, state, swa_state, elapsed)
     raise LandscapeError(
         f"training diverged at round {R} (train loss {loss}); stopped, the last good model (round {r}) is "

@@ -11,7 +11,7 @@ from landscape import hessian
 from landscape.cli import common
 from landscape.checkpoint import Checkpoint
 from landscape.data import Dataset
-from landscape.files import atomic_write, check_outputs, write_json, writing
+from landscape.files import check_outputs, save_torch, write_json, writing
 from landscape.plots import IMAGE_SUFFIXES
 from landscape.operators import resolve_device, resolve_dtype, unflatten
 
@@ -80,7 +80,7 @@ def _analyze(args: argparse.Namespace, ckpt: Checkpoint, dataset: Dataset, model
                    for v in report.eigen.eigenvectors.cpu()]
         payload = {"kind": "hessian-eigenvectors", "eigenvalues": report.eigen.eigenvalues.cpu(),
                    "vectors": vectors, "checkpoint_sha256": ckpt.sha256}
-        atomic_write(args.save_eigenvectors, lambda tmp: torch.save(payload, tmp))
+        save_torch(args.save_eigenvectors, payload)
         print(f"wrote {args.save_eigenvectors}")
     if args.plot:
         from landscape.plots.static import plot_density
