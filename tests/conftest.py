@@ -35,6 +35,15 @@ def tiny_cnn(norm: str | None = None, num_classes: int = 3) -> TinyCNN:
     return model
 
 
+def assert_one_line(exc: pytest.ExceptionInfo, *names: object) -> str:
+    """The message is one line and names every one of ``names`` (files, members, specs)."""
+    text = str(exc.value)
+    assert "\n" not in text and text.strip() == text, text
+    for name in names:
+        assert str(name) in text, (name, text)
+    return text
+
+
 @pytest.fixture
 def image_batch() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)

@@ -11,6 +11,7 @@ import torch
 
 from landscape import data
 from landscape.errors import LandscapeError
+from tests.conftest import assert_one_line
 
 
 def write_cifar_fixture(root, name="cifar10", per_file=6):
@@ -67,15 +68,6 @@ def test_tensor_files_are_data_sets(tmp_path):
     torch.save({"x": torch.tensor(x), "y": torch.tensor(y), "num_classes": 4}, tmp_path / "d.pt")
     a, b = data.load(str(tmp_path / "d.npz")), data.load(str(tmp_path / "d.pt"))
     assert a.num_classes == 3 and b.num_classes == 4 and torch.equal(a.y, b.y)
-
-
-def assert_one_line(exc: pytest.ExceptionInfo, *names: object) -> str:
-    """The message is one line and names every one of ``names`` (files, members, specs)."""
-    text = str(exc.value)
-    assert "\n" not in text and text.strip() == text, text
-    for name in names:
-        assert str(name) in text, (name, text)
-    return text
 
 
 def npz(**arrays):

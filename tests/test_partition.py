@@ -11,6 +11,7 @@ import torch
 
 from landscape import data
 from landscape.errors import LandscapeError
+from tests.conftest import assert_one_line
 
 CIFAR10_LABELS = np.repeat(np.arange(10), 5000)  # CIFAR-10-shaped: 10 classes x 5,000 images
 
@@ -95,15 +96,6 @@ def test_bad_partition_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(LandscapeError, match=match) as exc:
         data.partition(CIFAR10_LABELS, **args)
     assert_one_line(exc)
-
-
-def assert_one_line(exc: pytest.ExceptionInfo, *names: object) -> str:
-    """The message is one line and names every one of ``names``."""
-    text = str(exc.value)
-    assert "\n" not in text and text.strip() == text, text
-    for name in names:
-        assert str(name) in text, (name, text)
-    return text
 
 
 def test_digits_defaults_fit() -> None:

@@ -230,6 +230,20 @@ class Interrupt(Exception):
     """Raised by the patched evaluator to simulate Ctrl-C / a killed job."""
 
 
+def interrupt_at_batch(monkeypatch: pytest.MonkeyPatch, n: int):
+    """Make the evaluator raise :class:`Interrupt` on its n-th batch of points; returns the real one."""
+    original, calls = S._Evaluator.__call__, {"n": 0}
+
+    def flaky(self: S._Evaluator, coords: np.ndarray) -> dict[str, np.ndarray]:
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise Interrupt
+        return original(self, coords)
+
+    monkeypatch.setattr(S._Evaluator, "__call__", flaky)
+    return original
+
+
 def test_interrupted_and_continued_equals_uninterrupted(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = tiny_cnn().eval()
     dirs = D.random_directions(model, 2, seed=0)
@@ -237,16 +251,7 @@ def test_interrupted_and_continued_equals_uninterrupted(tmp_path, monkeypatch: p
     kwargs = dict(points_per_batch=3, progress=False, save_every=0.0, metadata={"checkpoints": ["x"]})
     full = S.evaluate(model, dirs, [axis, axis], {"train": tiny_data()}, out=tmp_path / "full.npz", **kwargs)
 
-    calls = {"n": 0}
-    original = S._Evaluator.__call__
-
-    def flaky(self: S._Evaluator, coords: np.ndarray) -> dict[str, np.ndarray]:
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise Interrupt
-        return original(self, coords)
-
-    monkeypatch.setattr(S._Evaluator, "__call__", flaky)
+    original = interrupt_at_batch(monkeypatch, 4)
     with pytest.raises(Interrupt):
         S.evaluate(model, dirs, [axis, axis], {"train": tiny_data()}, out=tmp_path / "part.npz", **kwargs)
     partial = S.load_result(tmp_path / "part.npz")
@@ -270,15 +275,7 @@ def test_overwrite_replaces_the_old_result_only_once_the_new_one_is_complete(tmp
     old = S.evaluate(model, D.random_directions(model, 2, seed=0), [axis, axis], {"train": tiny_data()}, out=out,
                      **kwargs)
     before = out.read_bytes()
-    original, calls = S._Evaluator.__call__, {"n": 0}
-
-    def flaky(self: S._Evaluator, coords: np.ndarray) -> dict[str, np.ndarray]:
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise Interrupt
-        return original(self, coords)
-
-    monkeypatch.setattr(S._Evaluator, "__call__", flaky)
+    original = interrupt_at_batch(monkeypatch, 4)
     new_dirs = D.random_directions(model, 2, seed=1)  # another run: without overwrite it would be refused
     with pytest.raises(Interrupt):
         S.evaluate(model, new_dirs, [axis, axis], {"train": tiny_data()}, out=out, overwrite=True, **kwargs)
