@@ -86,3 +86,21 @@ def test_the_users_data_dir_wins_over_the_one_a_checkpoint_names(tmp_path, capsy
     with pytest.raises(BaseException):
         main(["hessian", str(ckpt), "--data-dir", str(tmp_path / "mine")])
     assert seen == [str(tmp_path / "mine")]
+
+
+def test_a_run_keeps_its_split_file_so_client_data_needs_no_flag(tmp_path, capsys):
+    labels = data.load("digits").y.numpy()
+    split = tmp_path / "published" / "split.csv"
+    split.parent.mkdir()
+    split.write_text("".join(f"{u},{i},{labels[i]}\n" for u in range(4) for i in range(u * 25, u * 25 + 25)))
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--model", "mlp", "--model-kwargs", '{"hidden": [4]}',
+                 "--split-file", str(split), "--clients-per-round", "2", "--rounds", "1", "--batch-size", "25",
+                 "--save-clients-every", "1", "--eval-every", "0", "--out", str(out), "--device", "cpu"]) == 0
+    assert (out / "split.csv").read_bytes() == split.read_bytes()
+    client = next((out / "clients").glob("*.pt"))
+    assert checkpoint.load(client).data["partition"]["split_file"] == str((out / "split.csv").resolve())
+    split.unlink()  # the published file may move; the run's copy is what its checkpoints use
+    capsys.readouterr()
+    code, err = _hessian([client, "--data", "client"], capsys)
+    assert code == 0, err

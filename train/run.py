@@ -11,6 +11,7 @@ round per iteration through an engine (:mod:`train.engine`). A run directory hol
     OUT/clients/r000100_c0042.pt         local model of client 42 after round 100 (role "client"),
                                          for every sampled client when save_clients_every divides 100
     OUT/state.pt                         everything --resume needs (server state, SWA mean, round)
+    OUT/split.csv                        a copy of --split-file, which the checkpoints point at
 
 Every checkpoint is a :mod:`landscape.checkpoint` file carrying the model name and kwargs, the
 config, the round, its role, the client id and the data spec with the partition, so the
@@ -509,6 +510,7 @@ def train(
                 exc.filename = str(out / ".lock")
             raise os_error(exc, "cannot create or lock the run folder") from None
         _remove_partial_writes(out)
+        _keep_split_file(out, fed)
         if resume:
             start_round, state, swa_state, elapsed = _resume(out, cfg, dev, initial)
         else:
@@ -524,6 +526,24 @@ def train(
         state, swa_state = _loop(cfg, out, fed, fdata, runner, algo, model, test, start_round, state, swa_state,
                                  elapsed, progress, on_round)
     return RunResult(out, cfg.num_rounds, state, swa_state, cfg)
+
+
+def _keep_split_file(out: Path, fed: Federation) -> None:
+    """Copy a run's split file into its folder (``OUT/split.EXT``) and record the copy in the checkpoints.
+
+    A checkpoint only points at files inside its run folder (see ``landscape.cli.common``), so
+    ``landscape hessian CKPT --data client`` rebuilds the client's data without ``--split-file``;
+    the copy is checked against the split's SHA-256 like the original.
+    """
+    part = fed.spec.get("partition") or {}
+    if not part.get("split_file"):
+        return
+    source = Path(part["split_file"])
+    copy_path = out / f"split{source.suffix}"
+    if not (copy_path.is_file() and sha256(copy_path) == part["split_sha256"]):
+        payload = source.read_bytes()
+        atomic_write(copy_path, lambda tmp: tmp.write_bytes(payload))
+    part["split_file"] = str(copy_path.resolve())
 
 
 def _never_completed(out: Path) -> bool:
@@ -581,7 +601,7 @@ def _resume(out: Path, cfg: TrainConfig, dev: torch.device, initial: Any) -> tup
 
 #: The files a run writes, as glob patterns relative to the run folder.
 RUN_FILES = ("metrics.jsonl", "clients/r*_c*.pt", "checkpoints/global_r*.pt", "checkpoints/swa.pt", "state.pt",
-             "config.json")
+             "config.json", "split.*")
 
 
 def _remove_run_files(out: Path) -> None:
