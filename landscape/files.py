@@ -132,6 +132,11 @@ def exclusive(target: str | os.PathLike, folder: bool = False) -> Iterator[Path]
 # Outputs checked before the work
 # ---------------------------------------------------------------------------------------------
 
+def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path`` (as it would be opened from here, links followed) lies inside ``folder``."""
+    return Path(path).expanduser().resolve().is_relative_to(Path(folder).expanduser().resolve())
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Whether two paths name one file (also through symlinks, hard links and ``./``)."""
     a, b = Path(a), Path(b)

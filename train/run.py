@@ -52,7 +52,7 @@ from torch import nn
 
 from landscape import checkpoint, data, models
 from landscape.errors import LandscapeError, os_error, user_code
-from landscape.files import atomic_write, exclusive, save_torch, sha256, write_json
+from landscape.files import atomic_write, exclusive, is_inside, save_torch, sha256, write_json
 from landscape.operators import resolve_device
 from train import algorithms, swa
 from train.config import TrainConfig
@@ -393,11 +393,6 @@ def read_config(out: str | Path) -> dict[str, Any]:
     return dict(values)
 
 
-def _inside(path: str, folder: Path) -> bool:
-    """Whether ``path`` (as it would be opened from here, links followed) lies inside ``folder``."""
-    return Path(path).expanduser().resolve().is_relative_to(Path(folder).resolve())
-
-
 def stored_config(out: str | Path, *, named: Collection[str] = (), trust_stored_factory: bool = False) -> dict[str, Any]:
     """The config of the run in ``out``, for resuming it, with nothing in it used on the file's word.
 
@@ -425,14 +420,14 @@ def stored_config(out: str | Path, *, named: Collection[str] = (), trust_stored_
             f"{path} names the model factory '{model}', code that resuming would import and run",
             fix=f"if you trust this run folder, pass --model {model} (or --trust-stored-factory)")
     split = values.get("split_file")
-    if split is not None and "split_file" not in named and not _inside(split, Path(out)):
+    if split is not None and "split_file" not in named and not is_inside(split, Path(out)):
         raise LandscapeError(f"{path} names the split file {split}, outside the run folder",
                              fix=f"to read it, pass --split-file {split}")
     dataset = values.get("dataset", TrainConfig.dataset)
     if "dataset" not in named:
         spec = data.parse_spec(dataset)
         for key in ("path", "dir"):
-            if spec.get(key) is not None and not _inside(str(spec[key]), Path(out)):
+            if spec.get(key) is not None and not is_inside(str(spec[key]), Path(out)):
                 raise LandscapeError(f"{path} names the data {spec[key]}, outside the run folder",
                                      fix=f"to read it, pass --dataset {dataset}")
     return values

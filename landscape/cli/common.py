@@ -14,6 +14,7 @@ import torch
 from landscape import checkpoint, data, directions
 from landscape.checkpoint import Checkpoint
 from landscape.errors import LandscapeError, user_code
+from landscape.files import is_inside
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -137,10 +138,6 @@ def run_folder(path: Path) -> Path:
     return path.parent
 
 
-def _inside(path: str, folder: Path) -> bool:
-    return Path(path).expanduser().resolve().is_relative_to(folder.resolve())
-
-
 def confine_data(ckpt: Checkpoint, data_dir: str | None, split_file: str | None) -> dict[str, Any]:
     """``ckpt.data`` with every path it names either inside the run folder, passed by the user, or refused.
 
@@ -150,17 +147,17 @@ def confine_data(ckpt: Checkpoint, data_dir: str | None, split_file: str | None)
     spec = json.loads(json.dumps(ckpt.data, default=str))
     folder = run_folder(ckpt.path) if ckpt.path else Path.cwd()
     where = ckpt.path or "the checkpoint"
-    if spec.get("dataset") == "file" and not _inside(str(spec.get("path", "")), folder):
+    if spec.get("dataset") == "file" and not is_inside(str(spec.get("path", "")), folder):
         spec["refused"] = LandscapeError(
             f"the checkpoint names its data file {spec.get('path')!r} outside its run folder {folder}", where=where,
             fix="pass the data yourself with --data FILE").args[0]
-    if "dir" in spec and (data_dir is not None or not _inside(str(spec["dir"]), folder)):
+    if "dir" in spec and (data_dir is not None or not is_inside(str(spec["dir"]), folder)):
         spec.pop("dir")  # the user's --data-dir, $LANDSCAPE_DATA or ./data instead
     part = spec.get("partition")
     if isinstance(part, dict) and part.get("split_file"):
         if split_file is not None:
             part["split_file"] = str(Path(split_file).expanduser().resolve())
-        elif not _inside(str(part["split_file"]), folder):
+        elif not is_inside(str(part["split_file"]), folder):
             part["refused"] = LandscapeError(
                 f"the checkpoint's partition names the split file {part['split_file']!r} outside its run folder",
                 where=where, fix="pass it with --split-file FILE if you trust it").args[0]
