@@ -149,7 +149,7 @@ def test_table1_bad_input_is_one_line(make: Any, match: str, tmp_path: Path,
 
 
 def fake_run(path: Path, config: TrainConfig, data: dict[str, Any], records: list[dict[str, Any]]) -> Path:
-    """A run folder in the layout of train/run.py: config.json and metrics.jsonl."""
+    """A run folder in the layout of train/folder.py: config.json and metrics.jsonl."""
     path.mkdir()
     (path / "config.json").write_text(json.dumps({"config": config.to_dict(), "data": data}))
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

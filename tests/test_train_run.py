@@ -14,7 +14,8 @@ from landscape import checkpoint, data
 from landscape.cli import main
 from landscape.errors import LandscapeError
 from train.config import TrainConfig, make_config
-from train.run import client_path, global_path, swa_path, train
+from train.folder import client_path, global_path, swa_path
+from train.run import train
 
 ALGORITHMS = ["fedavg", "fedavgm", "fedsam", "fedasam", "fednsam"]
 

@@ -22,12 +22,14 @@ from pathlib import Path
 import pytest
 import torch
 
+import train.folder as folder_module
 import train.run as run_module
 from landscape import checkpoint, files
 from landscape.cli import main
 from landscape.errors import LandscapeError
 from train.config import RANGES, TrainConfig, flag
-from train.run import global_path, train
+from train.folder import global_path
+from train.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -519,7 +521,7 @@ def test_messages_name_real_flags() -> None:
 def patch_torch_writes(monkeypatch: pytest.MonkeyPatch, fake: object) -> None:
     """Route every torch file a run writes (checkpoints, state.pt) through ``fake``."""
     monkeypatch.setattr(checkpoint, "save_torch", fake)
-    monkeypatch.setattr(run_module, "save_torch", fake)
+    monkeypatch.setattr(folder_module, "save_torch", fake)
 
 
 def test_write_failure_is_one_line_and_resumable(tmp_path: Path, capsys: pytest.CaptureFixture,

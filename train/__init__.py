@@ -12,7 +12,8 @@ Layout (a federated algorithm = a client update + a server update, FedJAX/optax 
 - :mod:`train.swa`: the cyclic client learning rate and the SWA running mean.
 - :mod:`train.engine`: one round on the sequential or the batched engine.
 - :mod:`train.config`: the frozen :class:`~train.config.TrainConfig` and the paper presets.
-- :mod:`train.run`: the training loop, checkpoints, metrics, resume.
+- :mod:`train.folder`: the run folder: its layout, config.json, state.pt, metrics.jsonl.
+- :mod:`train.run`: the training loop: set-up, rounds, checkpoints, resume.
 
 ``train`` imports ``landscape``; ``landscape`` never imports ``train``.
 """

@@ -1,47 +1,28 @@
 """The training loop: config -> data and partition -> rounds -> checkpoints, metrics, resume.
 
 Reads top to bottom: :func:`train` sets up (or resumes) a run, then :func:`_loop` runs one
-round per iteration through an engine (:mod:`train.engine`). A run directory holds::
-
-    OUT/config.json                      the resolved TrainConfig, the data spec, run options
-    OUT/metrics.jsonl                    one JSON line per round
-    OUT/checkpoints/global_r000000.pt    global model (role "global") at round 0, every
-                                         save_every rounds and at the end
-    OUT/checkpoints/swa.pt               the SWA model (role "swa"), once one model is collected
-    OUT/clients/r000100_c0042.pt         local model of client 42 after round 100 (role "client"),
-                                         for every sampled client when save_clients_every divides 100
-    OUT/state.pt                         everything --resume needs (server state, SWA mean, round)
-    OUT/split.csv                        a copy of --split-file, which the checkpoints point at
-
-Every checkpoint is a :mod:`landscape.checkpoint` file carrying the model name and kwargs, the
-config, the round, its role, the client id and the data spec with the partition, so the
-analysis commands need nothing else. ``round`` counts completed aggregations (0 = initial model);
-a client checkpoint of round R holds the local model trained from the global model of round R-1.
+round per iteration through an engine (:mod:`train.engine`). What it writes, and where, is
+the run folder of :mod:`train.folder` (its layout, ``config.json``, ``state.pt``, ``metrics.jsonl``).
 
 Every random stream derives from (seed, round, client id), so a resumed run repeats exactly
-what the uninterrupted run would have done: bit for bit on the CPU. All files are written
-atomically; ``state.pt`` is written last, after the checkpoints it refers to.
+what the uninterrupted run would have done: bit for bit on the CPU.
 
 One process writes a run folder at a time (``OUT/.lock``, see :func:`landscape.files.exclusive`).
 Everything that can refuse a config (the data, the partition, the model and one forward pass on
-one sample) runs before the folder is touched. A folder whose first round never completed (no
-``state.pt``, or only the round-0 one and no logged round) is started again as if it were new;
-a killed run is continued with ``resume``. Nothing read from the folder runs code: ``state.pt``
-is loaded with ``weights_only`` and checked against the model before it is used, and
-:func:`stored_config` is how the command line gets a config back (with the model factories and
-the paths it names refused unless the user names them again).
+one sample) runs before the folder is touched. A folder whose first round never completed is
+started again as if it were new (:func:`train.folder.never_completed`); a killed run is
+continued with ``resume``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import inspect
 import json
 import math
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,28 +33,11 @@ from torch import nn
 
 from landscape import checkpoint, data, models
 from landscape.errors import LandscapeError, os_error, user_code
-from landscape.files import atomic_write, exclusive, is_inside, save_torch, sha256, write_json
+from landscape.files import exclusive, sha256, write_json
 from landscape.operators import resolve_device
-from train import algorithms, swa
+from train import algorithms, folder, swa
 from train.config import TrainConfig
 from train.engine import STREAM_INIT, FederatedData, derive_seed, evaluate, make_engine, sample_cohort
-
-STATE_FORMAT = "landscape-train-state"
-
-
-def global_path(out: Path, round: int) -> Path:
-    """``OUT/checkpoints/global_r{round:06d}.pt``."""
-    return Path(out) / "checkpoints" / f"global_r{round:06d}.pt"
-
-
-def swa_path(out: Path) -> Path:
-    """``OUT/checkpoints/swa.pt``."""
-    return Path(out) / "checkpoints" / "swa.pt"
-
-
-def client_path(out: Path, round: int, client_id: int) -> Path:
-    """``OUT/clients/r{round:06d}_c{client_id:04d}.pt``."""
-    return Path(out) / "clients" / f"r{round:06d}_c{client_id:04d}.pt"
 
 
 @dataclass
@@ -205,7 +169,7 @@ def recompute_batchnorm(model: nn.Module, weights: dict[str, torch.Tensor], x: t
 
 
 # ---------------------------------------------------------------------------------------------
-# Saving and restoring
+# Saving
 # ---------------------------------------------------------------------------------------------
 
 def _checkpoint(cfg: TrainConfig, fed: Federation, weights: dict[str, torch.Tensor], round: int, role: str,
@@ -227,218 +191,6 @@ def _writing(path: Path) -> Iterator[None]:
         raise
 
 
-def _save_state(out: Path, cfg: TrainConfig, round: int, state: Any, swa_state: swa.SWAState, elapsed: float) -> None:
-    fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
-    fields["param_names"] = list(fields["param_names"])
-    payload = {"format": STATE_FORMAT, "round": round, "config": cfg.to_dict(),
-               "server": {"type": type(state).__name__, "fields": fields},
-               "swa": {"weights": swa_state.weights, "num_models": swa_state.num_models}, "elapsed": elapsed}
-    save_torch(Path(out) / "state.pt", payload)
-
-
-def _read_state(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """The raw payload of a state file (tensors and plain containers only), or one line."""
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except OSError as exc:
-        raise os_error(exc, "cannot read the training state") from None
-    except Exception as exc:  # noqa: BLE001 - any unreadable state file gets one line
-        raise LandscapeError(f"cannot read {path} ({type(exc).__name__}); the run cannot be resumed",
-                             fix="continue from a copy of the folder, or start a new run with another --out") from None
-    if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
-        raise LandscapeError(f"{path} is not a training state file; the run cannot be resumed",
-                             fix="start a new run with another --out")
-    return payload
-
-
-def _same_tensors(found: Any, expected: dict[str, torch.Tensor]) -> str | None:
-    """Why ``found`` is not a dict of tensors named, shaped and typed like ``expected`` (None if it is)."""
-    if not isinstance(found, dict) or set(found) != set(expected):
-        return "its tensors are not the model's"
-    for k, v in expected.items():
-        f = found[k]
-        if not isinstance(f, torch.Tensor) or f.shape != v.shape or f.dtype != v.dtype:
-            return f"'{k}' is not a {v.dtype} tensor of shape {tuple(v.shape)}"
-    return None
-
-
-def _state_problem(payload: dict[str, Any], cfg: TrainConfig, expected: Any) -> str | None:
-    """What is wrong with a state payload for this config and model (None: nothing)."""
-    r = payload.get("round")
-    if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= cfg.num_rounds:
-        return f"round {r!r} is not a round of this run"
-    if payload.get("config") != cfg.to_dict():
-        return "it was written by another config"
-    server = payload.get("server")
-    kind = type(expected).__name__
-    if not isinstance(server, dict) or server.get("type") != kind:
-        found = server.get("type") if isinstance(server, dict) else None
-        return f"server state type {found!r} is not {kind}, the state of {cfg.algorithm}"
-    fields = server.get("fields")
-    names = [f.name for f in dataclasses.fields(expected)]
-    if not isinstance(fields, dict) or sorted(fields) != sorted(names):
-        return f"the server state does not hold exactly {', '.join(names)}"
-    for name in names:
-        want, got = getattr(expected, name), fields[name]
-        if name == "param_names":
-            if got != list(want):
-                return "its parameter names are not the model's"
-        elif name == "round":
-            if got != r:
-                return f"the server state is of round {got!r}, not {r}"
-        elif isinstance(want, dict):
-            problem = _same_tensors(got, want)
-            if problem:
-                return f"server {name}: {problem}"
-        else:
-            return f"unexpected server field {name}"
-    sw = payload.get("swa")
-    if not isinstance(sw, dict) or isinstance(sw.get("num_models"), bool) or not isinstance(sw.get("num_models"), int):
-        return "its SWA state is malformed"
-    if (sw.get("weights") is None) != (sw["num_models"] == 0) or sw["num_models"] < 0:
-        return "its SWA model count does not match its SWA weights"
-    if sw["weights"] is not None:
-        problem = _same_tensors(sw["weights"], expected.weights)
-        if problem:
-            return f"SWA weights: {problem}"
-    e = payload.get("elapsed")
-    if isinstance(e, bool) or not isinstance(e, (int, float)) or not (math.isfinite(e) and e >= 0):
-        return f"elapsed time {e!r} is not a duration"
-    return None
-
-
-def _load_state(out: Path, device: torch.device, cfg: TrainConfig, expected: Any) -> tuple[int, Any, swa.SWAState, float]:
-    """The round, server state, SWA state and elapsed time stored in ``OUT/state.pt``.
-
-    ``expected`` is the freshly initialized server state: the stored one must have its type and
-    every tensor its name, shape and dtype, so a damaged or foreign file is one line here, not
-    a traceback from inside the engine.
-    """
-    path = Path(out) / "state.pt"
-    payload = _read_state(path, device)
-    problem = _state_problem(payload, cfg, expected)
-    if problem:
-        raise LandscapeError(f"{path} does not fit this run ({problem}); the run cannot be resumed",
-                             fix="continue from a copy of the folder, or start a new run with another --out")
-    fields = dict(payload["server"]["fields"])
-    fields["param_names"] = tuple(fields["param_names"])
-    state = type(expected)(**fields)
-    s = payload["swa"]
-    return payload["round"], state, swa.SWAState(s["weights"], s["num_models"]), float(payload["elapsed"])
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl``; lines that do not parse (a write cut by a kill or a
-    full disk, a hand edit) are left out."""
-    return [record for _, record in _metric_lines(Path(path))]
-
-
-def _metric_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    if not path.exists():
-        return []
-    try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
-    except OSError as exc:
-        raise os_error(exc, "cannot read the metrics log") from None
-    out = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        r = record.get("round") if isinstance(record, dict) else None
-        if isinstance(r, int) and not isinstance(r, bool):
-            out.append((line, record))
-    return out
-
-
-def _truncate_metrics(path: Path, round: int) -> None:
-    """Keep the metric lines of rounds <= ``round`` that parse (a resumed run rewrites the rest)."""
-    if not path.exists():
-        return
-    keep = [line for line, record in _metric_lines(path) if record["round"] <= round]
-    atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep)))
-
-
-def _logged_a_round(out: Path) -> bool:
-    """Whether ``metrics.jsonl`` records a completed round."""
-    return any(record["round"] >= 1 for record in read_metrics(Path(out) / "metrics.jsonl"))
-
-
-def read_config(out: str | Path) -> dict[str, Any]:
-    """The TrainConfig fields stored in ``OUT/config.json`` (checked as :class:`TrainConfig` does).
-
-    Raises:
-        LandscapeError: no such file, or one that is not JSON, lacks its ``config`` or holds
-            options a config cannot have; one line each.
-    """
-    path = Path(out) / "config.json"
-    if not path.is_file():
-        raise LandscapeError(f"nothing to resume in {out} (no config.json); start it without --resume")
-    try:
-        stored = json.loads(path.read_bytes().decode("utf-8"))
-    except OSError as exc:
-        raise os_error(exc, "cannot read the run's config") from None
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise LandscapeError(f"{path} is not valid JSON ({str(exc).splitlines()[0]}); the run cannot be resumed",
-                             fix="restore the file, or start a new run with another --out") from None
-    values = stored.get("config") if isinstance(stored, dict) else None
-    if not isinstance(values, dict):
-        raise LandscapeError(f"{path} has no 'config' object; the run cannot be resumed",
-                             fix="restore the file, or start a new run with another --out")
-    try:
-        TrainConfig.from_dict(values)
-    except LandscapeError as exc:
-        raise LandscapeError(f"{path} holds an invalid config: {exc}") from None
-    return dict(values)
-
-
-def stored_config(out: str | Path, *, named: Collection[str] = (), trust_stored_factory: bool = False) -> dict[str, Any]:
-    """The config of the run in ``out``, for resuming it, with nothing in it used on the file's word.
-
-    A file is not the user's say-so. A ``package.module:factory`` model in ``config.json`` is
-    code that building the model would import and run: it is refused unless the user names it
-    again (``model`` in ``named``) or passes ``trust_stored_factory``. A split file or a data
-    path (``dataset`` as a file, or its ``dir=``) is read only if it lies inside the run folder
-    or the user names it again. Registered model names and data set names are always fine.
-
-    Args:
-        out: the run folder.
-        named: the TrainConfig fields the user gives again (on the command line or through a
-            preset); their stored values are replaced, so they are not checked.
-        trust_stored_factory: run the stored model factory (for run folders one trusts).
-
-    Raises:
-        LandscapeError: a damaged config.json (see :func:`read_config`), or a stored factory or
-            path that needs the user's say-so, with the flag that gives it.
-    """
-    values = read_config(out)
-    path = Path(out) / "config.json"
-    model = values.get("model", TrainConfig.model)
-    if ":" in model and "model" not in named and not trust_stored_factory:
-        raise LandscapeError(
-            f"{path} names the model factory '{model}', code that resuming would import and run",
-            fix=f"if you trust this run folder, pass --model {model} (or --trust-stored-factory)")
-    split = values.get("split_file")
-    if split is not None and "split_file" not in named and not is_inside(split, Path(out)):
-        raise LandscapeError(f"{path} names the split file {split}, outside the run folder",
-                             fix=f"to read it, pass --split-file {split}")
-    dataset = values.get("dataset", TrainConfig.dataset)
-    if "dataset" not in named:
-        spec = data.parse_spec(dataset)
-        for key in ("path", "dir"):
-            if spec.get(key) is not None and not is_inside(str(spec[key]), Path(out)):
-                raise LandscapeError(f"{path} names the data {spec[key]}, outside the run folder",
-                                     fix=f"to read it, pass --dataset {dataset}")
-    return values
-
-
-def config_difference(a: TrainConfig, b: TrainConfig) -> list[str]:
-    """Fields that differ, as ``name: a -> b``."""
-    da, db = a.to_dict(), b.to_dict()
-    return [f"{k}: {da[k]!r} -> {db[k]!r}" for k in da if da[k] != db[k]]
-
-
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
@@ -454,7 +206,7 @@ def train(
     progress: bool = False,
     on_round: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> RunResult:
-    """Train ``cfg`` into the run folder ``out`` (see the module docstring for its layout).
+    """Train ``cfg`` into the run folder ``out`` (see :mod:`train.folder` for its layout).
 
     Args:
         cfg: the configuration; unresolved fields (num_clients, model kwargs) are filled from the data.
@@ -500,19 +252,19 @@ def train(
         try:
             stack.enter_context(exclusive(out, folder=True))
         except OSError as exc:
-            _remove_new_folders(new)
+            folder.remove_new_folders(new)
             if exc.filename is None:
                 exc.filename = str(out / ".lock")
             raise os_error(exc, "cannot create or lock the run folder") from None
-        _remove_partial_writes(out)
-        _keep_split_file(out, fed)
+        folder.remove_partial_writes(out)
+        folder.keep_split_file(out, fed.spec)
         if resume:
             start_round, state, swa_state, elapsed = _resume(out, cfg, dev, initial)
         else:
             try:
                 _start(out, cfg, fed, runner, dev, initial)
             except BaseException:
-                _remove_new_folders(new)
+                folder.remove_new_folders(new)
                 raise
             state, swa_state, start_round, elapsed = initial, swa.SWAState(), 0, 0.0
         test = None
@@ -523,113 +275,43 @@ def train(
     return RunResult(out, cfg.num_rounds, state, swa_state, cfg)
 
 
-def _keep_split_file(out: Path, fed: Federation) -> None:
-    """Copy a run's split file into its folder (``OUT/split.EXT``) and record the copy in the checkpoints.
-
-    A checkpoint only points at files inside its run folder (see ``landscape.cli.common``), so
-    ``landscape hessian CKPT --data client`` rebuilds the client's data without ``--split-file``;
-    the copy is checked against the split's SHA-256 like the original.
-    """
-    part = fed.spec.get("partition") or {}
-    if not part.get("split_file"):
-        return
-    source = Path(part["split_file"])
-    copy_path = out / f"split{source.suffix}"
-    if not (copy_path.is_file() and sha256(copy_path) == part["split_sha256"]):
-        payload = source.read_bytes()
-        atomic_write(copy_path, lambda tmp: tmp.write_bytes(payload))
-    part["split_file"] = str(copy_path.resolve())
-
-
-def _never_completed(out: Path) -> bool:
-    """Whether the run in ``out`` has no completed round to lose: no round logged, and no
-    ``state.pt`` or only the round-0 one (set-up was cut short, or round 1 was)."""
-    if _logged_a_round(out):
-        return False
-    state_file = out / "state.pt"
-    if not state_file.exists():
-        return True
-    try:
-        return _read_state(state_file).get("round") == 0
-    except LandscapeError:
-        return False  # unreadable: not ours to overwrite
-
-
 def _start(out: Path, cfg: TrainConfig, fed: Federation, runner: Any, dev: torch.device, initial: Any) -> None:
     """Set up a new run: config.json, the round-0 model, then state.pt (what --resume needs)."""
     config_file = out / "config.json"
     holds_run = any((out / name).exists() for name in ("config.json", "state.pt", "metrics.jsonl"))
-    if holds_run and not _never_completed(out):
+    if holds_run and not folder.never_completed(out):
         raise LandscapeError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if holds_run:  # a set-up or first round cut short: nothing in it to keep, start over
-        _remove_run_files(out)
+        folder.remove_run_files(out)
     try:
         write_json(config_file, {"config": cfg.to_dict(), "data": fed.spec,
                                "run": {"device": str(dev), "engine": runner.name, "torch": torch.__version__}})
-        checkpoint.save(_checkpoint(cfg, fed, initial.weights, 0, "global"), global_path(out, 0))
-        _save_state(out, cfg, 0, initial, swa.SWAState(), 0.0)
+        checkpoint.save(_checkpoint(cfg, fed, initial.weights, 0, "global"), folder.global_path(out, 0))
+        folder.save_state(out, cfg, 0, initial, swa.SWAState(), 0.0)
     except BaseException:  # a failed set-up (a full disk) leaves no half-made run behind
-        _remove_run_files(out)
+        folder.remove_run_files(out)
         raise
 
 
 def _resume(out: Path, cfg: TrainConfig, dev: torch.device, initial: Any) -> tuple[int, Any, swa.SWAState, float]:
     """The stored state of the run in ``out`` after checking it is this config's and has a round to continue."""
-    if _never_completed(out):
+    if folder.never_completed(out):
         raise LandscapeError(f"the first round of the run in {out} never completed, so there is nothing to resume",
                              fix="start it again without --resume")
     if not (out / "state.pt").exists():
         raise LandscapeError(f"{out} logs rounds but has no state.pt; the run cannot be resumed",
                              fix="start a new run with another --out")
-    stored = TrainConfig.from_dict(read_config(out))
-    diff = config_difference(stored, cfg)
+    stored = TrainConfig.from_dict(folder.read_config(out))
+    diff = folder.config_difference(stored, cfg)
     if diff:
         raise LandscapeError(
             f"--resume with a different config ({'; '.join(diff[:4])}); drop those flags to continue "
             f"the run in {out}, or start a new run with another --out"
         )
-    start_round, state, swa_state, elapsed = _load_state(out, dev, cfg, initial)
+    start_round, state, swa_state, elapsed = folder.load_state(out, dev, cfg, initial)
     if start_round < cfg.num_rounds:  # a complete run is left as it is
-        _truncate_metrics(out / "metrics.jsonl", start_round)
+        folder.truncate_metrics(out / "metrics.jsonl", start_round)
     return start_round, state, swa_state, elapsed
-
-
-#: The files a run writes, as glob patterns relative to the run folder.
-RUN_FILES = ("metrics.jsonl", "clients/r*_c*.pt", "checkpoints/global_r*.pt", "checkpoints/swa.pt", "state.pt",
-             "config.json", "split.*")
-
-
-def _remove_run_files(out: Path) -> None:
-    """Remove what an earlier, never completed attempt wrote (only the run's own file names)."""
-    for pattern in RUN_FILES:
-        for path in sorted(out.glob(pattern)):
-            path.unlink(missing_ok=True)
-
-
-def _remove_new_folders(new: list[Path]) -> None:
-    """Remove the folders a failed set-up created (``new``: the run folder first, then the
-    parents it needed) and the lock in them; a folder holding anything else stays."""
-    if not new:
-        return
-    out = new[0]
-    _remove_partial_writes(out)
-    (out / ".lock").unlink(missing_ok=True)
-    for folder in (out / "checkpoints", out / "clients", *new):
-        try:
-            folder.rmdir()
-        except OSError:
-            pass
-
-
-def _remove_partial_writes(out: Path) -> None:
-    """Remove the temporary files of writes a kill cut short (``.NAME.*.tmp`` of the run's files).
-
-    Only the lock holder writes these names, and it holds the lock now.
-    """
-    for pattern in RUN_FILES:
-        folder, _, name = pattern.rpartition("/")
-        for path in (out / folder if folder else out).glob(f".{name}.*.tmp"):
-            path.unlink(missing_ok=True)
 
 
 def _client_inputs(fdata: FederatedData) -> torch.Tensor:
@@ -683,7 +365,7 @@ def _loop(cfg: TrainConfig, out: Path, fed: Federation, fdata: FederatedData, ru
                 if keep:
                     for k, w in result.client_weights.items():
                         meta = {"train_loss": result.client_losses[k], "lr": lr}
-                        checkpoint.save(_checkpoint(cfg, fed, w, R, "client", k, meta), client_path(out, R, k))
+                        checkpoint.save(_checkpoint(cfg, fed, w, R, "client", k, meta), folder.client_path(out, R, k))
                 with _writing(metrics_file):
                     log.write(json.dumps(record) + "\n")
                     log.flush()
@@ -699,7 +381,7 @@ def _loop(cfg: TrainConfig, out: Path, fed: Federation, fdata: FederatedData, ru
                     on_round(R, record)
     except KeyboardInterrupt:
         R, s, w = good
-        _save_state(out, cfg, R, s, w, time.perf_counter() - t_start)
+        folder.save_state(out, cfg, R, s, w, time.perf_counter() - t_start)
         bar.close()
         raise
     bar.close()
@@ -713,21 +395,22 @@ def _save_round(cfg: TrainConfig, out: Path, fed: Federation, model: nn.Module, 
     meta = {k: v for k, v in record.items() if k != "clients"}
     meta["algorithm"] = cfg.algorithm
     if write_global:
-        checkpoint.save(_checkpoint(cfg, fed, state.weights, R, "global", metadata=meta), global_path(out, R))
+        checkpoint.save(_checkpoint(cfg, fed, state.weights, R, "global", metadata=meta), folder.global_path(out, R))
         if swa_state.weights is not None:
             weights = recompute_batchnorm(model, swa_state.weights, _client_inputs(fdata))
             checkpoint.save(_checkpoint(cfg, fed, weights, R, "swa",
-                                         metadata={**meta, "swa_num_models": swa_state.num_models}), swa_path(out))
-    _save_state(out, cfg, R, state, swa_state, elapsed)
+                                        metadata={**meta, "swa_num_models": swa_state.num_models}),
+                            folder.swa_path(out))
+    folder.save_state(out, cfg, R, state, swa_state, elapsed)
 
 
 def _diverged(cfg: TrainConfig, out: Path, fed: Federation, good: tuple[int, Any, swa.SWAState], R: int,
               loss: float, elapsed: float) -> None:
     """Save the last good round and stop with a one-line error."""
     r, state, swa_state = good
-    path = global_path(out, r)
+    path = folder.global_path(out, r)
     checkpoint.save(_checkpoint(cfg, fed, state.weights, r, "global", metadata={"diverged_at": R}), path)
-    _save_state(out, cfg, r, state, swa_state, elapsed)
+    folder.save_state(out, cfg, r, state, swa_state, elapsed)
     raise LandscapeError(
         f"training diverged at round {R} (train loss {loss}); stopped, the last good model (round {r}) is "
         f"{path}; lower --lr (or --rho) and start a new run"

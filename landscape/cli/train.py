@@ -124,7 +124,8 @@ def list_presets() -> str:
 
 def run(args: argparse.Namespace) -> int:
     from train.config import TrainConfig, preset
-    from train.run import global_path, read_metrics, stored_config, swa_path, train
+    from train.folder import global_path, read_metrics, stored_config, swa_path
+    from train.run import train
 
     if args.list_presets:
         print(list_presets())
