@@ -50,7 +50,8 @@ import torch  # noqa: E402
 
 from landscape import data, models  # noqa: E402
 from landscape.eigen import top_eigenvalues  # noqa: E402
-from landscape.operators import Objective, HessianOperator  # noqa: E402
+from landscape.objective import Objective  # noqa: E402
+from landscape.operators import HessianOperator  # noqa: E402
 from landscape.trace import hutchinson, hutchpp  # noqa: E402
 
 ACCURACY = 1e-3  # the target relative error of the issue

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from landscape import operators
+from landscape import objective
 from landscape.eigen import top_eigenvalues
 from landscape.errors import LandscapeError
 from landscape.files import save_torch
@@ -156,7 +156,7 @@ def flatten(vector: Mapping[str, torch.Tensor], names: Sequence[str], dtype: tor
 
 def unflatten(flat: torch.Tensor, like: Mapping[str, torch.Tensor]) -> Params:
     """Split a vector into tensors shaped (and typed) like ``like`` (copies)."""
-    views = operators.unflatten(flat, {n: t.shape for n, t in like.items()})
+    views = objective.unflatten(flat, {n: t.shape for n, t in like.items()})
     return {n: v.to(like[n].dtype).clone() for n, v in views.items()}
 
 
@@ -251,7 +251,7 @@ def eigen_directions(
     the largest-magnitude entry of each vector is positive (solvers return either sign).
 
     Args:
-        objective: a :class:`landscape.operators.Objective` (its ``params`` are the base point).
+        objective: a :class:`landscape.objective.Objective` (its ``params`` are the base point).
         num: number of eigenvectors (largest algebraic eigenvalues first).
         seed, tol, method: passed to :func:`landscape.eigen.top_eigenvalues`.
     """

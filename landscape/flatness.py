@@ -20,7 +20,7 @@ abstract of [L26] was available, so every metric here is a documented
 - :func:`parameter_distances`: ||x_i - x|| and ||x_i - x|| / ||x||.
 
 :func:`flatness_metrics` computes all four. Every function works on a private copy of
-each model (through :class:`~landscape.operators.Objective`): the caller's models are
+each model (through :class:`~landscape.objective.Objective`): the caller's models are
 never touched. Results are dataclasses; ``FlatnessMetrics.to_dict()`` is JSON-ready.
 
 References: [L26] FedNSAM (arXiv 2602.23827), [C22] Caldarola et al. ECCV 2022,
@@ -41,7 +41,8 @@ from torch import nn
 from landscape.directions import require_same_shapes
 from landscape.eigen import top_eigenvalues
 from landscape.errors import LandscapeError
-from landscape.operators import Batch, HessianOperator, Objective
+from landscape.objective import Batch, Objective
+from landscape.operators import HessianOperator
 
 RHO = 0.05
 """Default perturbation radius: the rho of FedNSAM's reference settings [L26]."""

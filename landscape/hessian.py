@@ -1,7 +1,7 @@
 """One Hessian analysis of a checkpoint: top eigenpairs, trace, density, as a JSON-ready report.
 
 This is the library call behind ``landscape hessian``: it builds the
-:class:`~landscape.operators.Objective` (mean cross-entropy over the chosen data,
+:class:`~landscape.objective.Objective` (mean cross-entropy over the chosen data,
 eval mode) and runs the solvers of :mod:`landscape.eigen`, :mod:`landscape.trace` and
 :mod:`landscape.spectrum` on one :class:`~landscape.operators.HessianOperator`, so the
 HVP count in the report is the count of all of them together.
@@ -20,7 +20,8 @@ from torch import nn
 from landscape import __version__
 from landscape.data import Dataset
 from landscape.eigen import EigenResult, top_eigenvalues
-from landscape.operators import HessianOperator, Objective
+from landscape.objective import Objective
+from landscape.operators import HessianOperator
 from landscape.spectrum import SpectralDensity, slq
 from landscape.trace import TraceResult, estimate_trace
 

@@ -52,7 +52,8 @@ def test_hessian_end_to_end_on_a_checkpoint(digits_ckpt, tmp_path, capsys):
 
     # Ground truth: the dense float64 Hessian of the same objective.
     from landscape import data
-    from landscape.operators import HessianOperator, Objective
+    from landscape.objective import Objective
+    from landscape.operators import HessianOperator
 
     dataset = data.load("digits").head(200, seed=0)
     H = HessianOperator(Objective(checkpoint.load(digits_ckpt).build_model(), dataset.batches(None),
@@ -145,7 +146,8 @@ def test_every_bad_input_is_one_clear_line(tmp_path, digits_ckpt, capsys, monkey
 
 def test_client_data_comes_from_the_recorded_partition(tmp_path, capsys):
     from landscape import data
-    from landscape.operators import HessianOperator, Objective
+    from landscape.objective import Objective
+    from landscape.operators import HessianOperator
 
     partition = {"num_clients": 10, "samples_per_client": 40, "alpha": 0.0, "seed": 1}
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ from torch import nn
 
 from landscape import directions as D
 from landscape.errors import LandscapeError
-from landscape.operators import Objective
+from landscape.objective import Objective
 
 
 class Mixed(nn.Module):
@@ -109,9 +109,10 @@ def test_eigen_directions_are_the_top_hessian_eigenvectors() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 3))
     g = torch.Generator().manual_seed(1)
-    obj = Objective(model, [(torch.randn(16, 4, generator=g), torch.randint(0, 3, (16,), generator=g))], dtype=torch.float64)
-    x, y = obj.batches[0]
-    dense = torch.func.hessian(lambda flat: obj.batch_loss(obj.unflatten(flat), x, y))(obj.flatten(obj.params))
+    x, y = torch.randn(16, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (16,), generator=g)
+    obj = Objective(model, [(x, y)], dtype=torch.float64)
+    dense = torch.func.hessian(lambda flat: nn.functional.cross_entropy(
+        torch.func.functional_call(obj.model, obj.unflatten(flat), (x,)), y))(obj.flatten(obj.params))
     evals, evecs = torch.linalg.eigh(dense)
     dirs = D.eigen_directions(obj, 2, tol=1e-8)
     assert dirs.info["eigenvalues"] == pytest.approx(evals.flip(0)[:2].tolist(), rel=1e-6)

@@ -17,7 +17,7 @@ import landscape
 from landscape import checkpoint, data, flatness, models
 from landscape.cli import main
 from landscape.errors import LandscapeError
-from landscape.operators import Objective
+from landscape.objective import Objective
 
 F64 = torch.float64
 

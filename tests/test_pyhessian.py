@@ -9,7 +9,8 @@ from torch import nn
 
 from landscape import data, models
 from landscape.eigen import top_eigenvalues
-from landscape.operators import HessianOperator, Objective
+from landscape.objective import Objective
+from landscape.operators import HessianOperator
 from landscape.trace import hutchinson
 
 pyhessian = pytest.importorskip("pyhessian")

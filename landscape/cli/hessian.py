@@ -13,7 +13,8 @@ from landscape.checkpoint import Checkpoint
 from landscape.data import Dataset
 from landscape.files import check_outputs, save_torch, write_json, writing
 from landscape.plots import IMAGE_SUFFIXES
-from landscape.operators import resolve_device, resolve_dtype, unflatten
+from landscape.objective import unflatten
+from landscape.operators import resolve_device, resolve_dtype
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -15,7 +15,8 @@ from landscape import data, directions, files, surface
 from landscape.checkpoint import Checkpoint
 from landscape.cli import common
 from landscape.errors import LandscapeError
-from landscape.operators import Objective, resolve_device, resolve_dtype
+from landscape.objective import Objective
+from landscape.operators import resolve_device, resolve_dtype
 from landscape.plots import IMAGE_SUFFIXES
 
 SOURCES = ("train", "test", "clients")
