@@ -117,8 +117,12 @@ def nll(ignore_index: int = -100) -> Loss:
 
 
 def mse() -> Loss:
-    """Mean squared error over every element (``torch.nn.functional.mse_loss``)."""
-    return Loss("mse", lambda o, t: nn.functional.mse_loss(o, _same_shape("mse", o, t)),
+    """Mean squared error over every element (as ``torch.nn.functional.mse_loss``).
+
+    Written out: forward-over-reverse through ``mse_loss`` fails in torch 2.13 ("ZeroTensors
+    are immutable", the targets carry no tangent), which broke the forward-mode HVP.
+    """
+    return Loss("mse", lambda o, t: (o - _same_shape("mse", o, t)).square().mean(),
                 lambda t: int(t.numel()), False)
 
 
