@@ -1,11 +1,12 @@
 """Data sets: digits (offline), synthetic images, CIFAR-10/100 from a local folder, tensor files.
 
-A data set is held in memory as two tensors (``x`` float32, ``y`` int64): the
-analyses evaluate fixed batches many times, so the data stays resident (on the
-GPU when there is one) and is never re-decoded.
+A data set is held in memory as tensors: inputs ``x`` (float32) or named inputs
+(HuggingFace style ``input_ids``, ``attention_mask``, ...), and targets ``y`` (int64
+class ids, or float32 regression targets): the analyses evaluate fixed batches many
+times, so the data stays resident (on the GPU when there is one) and is never re-decoded.
 
 Data specs (``--data SPEC``) are strings: a file path (``data.npz`` / ``data.pt``
-holding ``x`` and ``y``) or ``NAME[:key=value,...]`` with NAME one of
+holding ``x`` and ``y``, or named inputs and ``labels``) or ``NAME[:key=value,...]`` with NAME one of
 ``digits``, ``synthetic``, ``cifar10``, ``cifar100`` and keys ``split``
 (train/test), ``dir`` (CIFAR folder), and for ``synthetic`` ``n``, ``classes``,
 ``shape`` (e.g. ``3x32x32``), ``seed``. Examples: ``digits``,
@@ -38,7 +39,6 @@ import urllib.request
 import warnings
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from landscape.errors import LandscapeError, os_error
+from landscape.objective import LABEL_KEY
 
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100")
 #: The options each named data set takes in a spec string (``NAME:key=value,...``).
@@ -72,22 +73,91 @@ CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 
 CIFAR_STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
 
 
-@dataclass
 class Dataset:
-    """Inputs and integer labels in memory, with the spec that rebuilds them."""
+    """Inputs and targets in memory, with the spec that rebuilds them.
 
-    x: torch.Tensor
-    y: torch.Tensor
-    num_classes: int
-    spec: dict[str, Any] = field(default_factory=dict)
+    Two kinds of inputs, one kind of targets ``y``:
+
+    - **pair** data: ``x`` is one float32 tensor ``(N, ...)``; a batch is ``(x[i:j], y[i:j])``.
+    - **named** data (HuggingFace style): :attr:`inputs` is a dict of tensors that share the
+      first dimension N (``input_ids``, ``attention_mask``, ...; integer ones stay int64, bool
+      ones bool, floating ones float32); a batch is ``{name: t[i:j], ..., "labels": y[i:j]}``,
+      what :func:`landscape.objective.default_forward` unpacks as ``model(**inputs)``.
+
+    ``y`` holds int64 class ids ``(N,)`` with ``num_classes`` classes, or float32 regression
+    targets ``(N,)`` / ``(N, k)`` with ``num_classes`` None.
+
+    Args:
+        x: the inputs: a tensor (pair data) or a dict of tensors (named data).
+        y: the targets, one row per sample.
+        num_classes: C for class ids, None for real-valued targets.
+        spec: what rebuilds the data set (the form stored in results).
+
+    Raises:
+        LandscapeError: named inputs that are not tensors with N rows, or that use the name ``labels``.
+
+    >>> ds = Dataset({"input_ids": torch.zeros(3, 5, dtype=torch.long)}, torch.tensor([0, 1, 0]), 2)
+    >>> sorted(ds.batches(2)[0]), len(ds.subset([0, 2]))
+    (['input_ids', 'labels'], 2)
+    """
+
+    def __init__(self, x: torch.Tensor | Mapping[str, torch.Tensor], y: torch.Tensor, num_classes: int | None,
+                 spec: dict[str, Any] | None = None) -> None:
+        if isinstance(x, Mapping):
+            x = dict(x)
+            bad = [k for k, v in x.items() if not isinstance(k, str) or k == LABEL_KEY or not isinstance(v, torch.Tensor)
+                   or v.ndim == 0 or v.shape[0] != y.shape[0]]
+            if not x or bad:
+                raise LandscapeError(f"named inputs must be tensors with one row per label ({y.shape[0]}), each named "
+                                     f"other than '{LABEL_KEY}'; "
+                                     + (f"{_show(bad[0], 30)} is not" if bad else "there are none"))
+        self.inputs: torch.Tensor | dict[str, torch.Tensor] = x
+        self.y = y
+        self.num_classes = num_classes
+        self.spec: dict[str, Any] = spec if spec is not None else {}
+
+    @property
+    def named(self) -> bool:
+        """Whether the inputs are named tensors (dict batches) rather than one tensor (pairs)."""
+        return isinstance(self.inputs, dict)
+
+    @property
+    def x(self) -> torch.Tensor:
+        """The inputs as one tensor (pair data only).
+
+        Raises:
+            LandscapeError: named data, whose inputs are several tensors.
+        """
+        if isinstance(self.inputs, dict):
+            names = _cut(", ".join(self.inputs), 60)
+            raise LandscapeError(f"this command needs (x, y) data with the inputs in one tensor x, but the data holds "
+                                 f"named inputs ({names}) and '{LABEL_KEY}'",
+                                 where=self.spec.get("path") or self.spec.get("dataset"),
+                                 fix="give a data file with arrays 'x' and 'y', or pass dict batches to "
+                                     "landscape.objective.Objective from Python")
+        return self.inputs
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def __repr__(self) -> str:
+        inputs = ({k: tuple(v.shape) for k, v in self.inputs.items()} if isinstance(self.inputs, dict)
+                  else tuple(self.inputs.shape))
+        return f"Dataset(n={len(self)}, inputs={inputs}, num_classes={self.num_classes}, spec={self.spec})"
+
+    def arrays(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the data set by name: ``{"x", "y"}`` or the named inputs and ``labels``
+        (e.g. what a result file hashes to identify the data)."""
+        if isinstance(self.inputs, dict):
+            return {**self.inputs, LABEL_KEY: self.y}
+        return {"x": self.inputs, "y": self.y}
+
     def subset(self, indices: torch.Tensor | np.ndarray | list[int]) -> Dataset:
         """The samples at ``indices`` (a copy), recording them in the spec."""
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        return Dataset(self.x[idx], self.y[idx], self.num_classes, dict(self.spec))
+        inputs = ({k: v[idx] for k, v in self.inputs.items()} if isinstance(self.inputs, dict)
+                  else self.inputs[idx])
+        return Dataset(inputs, self.y[idx], self.num_classes, dict(self.spec))
 
     def head(self, num_samples: int | None, seed: int = 0) -> Dataset:
         """A seeded random subset of ``num_samples`` samples (all when None or larger)."""
@@ -100,13 +170,20 @@ class Dataset:
         out.spec = {**self.spec, "num_samples": num_samples, "subset_seed": seed}
         return out
 
-    def batches(self, batch_size: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Consecutive fixed batches (the last may be smaller)."""
+    def batch(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]:
+        """Samples ``start:stop`` as one batch: ``(x, y)``, or ``{name: ..., "labels": y}`` for named data
+        (e.g. ``ds.batch(0, 1)`` to try a model on one sample with ``default_forward``)."""
+        if isinstance(self.inputs, dict):
+            return {**{k: v[start:stop] for k, v in self.inputs.items()}, LABEL_KEY: self.y[start:stop]}
+        return self.inputs[start:stop], self.y[start:stop]
+
+    def batches(self, batch_size: int | None) -> list[tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]]:
+        """Consecutive fixed batches (the last may be smaller), as :meth:`batch` gives them."""
         n = len(self)
         size = n if batch_size is None or batch_size >= n else batch_size
         if size < 1:
             raise LandscapeError(f"--batch-size must be at least 1, got {batch_size}")
-        return [(self.x[i : i + size], self.y[i : i + size]) for i in range(0, n, size)]
+        return [self.batch(i, i + size) for i in range(0, n, size)]
 
 
 def load_digits(split: str = "train") -> Dataset:
@@ -439,52 +516,135 @@ def _move_into_place(staged: Path, root: Path, old: Path) -> list[Path]:
     return placed
 
 
-_FILE_FIX = "save it with np.savez(path, x=inputs, y=labels) or torch.save({'x': inputs, 'y': labels}, path)"
+_FILE_FIX = ("save it with np.savez(path, x=inputs, y=labels) or torch.save({'x': inputs, 'y': labels}, path), "
+             "or with named inputs and 'labels' (e.g. input_ids=..., attention_mask=..., labels=...)")
+#: Entries of a data file that are not data.
+_FILE_META = ("num_classes",)
 
 
 def load_tensor_file(path: str | os.PathLike) -> Dataset:
-    """A ``.npz`` or ``.pt`` file with arrays ``x`` (inputs) and ``y`` (integer labels).
+    """A ``.npz`` or ``.pt`` file of arrays: ``x`` and ``y``, or named inputs and ``labels``.
 
-    ``num_classes`` may be stored too; otherwise it is ``max(y) + 1``. Nothing in the file runs
-    code: ``.npz`` is read without pickles, ``.pt`` with ``weights_only``.
+    - ``x`` (inputs, float32) and ``y`` (targets): pair data, batches ``(x, y)``.
+    - no ``x`` but ``labels``: named data (HuggingFace style), every other array an input of the
+      model (``input_ids``, ``attention_mask``, ...; all with one row per label; integer arrays
+      become int64, bool stays bool, floating ones float32), batches ``{name: ..., "labels": y}``.
+
+    Targets are class ids when they are integers (an integral float ``(N,)`` / ``(N, 1)`` is read
+    as int64): ``num_classes`` is stored in the file or ``max(y) + 1``. Otherwise, real numbers
+    ``(N,)`` or ``(N, k)`` (and any float ``(N, k)``, k > 1: multi-output or multi-label targets)
+    are regression targets kept as float32, ``num_classes`` None; the loss decides whether it
+    takes them (cross-entropy refuses them, mse takes them). Nothing in the file runs code:
+    ``.npz`` is read without pickles, ``.pt`` with ``weights_only``.
 
     Raises:
-        LandscapeError: a missing, unreadable or damaged file; no ``x``/``y``; inputs that are
-            not finite numbers; labels that are not one integer in ``[0, num_classes)`` per sample.
+        LandscapeError: a missing, unreadable or damaged file; neither ``x``/``y`` nor ``labels``;
+            inputs that are not finite numbers or disagree on N; class ids outside
+            ``[0, num_classes)`` or not one per sample; NaN or infinite targets; ``num_classes``
+            stored beside real-valued targets.
     """
     path = Path(path).expanduser()
     raw = _read_tensor_file(path)
     if not isinstance(raw, Mapping):
         raise LandscapeError(f"data file holds a {type(raw).__name__}, not a dict with arrays 'x' and 'y'",
                              where=path, fix=_FILE_FIX)
-    if "x" not in raw or "y" not in raw:
-        raise LandscapeError(f"data file must hold arrays 'x' and 'y'; found {_keys(raw)}", where=path, fix=_FILE_FIX)
-    x = _plain_array(raw["x"], "inputs 'x'", path, "store the inputs as an array of numbers")
-    y = _plain_array(raw["y"], "labels 'y'", path,
-                     "store integer class ids 0..C-1, e.g. y = np.unique(names, return_inverse=True)[1]")
-    if x.ndim == 0:
-        raise LandscapeError("inputs 'x' must be an array with one row per sample, found a single number",
+    if "x" in raw and "y" in raw:
+        target_name = "y"
+        x = _input_array(raw["x"], "inputs 'x'", path)
+        inputs: torch.Tensor | dict[str, torch.Tensor] = torch.from_numpy(_finite_float32(x, "inputs 'x'", path))
+        rows = {"x": x.shape[0]}
+    elif "x" not in raw and LABEL_KEY in raw:
+        target_name = LABEL_KEY
+        names = [k for k in raw if k != LABEL_KEY and k not in _FILE_META]
+        if not names:
+            raise LandscapeError(f"data file holds '{LABEL_KEY}' but no inputs beside it", where=path, fix=_FILE_FIX)
+        odd = [k for k in names if not isinstance(k, str) or not k.isidentifier()]
+        if odd:
+            raise LandscapeError(f"input name {_show(odd[0], 30)} is not a Python identifier, so it cannot be a "
+                                 "keyword argument of the model", where=path, fix="name every input like input_ids")
+        arrays = {k: _input_array(raw[k], f"input '{_cut(k, 30)}'", path) for k in names}
+        inputs = {k: torch.from_numpy(_named_input(a, k, path)) for k, a in arrays.items()}
+        rows = {k: a.shape[0] for k, a in arrays.items()}
+    else:
+        raise LandscapeError(f"data file must hold arrays 'x' and 'y', or named inputs and '{LABEL_KEY}'; "
+                             f"found {_keys(raw)}", where=path, fix=_FILE_FIX)
+    y, num_classes = _targets(raw, target_name, path)
+    n = int(y.shape[0])
+    for name, count in rows.items():
+        if count != n:
+            what = f"x has {count} samples but y has {n}" if name == "x" else \
+                f"input '{_cut(name, 30)}' has {count} rows but '{LABEL_KEY}' has {n}"
+            raise LandscapeError(what, where=path, fix="store one label per row of the inputs")
+    return Dataset(inputs, y, num_classes, {"dataset": "file", "path": str(path)})
+
+
+def _input_array(value: Any, name: str, path: Path) -> np.ndarray:
+    """One input array: numbers, one row per sample, some values per row."""
+    arr = _plain_array(value, name, path, "store the inputs as an array of numbers")
+    if arr.ndim == 0:
+        raise LandscapeError(f"{name} must be an array with one row per sample, found a single number",
                              where=path, fix=_FILE_FIX)
+    if arr.size == 0 and arr.shape[0] > 0:
+        raise LandscapeError(f"{name} have no values per sample (shape {arr.shape})", where=path, fix=_FILE_FIX)
+    return arr
+
+
+def _finite_float32(arr: np.ndarray, name: str, path: Path) -> np.ndarray:
+    """``arr`` as float32, refusing NaN, infinity and values beyond float32's range."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(np.float32)
+    bad = int(out.size - np.isfinite(out).sum())
+    if bad:
+        raise LandscapeError(f"{name} hold {bad} NaN or infinite values (or values too large for float32)",
+                             where=path, fix="clean or drop those samples")
+    return out
+
+
+def _named_input(arr: np.ndarray, name: str, path: Path) -> np.ndarray:
+    """A named input as the model takes it: integers as int64 (token ids, masks), bool as bool,
+    floating values as finite float32."""
+    if arr.dtype.kind == "b":
+        return arr
+    if arr.dtype.kind in "iu":
+        if arr.dtype == np.uint64 and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+            raise LandscapeError(f"input '{_cut(name, 30)}' holds integers beyond int64", where=path,
+                                 fix="store token ids and masks as int64")
+        return arr.astype(np.int64)
+    return _finite_float32(arr, f"input '{_cut(name, 30)}'", path)
+
+
+def _targets(raw: Mapping[str, Any], key: str, path: Path) -> tuple[torch.Tensor, int | None]:
+    """The targets stored under ``key`` and the number of classes (None for real-valued targets)."""
+    name = f"labels '{key}'"
+    y = _plain_array(raw[key], name, path,
+                     "store integer class ids 0..C-1 (e.g. y = np.unique(names, return_inverse=True)[1]) "
+                     "or real-valued regression targets")
+    if y.ndim == 0 or y.shape[0] == 0:
+        raise LandscapeError("data file holds no samples" if y.ndim else f"{name} must have one row per sample, "
+                             "found a single number", where=path, fix=_FILE_FIX)
+    if y.dtype.kind == "f":
+        finite = np.isfinite(y)
+        if not finite.all():
+            raise LandscapeError(f"{name} hold {int(y.size - finite.sum())} NaN or infinite values", where=path,
+                                 fix="clean or drop those samples")
+        if y.ndim > 2:
+            raise LandscapeError(f"real-valued {name} must have shape (N,) or (N, k); found shape {y.shape}",
+                                 where=path, fix="flatten each sample's targets into one row")
+        if not (y.ndim == 1 or y.shape[1] == 1) or not np.array_equal(y, np.round(y)):
+            if "num_classes" in raw:
+                raise LandscapeError(f"data file stores num_classes, but {name} are real numbers, not class ids",
+                                     where=path, fix="store integer class ids, or leave num_classes out for regression")
+            return torch.from_numpy(_finite_float32(y, name, path)), None
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
-        raise LandscapeError(f"labels 'y' must hold one class id per sample, shape (N,); found shape {y.shape}",
-                             where=path, fix="for one-hot or score rows store y.argmax(1)")
-    if x.shape[0] != y.shape[0]:
-        raise LandscapeError(f"x has {x.shape[0]} samples but y has {y.shape[0]}", where=path,
-                             fix="store one label per row of x")
-    if y.size == 0:
-        raise LandscapeError("data file holds no samples", where=path, fix=_FILE_FIX)
-    if x.size == 0:
-        raise LandscapeError(f"inputs 'x' have no values per sample (shape {x.shape})", where=path, fix=_FILE_FIX)
-    if y.dtype.kind == "f" and not (np.isfinite(y).all() and np.array_equal(y, np.round(y))):
-        raise LandscapeError("labels 'y' must be integers (class ids 0..C-1)", where=path, fix="store y as integers")
-    with np.errstate(over="ignore", invalid="ignore"):
-        x32 = x.astype(np.float32)
-    bad = int(x32.size - np.isfinite(x32).sum())
-    if bad:
-        raise LandscapeError(f"inputs 'x' hold {bad} NaN or infinite values (or values too large for float32)",
-                             where=path, fix="clean or drop those samples")
+        raise LandscapeError(f"{name} must hold one class id per sample, shape (N,); found shape {y.shape}",
+                             where=path, fix="for one-hot or score rows store y.argmax(1) (or store them as floats "
+                                             "for mse / bce-with-logits)")
+    if y.dtype == np.uint64 and int(y.max()) > np.iinfo(np.int64).max or \
+            y.dtype.kind == "f" and float(np.abs(y).max()) >= 2.0**62:
+        raise LandscapeError(f"{name} run up to {_show(y.max().item(), 25)}, more than {MAX_CLASSES} classes",
+                             where=path, fix="renumber the classes 0..C-1, e.g. y = np.unique(y, return_inverse=True)[1]")
     y64 = y.astype(np.int64)
     if "num_classes" in raw:
         num_classes = _integer(_item(raw["num_classes"]), "num_classes", where=path, minimum=1, maximum=MAX_CLASSES,
@@ -497,7 +657,7 @@ def load_tensor_file(path: str | os.PathLike) -> Dataset:
     if num_classes > MAX_CLASSES:
         raise LandscapeError(f"labels run up to {num_classes - 1}, more than {MAX_CLASSES} classes", where=path,
                              fix="renumber the classes 0..C-1, e.g. y = np.unique(y, return_inverse=True)[1]")
-    return Dataset(torch.from_numpy(x32), torch.from_numpy(y64), num_classes, {"dataset": "file", "path": str(path)})
+    return torch.from_numpy(y64), num_classes
 
 
 def _read_tensor_file(path: Path) -> Any:
@@ -760,6 +920,27 @@ def _os_error(exc: OSError, action: str, path: str | os.PathLike) -> LandscapeEr
 DEFAULT_FEDERATION = {"cifar10": (100, 500), "cifar100": (100, 500), "digits": (20, 65)}
 
 
+def class_ids(labels: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Labels as int64 class ids ``(N,)`` for a partition by class, or one line saying why not.
+
+    Real-valued (regression) targets have no classes to split by, so a federation cannot be
+    built on them; integral floats are class ids.
+
+    >>> class_ids(np.array([0.0, 2.0])).tolist()
+    [0, 2]
+
+    Raises:
+        LandscapeError: targets that are not whole numbers, or not one per sample.
+    """
+    arr = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if arr.dtype.kind == "f" and (arr.ndim != 1 or not np.array_equal(arr, np.round(arr))):
+        raise LandscapeError(f"a federated partition splits the data by class and needs integer class labels, but "
+                             f"the data holds real-valued targets ({arr.dtype}, shape {arr.shape})",
+                             fix="train on data whose labels are class ids 0..C-1 (regression targets can be "
+                                 "analysed with --loss mse, not federated by class)")
+    return arr.astype(np.int64).reshape(-1)
+
+
 def default_federation(name: str, labels: np.ndarray) -> tuple[int, int]:
     """``(num_clients, samples_per_client)`` used when the caller names neither.
 
@@ -768,7 +949,7 @@ def default_federation(name: str, labels: np.ndarray) -> tuple[int, int]:
     """
     if name in DEFAULT_FEDERATION:
         return DEFAULT_FEDERATION[name]
-    counts = np.bincount(np.asarray(labels).astype(np.int64).reshape(-1))
+    counts = np.bincount(class_ids(labels))
     counts = counts[counts > 0]
     per_class = -(-10 // len(counts))
     return 10, max(1, int(counts.min()) // per_class)
@@ -831,14 +1012,14 @@ def partition(
         One sorted int64 index array per client, pairwise disjoint, each of ``samples_per_client``.
 
     Raises:
-        LandscapeError: negative alpha, too few samples, or (alpha = 0) too few classes with
-            room for a whole client.
+        LandscapeError: negative alpha, too few samples, (alpha = 0) too few classes with
+            room for a whole client, or real-valued labels (see :func:`class_ids`).
 
     >>> parts = partition(np.repeat(np.arange(10), 50), 10, 50, 0.0, seed=0)
     >>> sorted(len(set(np.repeat(np.arange(10), 50)[p])) for p in parts) == [1] * 10
     True
     """
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    labels = class_ids(labels)
     _check_partition_args(len(labels), num_clients, samples_per_client, float(alpha), seed)
     C = int(labels.max()) + 1
     if num_classes is not None:
@@ -916,9 +1097,11 @@ def read_split_file(path: str | os.PathLike, labels: np.ndarray | None = None) -
 
     Raises:
         LandscapeError: missing, unreadable or binary file, malformed rows, images out of range,
-            a sample given to two users, or classes that disagree with the data set.
+            a sample given to two users, classes that disagree with the data set, or real-valued
+            ``labels`` (regression targets have no classes).
     """
     path = Path(path).expanduser()
+    labels = None if labels is None else class_ids(labels)
     fix = "pass a CSV with rows user_id,image_id,class"
     if path.is_dir():
         raise LandscapeError("split file is a folder, not a file", where=path, fix=fix)
@@ -994,7 +1177,7 @@ def partition_from_spec(labels: np.ndarray, partition_spec: Mapping[str, Any]) -
     if not isinstance(spec, Mapping):
         raise LandscapeError(f"a partition spec must be a dict, got {type(spec).__name__}", where=where, fix=fix)
     spec = dict(spec)
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    labels = class_ids(labels)
     digest = None
     split_file = spec.get("split_file")
     if split_file is not None and split_file != "":

@@ -101,15 +101,19 @@ BAD_TENSOR_FILES = [
     ("bad.npz", npz(inputs=X3, y=np.zeros(3)), "must hold arrays 'x' and 'y'"),
     ("bad.npz", npz(x=X3, y=np.array([0, 1, -1])), r"must lie in \[0, 1\]"),
     ("bad.npz", npz(x=X3, y=np.array([0, 1, 5]), num_classes=3), r"must lie in \[0, 2\]"),
-    ("bad.npz", npz(x=X3, y=np.array([0.5, 1, 0])), "must be integers"),
-    ("bad.npz", npz(x=X3, y=np.array([np.nan, 1, 0])), "must be integers"),
+    ("bad.npz", npz(x=X3, y=np.array([np.nan, 1, 0])), "labels 'y' hold 1 NaN or infinite values"),
+    ("bad.npz", npz(x=X3, y=np.array([0.5, np.inf, 0])), "labels 'y' hold 1 NaN or infinite values"),
+    ("bad.npz", npz(x=X3, y=np.array([0.5, 1, 0]), num_classes=2), "stores num_classes, but labels 'y' are real"),
+    ("bad.npz", npz(x=X3, y=np.full((3, 2, 2), 0.5)), r"must have shape \(N,\) or \(N, k\); found shape \(3, 2, 2\)"),
+    ("bad.npz", npz(x=X3, y=np.array([1e300, 0.5, 0])), "1 NaN or infinite values.*too large for float32"),
+    ("bad.npz", npz(x=X3, y=np.array([2.0**70, 1, 0])), f"more than {data.MAX_CLASSES} classes"),
     ("bad.npz", npz(x=np.zeros((4, 2)), y=np.array([0, 1, 0])), "x has 4 samples but y has 3"),
     ("bad.npz", npz(x=X3, y=np.array(["cat", "dog", "cat"])), r"labels 'y' holds strings \(dtype <U3\)"),
     ("bad.npz", npz(x=X3, y=np.array([b"cat", b"dog", b"cat"])), "labels 'y' holds byte strings"),
     ("bad.npz", npz(x=X3, y=np.array([0, None, "a"], dtype=object)), "'y' holds Python objects.*could run code"),
     ("bad.npz", npz(x=np.array([["a", "b"]] * 3), y=np.zeros(3)), "inputs 'x' holds strings"),
     ("bad.npz", npz(x=X3 + 1j, y=np.zeros(3)), "inputs 'x' holds complex numbers"),
-    ("bad.npz", npz(x=X3, y=np.zeros((3, 2))), r"one class id per sample, shape \(N,\); found shape \(3, 2\)"),
+    ("bad.npz", npz(x=X3, y=np.zeros((3, 2), np.int64)), r"one class id per sample, shape \(N,\); found shape \(3, 2\)"),
     ("bad.npz", npz(x=np.zeros((0, 2)), y=np.zeros(0)), "holds no samples"),
     ("bad.npz", npz(x=np.zeros((3, 0)), y=np.zeros(3)), "no values per sample"),
     ("bad.npz", npz(x=np.array(5.0), y=np.zeros(3)), "one row per sample"),
@@ -123,6 +127,20 @@ BAD_TENSOR_FILES = [
     ("bad.npz", npz(x=X3, y=np.zeros(3), num_classes=10**9), f"num_classes must be at most {data.MAX_CLASSES}"),
     ("bad.npz", npz(x=X3, y=np.array([0, 1, 10**9])), f"more than {data.MAX_CLASSES} classes"),
     ("bad.pt", pt({"x": torch.zeros(3, 2), "y": torch.zeros(3), "num_classes": True}), "num_classes must be a positive"),
+    # named inputs and 'labels' (HuggingFace style)
+    ("bad.npz", npz(x=X3, labels=np.zeros(3)), "must hold arrays 'x' and 'y', or named inputs and 'labels'"),
+    ("bad.npz", npz(labels=np.zeros(3), num_classes=2), "holds 'labels' but no inputs beside it"),
+    ("bad.npz", npz(input_ids=np.zeros((4, 5), np.int64), labels=np.zeros(3)), "input 'input_ids' has 4 rows but 'labels' has 3"),
+    ("bad.npz", npz(input_ids=np.array(5), labels=np.zeros(3)), "input 'input_ids' must be an array with one row per sample"),
+    ("bad.npz", npz(input_ids=np.array([["a"]] * 3), labels=np.zeros(3)), "input 'input_ids' holds strings"),
+    ("bad.npz", npz(input_ids=np.zeros((3, 0)), labels=np.zeros(3)), r"input 'input_ids' have no values per sample \(shape \(3, 0\)\)"),
+    ("bad.npz", npz(pixels=np.array([[np.nan], [0], [1]]), labels=np.zeros(3)), "input 'pixels' hold 1 NaN"),
+    ("bad.npz", npz(ids=np.array([[2**63]] * 3, np.uint64), labels=np.zeros(3)), "input 'ids' holds integers beyond int64"),
+    ("bad.npz", npz(ids=np.zeros((3, 2)), labels=np.array([0, 1, 9]), num_classes=3), r"labels must lie in \[0, 2\]"),
+    ("bad.npz", npz(ids=np.zeros((3, 2)), labels=np.array([0.5, np.nan, 1])), "labels 'labels' hold 1 NaN"),
+    ("bad.pt", pt({"input ids": torch.zeros(3, 2), "labels": torch.zeros(3)}), "input name 'input ids' is not a Python identifier"),
+    ("bad.pt", pt({7: torch.zeros(3, 2), "labels": torch.zeros(3)}), "input name 7 is not a Python identifier"),
+    ("bad.pt", pt({"ids": {"a": torch.zeros(3)}, "labels": torch.zeros(3)}), "input 'ids' holds Python objects"),
     ("bad.pt", pt(torch.zeros(3, 2)), "holds a Tensor, not a dict with arrays 'x' and 'y'"),
     ("bad.pt", pt([torch.zeros(3, 2), torch.zeros(3)]), "holds a list, not a dict"),
     ("bad.pt", pt({"x": X3, "y": np.zeros(3)}), "holds numpy arrays.*store torch tensors"),
@@ -163,6 +181,148 @@ def test_tensor_file_labels_of_shape_n_by_1_and_small_floats_load(tmp_path):
                 "num_classes": torch.tensor(4)}, tmp_path / "d.pt")
     ds = data.load(str(tmp_path / "d.pt"))
     assert ds.x.dtype == torch.float32 and ds.y.tolist() == [0, 1, 1] and ds.num_classes == 4
+
+
+IDS = np.array([[5, 3, 0], [2, 7, 1], [4, 4, 4], [9, 0, 0]], np.int32)
+MASK = np.array([[1, 1, 0], [1, 1, 1], [1, 1, 1], [1, 0, 0]], np.uint8)
+
+GOOD_TENSOR_FILES = [
+    # id, writer, input dtypes by name (None: pair data, x float32), target dtype and shape, num_classes
+    ("integral-float-y", npz(x=X3, y=np.array([0.0, 2.0, 1.0])), None, (torch.long, (3,)), 3),
+    ("regression-y", npz(x=X3, y=np.array([0.5, -1.25, 3.0])), None, (torch.float32, (3,)), None),
+    ("regression-y-n-by-1", npz(x=X3, y=np.array([[0.5], [1.0], [2.0]])), None, (torch.float32, (3, 1)), None),
+    ("regression-y-n-by-k", pt({"x": torch.zeros(3, 2), "y": torch.randn(3, 4, dtype=torch.float64)}), None,
+     (torch.float32, (3, 4)), None),
+    ("multi-label-0-1-floats", npz(x=X3, y=np.eye(3)[[0, 2, 1]]), None, (torch.float32, (3, 3)), None),
+    ("named-npz", npz(input_ids=IDS, attention_mask=MASK, labels=np.array([0, 1, 2, 1])),
+     {"input_ids": torch.long, "attention_mask": torch.long}, (torch.long, (4,)), 3),
+    ("named-pt", pt({"input_ids": torch.from_numpy(IDS), "attention_mask": torch.from_numpy(MASK).bool(),
+                     "pixel_values": torch.zeros(4, 2, dtype=torch.float16), "labels": torch.tensor([1, 0, 1, 1]),
+                     "num_classes": 5}),
+     {"input_ids": torch.long, "attention_mask": torch.bool, "pixel_values": torch.float32}, (torch.long, (4,)), 5),
+    ("named-regression", npz(input_ids=IDS, labels=np.array([0.1, 0.2, 0.3, 0.4])), {"input_ids": torch.long},
+     (torch.float32, (4,)), None),
+]
+
+
+@pytest.mark.parametrize("name, write, inputs, target, num_classes", GOOD_TENSOR_FILES, ids=[c[0] for c in GOOD_TENSOR_FILES])
+def test_tensor_files_with_named_inputs_or_real_targets_load(tmp_path, name, write, inputs, target, num_classes):
+    path = tmp_path / ("d.pt" if "pt" in name or "n-by-k" in name else "d.npz")
+    write(path)
+    ds = data.load(str(path))
+    assert ds.named == (inputs is not None) and ds.num_classes == num_classes
+    assert (ds.y.dtype, tuple(ds.y.shape)) == target
+    if inputs is None:
+        assert ds.x.dtype == torch.float32 and ds.arrays().keys() == {"x", "y"}
+    else:
+        assert {k: v.dtype for k, v in ds.inputs.items()} == inputs
+        assert ds.arrays().keys() == {*inputs, "labels"}
+        assert torch.equal(ds.inputs["input_ids"], torch.from_numpy(IDS).long())  # token ids are never rescaled
+
+
+def named_dataset():
+    ids = torch.arange(20).reshape(5, 4)
+    return data.Dataset({"input_ids": ids, "attention_mask": ids % 2}, torch.tensor([0, 1, 2, 1, 0]), 3,
+                        {"dataset": "file", "path": "tokens.npz"})
+
+
+def test_named_data_subsets_and_batches_are_dicts_with_labels():
+    ds = named_dataset()
+    assert len(ds) == 5 and "tokens.npz" in repr(ds)
+    batches = ds.batches(2)
+    assert [sorted(b) for b in batches] == [["attention_mask", "input_ids", "labels"]] * 3
+    assert [len(b["labels"]) for b in batches] == [2, 2, 1]
+    assert torch.equal(torch.cat([b["input_ids"] for b in batches]), ds.inputs["input_ids"])
+    sub = ds.subset([4, 1])
+    assert sub.inputs["input_ids"].tolist() == [[16, 17, 18, 19], [4, 5, 6, 7]] and sub.y.tolist() == [0, 1]
+    a, b = ds.head(3, seed=2), ds.head(3, seed=2)
+    assert len(a) == 3 and a.spec["num_samples"] == 3 and torch.equal(a.inputs["input_ids"], b.inputs["input_ids"])
+    rows = [int(r[0]) // 4 for r in a.inputs["input_ids"]]  # each row keeps its own label
+    assert a.y.tolist() == ds.y[rows].tolist()
+    assert ds.head(None) is ds and ds.batch(0, 1)["input_ids"].shape == (1, 4)
+
+
+def test_named_data_is_what_the_objective_unpacks():
+    from landscape.objective import Objective
+
+    class Bag(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.emb, self.out = torch.nn.Embedding(20, 3), torch.nn.Linear(3, 3)
+
+        def forward(self, input_ids, attention_mask):
+            mask = attention_mask.unsqueeze(-1).float()
+            return self.out((self.emb(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1))
+
+    ds, model = named_dataset(), Bag()
+    expected = torch.nn.functional.cross_entropy(model(**ds.inputs), ds.y).item()
+    for batch_size in (None, 2):
+        objective = Objective(model, ds.batches(batch_size), dtype=torch.float64)
+        assert objective.loss() == pytest.approx(expected, abs=1e-6)
+
+
+def test_regression_targets_reach_mse_and_cross_entropy_refuses_them(tmp_path):
+    from landscape.objective import Objective
+
+    x, y = np.random.default_rng(0).normal(size=(6, 2)), np.linspace(-1, 1, 6)
+    np.savez(tmp_path / "r.npz", x=x, y=y)
+    ds = data.load(str(tmp_path / "r.npz"))
+    model = torch.nn.Linear(2, 1)
+    mse = Objective(model, ds, loss="mse").loss()
+    assert mse == pytest.approx(((model(ds.x)[:, 0] - ds.y) ** 2).mean().item(), abs=1e-6)
+    with pytest.raises(LandscapeError, match="cross-entropy needs integer class labels") as exc:
+        Objective(torch.nn.Linear(2, 3), ds).loss()
+    assert_one_line(exc)
+
+
+@pytest.mark.parametrize("use", [
+    lambda ds: ds.x.shape,
+    lambda ds: ds.subset([0]).x[:1],
+    lambda ds: ds.head(2).x,
+], ids=["x", "subset", "head"])
+def test_code_needing_one_input_tensor_gets_one_line_for_named_data(use):
+    with pytest.raises(LandscapeError, match=r"needs \(x, y\) data.*named inputs \(input_ids, attention_mask\)") as exc:
+        use(named_dataset())
+    assert_one_line(exc, "tokens.npz", "'x' and 'y'")
+
+
+@pytest.mark.parametrize("inputs, labels, match", [
+    ({"labels": torch.zeros(3)}, torch.zeros(3), "'labels' is not"),
+    ({"ids": torch.zeros(2)}, torch.zeros(3), "one row per label \\(3\\).*'ids' is not"),
+    ({"ids": [1, 2, 3]}, torch.zeros(3), "'ids' is not"),
+    ({"ids": torch.tensor(1)}, torch.zeros(3), "'ids' is not"),
+    ({}, torch.zeros(3), "there are none"),
+])
+def test_named_inputs_are_checked_when_built(inputs, labels, match):
+    with pytest.raises(LandscapeError, match=match) as exc:
+        data.Dataset(inputs, labels, None)
+    assert_one_line(exc)
+
+
+REAL = np.array([0.5, 1.5, 2.25, 0.0])
+
+
+@pytest.mark.parametrize("call", [
+    lambda tmp: data.partition(REAL, 2, 2, 0.5, seed=0),
+    lambda tmp: data.default_federation("file", REAL),
+    lambda tmp: data.default_federation("file", torch.tensor(REAL).reshape(2, 2)),
+    lambda tmp: data.read_split_file(tmp / "split.csv", REAL),
+    lambda tmp: data.client_data(data.Dataset(torch.zeros(4, 1), torch.tensor(REAL), None),
+                                 {"num_clients": 2, "samples_per_client": 2, "alpha": 0.5, "seed": 0}, 0),
+    lambda tmp: data.partition(np.ones((4, 2)), 2, 2, 0.5, seed=0),
+], ids=["partition", "default-federation", "default-federation-n-by-k", "split-file", "client-data", "float-n-by-k"])
+def test_a_federation_by_class_refuses_real_valued_targets(tmp_path, call):
+    (tmp_path / "split.csv").write_text("0,0,0\n1,1,1\n")
+    with pytest.raises(LandscapeError, match="splits the data by class and needs integer class labels.*real-valued") as exc:
+        call(tmp_path)
+    assert_one_line(exc)
+
+
+def test_integral_float_labels_still_partition():
+    labels = np.repeat(np.arange(4), 5)
+    assert [p.tolist() for p in data.partition(labels.astype(float), 4, 5, 0.0, seed=1)] == \
+        [p.tolist() for p in data.partition(labels, 4, 5, 0.0, seed=1)]
 
 
 class _Evil:
