@@ -122,25 +122,10 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def read_hessian(path: Path) -> dict[str, Any]:
-    """A result of ``landscape hessian --out`` (eigenvalues descending, lambda_max, metadata).
+    """A result of ``landscape hessian --out`` (:func:`landscape.hessian.load_result`, checked)."""
+    from landscape.hessian import load_result
 
-    Raises:
-        LandscapeError: not such a result (missing or mistyped entries).
-    """
-    result = read_json(path)
-
-    def number(value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-    values = result.get("eigenvalues")
-    if not isinstance(values, list) or not values or not all(number(v) for v in values):
-        raise LandscapeError(f"{path} is not a result of `landscape hessian --out` (no eigenvalues)")
-    ratio = result.get("lambda_max_over_lambda_5")
-    if not number(result.get("lambda_max")) or not (ratio is None or number(ratio)):
-        raise LandscapeError(f"{path} is not a result of `landscape hessian --out` (lambda_max is not a number)")
-    if not isinstance(result.get("converged", []), list) or not isinstance(result.get("metadata", {}), dict):
-        raise LandscapeError(f"{path} is not a result of `landscape hessian --out` (malformed converged or metadata)")
-    return result
+    return load_result(path)
 
 
 def checkpoint_of(result: dict[str, Any]) -> dict[str, Any]:

@@ -152,14 +152,15 @@ class FlatnessMetrics:
         return asdict(self)
 
 
-def client_weights(client_batches: Sequence[Sequence[Batch]]) -> list[float]:
-    """FedAvg weights w_i = n_i / sum_j n_j from the samples in each client's batches.
+def client_weights(objectives: Sequence[Objective]) -> list[float]:
+    """FedAvg weights w_i = n_i / sum_j n_j from the targets each client's objective counts.
 
+    >>> from torch import nn
     >>> x = torch.zeros(1, 2)
-    >>> client_weights([[(x, torch.zeros(1))], [(x, torch.zeros(1))] * 3])
+    >>> client_weights([Objective(nn.Linear(2, 2), [(x, torch.zeros(1, dtype=torch.long))] * k) for k in (1, 3)])
     [0.25, 0.75]
     """
-    counts = [sum(int(y.shape[0]) for _, y in batches) for batches in client_batches]
+    counts = [o.num_samples for o in objectives]
     if not counts or min(counts) == 0:
         raise LandscapeError("every client needs at least one sample; got sample counts " + str(counts))
     total = sum(counts)
@@ -183,6 +184,7 @@ def perturbation_distance(
     *,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    **objective: Any,
 ) -> PerturbationDistance:
     """The flatness distance as the spread of the clients' SAM perturbations at x.
 
@@ -207,8 +209,9 @@ def perturbation_distance(
         D with the per-client distances, cosines and gradient norms.
     """
     _check_rho(rho)
-    weights = client_weights(client_batches)
-    grads = [Objective(model, batches, dtype, device).gradient() for batches in client_batches]
+    objectives = [Objective(model, batches, dtype, device, **objective) for batches in client_batches]
+    weights = client_weights(objectives)
+    grads = [o.gradient() for o in objectives]
     g = sum(w * gi for w, gi in zip(weights, grads))
     eps = rho * g / (g.norm() + NORM_EPS)
     distances = [float((rho * gi / (gi.norm() + NORM_EPS) - eps).norm()) for gi in grads]
@@ -279,6 +282,7 @@ def sharpness_gap(
     *,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    **objective: Any,
 ) -> SharpnessGap:
     """Mean client sharpness minus global sharpness at x.
 
@@ -297,11 +301,14 @@ def sharpness_gap(
         num_ascent_steps: ascent steps of the second estimate.
         dtype: computation precision.
         device: where to compute.
+        objective: the loss, forward and ignore_index of every objective
+            (:class:`~landscape.objective.Objective`; default: mean cross-entropy of (x, y) batches).
     """
-    client_weights(client_batches)  # validates that every client has data
-    clients = [sharpness(Objective(model, b, dtype, device), rho, num_ascent_steps) for b in client_batches]
+    objectives = [Objective(model, b, dtype, device, **objective) for b in client_batches]
+    client_weights(objectives)  # validates that every client has data
+    clients = [sharpness(o, rho, num_ascent_steps) for o in objectives]
     pooled = [b for batches in client_batches for b in batches]
-    loss, first, ascent = sharpness(Objective(model, pooled, dtype, device), rho, num_ascent_steps)
+    loss, first, ascent = sharpness(Objective(model, pooled, dtype, device, **objective), rho, num_ascent_steps)
     return SharpnessGap(
         rho=rho,
         num_ascent_steps=num_ascent_steps,
@@ -325,6 +332,7 @@ def lambda_max_local_global(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    **objective: Any,
 ) -> LambdaMaxComparison:
     """Local against global curvature of the trained client models.
 
@@ -347,16 +355,20 @@ def lambda_max_local_global(
         seed: start vector seed.
         dtype: computation precision.
         device: where to compute.
+        objective: the loss, forward and ignore_index of every objective
+            (:class:`~landscape.objective.Objective`; default: mean cross-entropy of (x, y) batches).
     """
     if len(client_models) != len(client_batches):
         raise LandscapeError(f"{len(client_models)} client models but data for {len(client_batches)} clients")
-    client_weights(client_batches)
+    if not client_batches or not all(client_batches):
+        raise LandscapeError("every client needs at least one batch of data")
     _check_clients(global_model, client_models)
     pooled = [b for batches in client_batches for b in batches]
     converged: list[bool] = []
 
     def top(model: nn.Module, batches: Sequence[Batch]) -> float:
-        res = top_eigenvalues(HessianOperator(Objective(model, batches, dtype, device)), k=1, tol=tol, seed=seed)
+        res = top_eigenvalues(HessianOperator(Objective(model, batches, dtype, device, **objective)), k=1, tol=tol,
+                              seed=seed)
         converged.append(all(res.converged))
         return float(res.eigenvalues[0])
 
@@ -408,6 +420,7 @@ def flatness_metrics(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    **objective: Any,
 ) -> FlatnessMetrics:
     """Every flatness-distance metric of the module (reconstructions of [L26]).
 
@@ -424,12 +437,16 @@ def flatness_metrics(
         seed: eigensolver seed.
         dtype: computation precision.
         device: where to compute.
+        objective: the loss, forward and ignore_index of every objective
+            (:class:`~landscape.objective.Objective`; default: mean cross-entropy of (x, y) batches).
     """
     return FlatnessMetrics(
-        perturbation_distance=perturbation_distance(global_model, client_batches, rho, dtype=dtype, device=device),
-        sharpness_gap=sharpness_gap(global_model, client_batches, rho, num_ascent_steps, dtype=dtype, device=device),
+        perturbation_distance=perturbation_distance(global_model, client_batches, rho, dtype=dtype, device=device,
+                                                    **objective),
+        sharpness_gap=sharpness_gap(global_model, client_batches, rho, num_ascent_steps, dtype=dtype, device=device,
+                                    **objective),
         lambda_max=lambda_max_local_global(
-            global_model, client_models, client_batches, tol=tol, seed=seed, dtype=dtype, device=device
+            global_model, client_models, client_batches, tol=tol, seed=seed, dtype=dtype, device=device, **objective
         ),
         parameter_distances=parameter_distances(global_model, client_models),
     )

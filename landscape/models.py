@@ -19,7 +19,6 @@ name comes from the user (``--model``, a Python call), never because a file says
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Sequence
 
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from landscape.errors import LandscapeError, user_code
+from landscape.imports import import_callable
 
 
 class TwoConvNet(nn.Module):
@@ -219,19 +219,7 @@ def resolve(name: str, *, allow_import: bool = True, origin: object = None) -> C
             raise LandscapeError(
                 f"refused to import model '{name}' named by a file: a module:factory runs code", where=origin,
                 fix=f"if you trust that code, pass --model {name} (or --trust-stored-factory)")
-        module_name, _, attr = name.partition(":")
-        with user_code(f"importing module '{module_name}' for model '{name}'",
-                       "put it on PYTHONPATH or install it"):
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError as exc:
-                raise LandscapeError(f"cannot import module '{module_name}' for model '{name}' ({exc})",
-                                     fix="put it on PYTHONPATH or install it") from None
-        factory = getattr(module, attr, None)
-        if not callable(factory):
-            raise LandscapeError(f"module '{module_name}' has no callable '{attr}' for model '{name}'",
-                                 fix="check the factory name")
-        return factory
+        return import_callable(name, "model")
     raise LandscapeError(
         f"unknown model '{name}'", where=origin,
         fix=f"choose one of {', '.join(REGISTRY)} or give 'package.module:factory' for your own architecture")

@@ -378,6 +378,25 @@ class Objective:
             self.weighted(p, lambda term, _: total.append(term.double()))
         return float(sum(total))
 
+    def metrics(self, params: dict[str, torch.Tensor] | None = None) -> tuple[float, float | None]:
+        """``(f(w), accuracy)`` in one pass; accuracy (correct / counted targets) only for
+        classification losses, else None (not faked where it means nothing)."""
+        p = self.params if params is None else params
+        total, correct = 0.0, 0
+        with torch.no_grad():
+            for b in self.batches():
+                outputs, targets = self.outputs(p, b)
+                count = self._count(targets)
+                if not count:
+                    continue
+                with user_code(f"the loss '{self.loss_fn.name}'", "check --loss against the outputs and targets"):
+                    value = self.loss_fn.fn(outputs, targets)
+                total += float(value) * count
+                if self.loss_fn.classification:
+                    correct += int(self.loss_fn.correct(outputs, targets))
+        accuracy = correct / self.num_samples if self.loss_fn.classification else None
+        return total / self.num_samples, accuracy
+
     def leaves(self, params: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Fresh autograd leaves holding the values of ``params`` (the base point when None)."""
         p = self.params if params is None else params

@@ -70,7 +70,7 @@ import math
 import os
 import time
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,7 @@ from landscape.directions import Directions, Plane, project
 from landscape.errors import LandscapeError, os_error
 from landscape.files import atomic_write
 from landscape.models import batchnorm_layers
+from landscape.objective import Forward, Loss, Objective
 
 FORMAT = "landscape-surface"
 FORMAT_VERSION = 1
@@ -303,6 +304,38 @@ class _Evaluator:
         return out
 
 
+class _ObjectiveEvaluator:
+    """Loss (and accuracy for classification losses) of any :class:`~landscape.objective.Objective`
+    at parameter settings, one point at a time: the path for your own loss, forward or batches.
+
+    The point with coordinates c is ``origin + sum_i c_i d_i``; the objective's own model,
+    fixed parameters and buffers are used (BatchNorm statistics as stored).
+    """
+
+    def __init__(self, origin: Mapping[str, torch.Tensor], directions: Directions,
+                 objectives: Mapping[str, Objective]) -> None:
+        first = next(iter(objectives.values()))
+        self.objectives = dict(objectives)
+        self.names = list(origin)
+        self.origin = {n: origin[n].detach().to(first.device, first.dtype) for n in self.names}
+        self.stacked = {n: torch.stack([v[n].detach().to(first.device, first.dtype) for v in directions.vectors])
+                        for n in self.names}
+        self.dtype, self.device = first.dtype, first.device
+
+    @torch.no_grad()
+    def __call__(self, coords: np.ndarray) -> dict[str, np.ndarray]:
+        c = torch.as_tensor(coords, dtype=self.dtype, device=self.device)
+        out: dict[str, list[float]] = {}
+        for k in range(len(c)):
+            params = {n: self.origin[n] + torch.tensordot(c[k], self.stacked[n], dims=1) for n in self.names}
+            for source, objective in self.objectives.items():
+                loss, accuracy = objective.metrics(params)
+                out.setdefault(f"{source}/loss", []).append(loss)
+                if accuracy is not None:
+                    out.setdefault(f"{source}/accuracy", []).append(accuracy)
+        return {k: np.asarray(v) for k, v in out.items()}
+
+
 def _metrics(source: str, logits: Iterable[torch.Tensor], labels: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
     """Mean cross-entropy and accuracy at K points from per-batch (K, C, B) logits (classes on dim 1).
 
@@ -352,8 +385,14 @@ def auto_points_per_batch(
     return int(min(MAX_POINTS_PER_BATCH, max(1, budget // max(per_point, 1))))
 
 
-def _dataset_description(ds: Dataset) -> dict[str, Any]:
-    return {**ds.spec, "num_samples": len(ds), "sha256": tensor_sha256({"x": ds.x, "y": ds.y})}
+def _dataset_description(ds: Dataset | Iterable[Batch], objective: Objective | None = None) -> dict[str, Any]:
+    """What identifies a source in a result file: the data set's spec and content hash (or, for
+    other batches, the number of targets the objective counts)."""
+    if isinstance(ds, Dataset) and getattr(ds, "x", None) is not None:
+        return {**ds.spec, "num_samples": len(ds), "sha256": tensor_sha256({"x": ds.x, "y": ds.y})}
+    if isinstance(ds, Dataset):
+        return {**ds.spec, "num_samples": len(ds)}
+    return {"batches": "user", "num_targets": objective.num_samples if objective is not None else None}
 
 
 def evaluate(
@@ -377,6 +416,9 @@ def evaluate(
     metadata: Mapping[str, Any] | None = None,
     progress: bool | None = None,
     save_every: float = 10.0,
+    loss: str | Loss | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "cross-entropy",
+    forward: Forward | None = None,
+    ignore_index: int = -100,
 ) -> dict[str, Any]:
     """Evaluate loss and accuracy of every source at every grid point (see the module docstring).
 
@@ -410,6 +452,10 @@ def evaluate(
         metadata: extra identification (e.g. ``{"checkpoints": [...]}``), part of the run's identity.
         progress: show a tqdm bar (default: when stderr is a terminal).
         save_every: seconds between writes of ``out``.
+        loss, forward, ignore_index: the objective (:class:`~landscape.objective.Objective`); with
+            anything but the default mean cross-entropy of ``(x, y)`` data, the points are
+            evaluated one at a time through the objective (accuracy only for classification
+            losses; BatchNorm statistics as stored), and ``sources`` may be any re-iterable of batches.
 
     Returns:
         The result dict (module docstring).
@@ -431,6 +477,11 @@ def evaluate(
         raise LandscapeError("no data sources to evaluate")
     if points_per_batch is not None and points_per_batch < 1:
         raise LandscapeError(f"points per batch must be at least 1, got {points_per_batch}")
+    generic = (loss != "cross-entropy" or forward is not None or ignore_index != -100
+               or any(not isinstance(ds, Dataset) or getattr(ds, "x", None) is None for ds in sources.values()))
+    if generic and bn == "recalibrate":
+        raise LandscapeError("--bn recalibrate works with the default cross-entropy of (x, y) data only",
+                             fix="use --bn eval with your own loss, forward or batches")
     device = torch.device(device)
     axes = [np.asarray(a, dtype=np.float64) for a in axes]
     shape = tuple(len(a) for a in axes)
@@ -446,7 +497,12 @@ def evaluate(
     target, out = out, (out.parent / f".{out.name}.new" if overwrite and out is not None else out)
     if out is not None and overwrite:
         out.unlink(missing_ok=True)  # an earlier --overwrite that was interrupted
-    if points_per_batch is None:
+    objectives = {s: Objective(model, ds.batches(batch_size) if isinstance(ds, Dataset) else ds, dtype, device,
+                               list(base), loss=loss, forward=forward, ignore_index=ignore_index)
+                  for s, ds in sources.items()} if generic else {}
+    if generic:
+        points_per_batch = 1
+    elif points_per_batch is None:
         if previous is not None and isinstance(previous["metadata"].get("points_per_batch"), int):
             points_per_batch = int(previous["metadata"]["points_per_batch"])
         else:
@@ -464,7 +520,10 @@ def evaluate(
         **dict(metadata or {}),
         "origin_sha256": tensor_sha256({**base, **dict(model.named_buffers())}),
         "directions": directions.describe(),
-        "data": {s: _dataset_description(ds) for s, ds in sources.items()},
+        "data": {s: _dataset_description(ds, objectives.get(s)) for s, ds in sources.items()},
+        "loss": objectives[next(iter(objectives))].loss_fn.name if generic else "cross-entropy",
+        "metrics": ["loss", "accuracy"] if not generic or next(iter(objectives.values())).loss_fn.classification
+        else ["loss"],
         "bn": bn,
         "calibration": _dataset_description(calibration) if bn == "recalibrate" and calibration is not None else None,
         "dtype": str(dtype).removeprefix("torch."),
@@ -474,7 +533,7 @@ def evaluate(
         "markers": [dict(m) for m in markers],
         "device": str(device),
     }
-    keys = [f"{s}/{m}" for s in sources for m in METRICS]
+    keys = [f"{s}/{m}" for s in sources for m in meta["metrics"]]
     values = {k: np.full(coords.shape[0], np.nan) for k in keys}
     done = np.zeros(coords.shape[0], dtype=bool)
     if previous is not None:
@@ -499,7 +558,7 @@ def evaluate(
 
     pending = [i for i in range(0, len(coords), points_per_batch) if not done[i : i + points_per_batch].all()]
     if pending:
-        evaluator = _Evaluator(
+        evaluator = _ObjectiveEvaluator(base, directions, objectives) if generic else _Evaluator(
             model, base, directions,
             {s: ds.batches(batch_size) for s, ds in sources.items()},
             bn, calibration.batches(batch_size) if calibration is not None else [], dtype, device,
@@ -627,7 +686,10 @@ def load_result(path: str | os.PathLike) -> dict[str, Any]:
     if any(a is None or a.shape != (n,) for a, n in zip(axes, shape)):
         raise bad("its axes do not match its shape")
     values = {k.removeprefix("values/"): v for k, v in arrays.items() if k.startswith("values/")}
-    wanted = [f"{s}/{m}" for s in meta["sources"] for m in METRICS]
+    metrics = meta.get("metrics", list(METRICS))
+    if not isinstance(metrics, list) or "loss" not in metrics or not set(metrics) <= set(METRICS):
+        raise bad("its metadata names unknown metrics")
+    wanted = [f"{s}/{m}" for s in meta["sources"] for m in metrics]
     if sorted(values) != sorted(wanted) or any(v.shape != tuple(shape) for v in values.values()):
         raise bad("its values do not match its sources and shape")
     if "done" not in arrays or arrays["done"].shape != tuple(shape) or arrays["done"].dtype != bool:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from landscape import models
+from landscape import imports, models
 from landscape.errors import LandscapeError
 
 
@@ -68,7 +68,7 @@ def not_a_module():
 @pytest.mark.parametrize("name", ["os:system", "subprocess:run", "builtins:exec", "tests.conftest:tiny_cnn"])
 def test_a_factory_named_by_a_file_is_never_imported(name, monkeypatch):
     imported = []
-    monkeypatch.setattr(models.importlib, "import_module", lambda m: imported.append(m))
+    monkeypatch.setattr(imports.importlib, "import_module", lambda m: imported.append(m))
     with pytest.raises(LandscapeError, match=f"refused to import model '{name}' named by a file.*runs code.*"
                        f"pass --model {name}"):
         models.resolve(name, allow_import=False, origin="ckpt.pt")

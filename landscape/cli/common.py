@@ -15,6 +15,8 @@ from landscape import checkpoint, data, directions
 from landscape.checkpoint import Checkpoint
 from landscape.errors import LandscapeError, user_code
 from landscape.files import is_inside
+from landscape.imports import import_callable
+from landscape.objective import LOSSES
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -43,6 +45,28 @@ def add_data_args(p: argparse.ArgumentParser, default_samples: int | None = None
                    help=f"use a seeded random subset of N samples (default: {default_samples or 'all'})")
     p.add_argument("--batch-size", type=integer(1), default=None, metavar="B",
                    help="samples per forward pass (default: all at once)")
+
+
+def add_objective_args(p: argparse.ArgumentParser, params: bool = True) -> None:
+    """``--loss`` / ``--ignore-index`` (and ``--params``): the objective every analysis measures."""
+    p.add_argument("--loss", default="cross-entropy", metavar="NAME",
+                   help=f"the loss: {', '.join(LOSSES)} (torch.nn.functional's, mean reduction) or your own "
+                   "package.module:function(outputs, targets) -> scalar mean (default: cross-entropy)")
+    p.add_argument("--ignore-index", type=integer(-(2**31)), default=-100, metavar="LABEL",
+                   help="the label cross-entropy and nll leave out, e.g. 255 for segmentation (default: -100)")
+    if params:
+        p.add_argument("--params", metavar="REGEX", help="only the parameters whose names match REGEX vary "
+                       "(re.search, e.g. '^fc' for the classifier block); the others stay fixed (default: all)")
+
+
+def loss_of(args: argparse.Namespace) -> str | Callable[..., Any]:
+    """The ``--loss`` flag as :class:`~landscape.objective.Objective` takes it: a name, or the user's function."""
+    if args.loss in LOSSES:
+        return args.loss
+    if ":" in args.loss:
+        return import_callable(args.loss, "loss")
+    raise LandscapeError(f"unknown loss '{args.loss}'",
+                         fix=f"choose one of {', '.join(LOSSES)} or give package.module:function")
 
 
 def add_compute_args(p: argparse.ArgumentParser) -> None:
@@ -178,7 +202,8 @@ def trusted(spec: dict[str, Any], partition: bool = False) -> dict[str, Any]:
 
 
 def load_data(
-    spec: str | None, data_dir: str | None, ckpt: checkpoint.Checkpoint, num_samples: int | None, seed: int
+    spec: str | None, data_dir: str | None, ckpt: checkpoint.Checkpoint, num_samples: int | None, seed: int,
+    loss: object = "cross-entropy", ignore_index: int = -100,
 ) -> data.Dataset:
     """The data named by ``--data``, else the training data recorded in the checkpoint.
 
@@ -201,7 +226,7 @@ def load_data(
     else:
         dataset = data.load(spec, data_dir)
     dataset = dataset.head(num_samples, seed)
-    check_labels(dataset, ckpt)
+    check_labels(dataset, ckpt, loss, ignore_index)
     return dataset
 
 
@@ -221,20 +246,27 @@ def _client_subset(spec: str, dataset: data.Dataset, ckpt: checkpoint.Checkpoint
     return data.client_data(dataset, trusted(ckpt.data, partition=True), client_id)
 
 
-def check_labels(dataset: data.Dataset, ckpt: checkpoint.Checkpoint) -> None:
-    """Labels must be valid class indices for the model's output layer."""
+def check_labels(dataset: data.Dataset, ckpt: checkpoint.Checkpoint, loss: object = "cross-entropy",
+                 ignore_index: int = -100) -> None:
+    """The model must take the inputs; with a class-label loss, labels must be its output classes."""
     model = ckpt.build_model()
     with user_code(f"model '{ckpt.model_name}' on inputs of shape {tuple(dataset.x.shape[1:])}",
                    "check that --data fits the model (and --model-kwargs)"):
         with torch.no_grad():
             out = model(dataset.x[:1])
     if not isinstance(out, torch.Tensor):
-        raise LandscapeError(f"model '{ckpt.model_name}' returns {type(out).__name__}, not a tensor of class scores")
-    if out.ndim != 2:
-        raise LandscapeError(f"model '{ckpt.model_name}' returns shape {tuple(out.shape)}, not (batch, classes)")
-    if int(dataset.y.max()) >= out.shape[1]:
+        raise LandscapeError(f"model '{ckpt.model_name}' returns {type(out).__name__}, not a tensor")
+    if loss not in ("cross-entropy", "nll"):
+        return
+    if dataset.y.is_floating_point():
+        raise LandscapeError(f"{loss} needs integer class labels, but the data holds {dataset.y.dtype} targets",
+                             fix="use --loss mse (or bce-with-logits, or your own) for real-valued targets")
+    if out.ndim < 2:
+        raise LandscapeError(f"model '{ckpt.model_name}' returns shape {tuple(out.shape)}, not (batch, classes, ...)")
+    counted = dataset.y[dataset.y != ignore_index]
+    if counted.numel() and int(counted.max()) >= out.shape[1]:
         raise LandscapeError(
-            f"labels go up to {int(dataset.y.max())} but model '{ckpt.model_name}' has {out.shape[1]} outputs; "
+            f"labels go up to {int(counted.max())} but model '{ckpt.model_name}' has {out.shape[1]} outputs; "
             "check --data or --model-kwargs num_classes"
         )
 

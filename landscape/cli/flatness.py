@@ -45,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"projected-gradient-ascent steps of the sharpness estimate (default: {flatness.NUM_ASCENT_STEPS})")
     p.add_argument("--tol", type=common.TOLERANCE, default=1e-3,
                    help="eigensolver tolerance for lambda_max, ||Hv - lambda v|| <= tol |lambda| (default: 1e-3)")
+    common.add_objective_args(p, params=False)
     common.add_data_args(p, default_samples=None)
     common.add_compute_args(p)
     common.add_model_args(p)
@@ -58,7 +59,7 @@ def load_client_data(args: argparse.Namespace, clients: list[Checkpoint]) -> lis
     if args.client_data is not None:
         sets = [data.load(spec, args.data_dir).head(args.num_samples, args.seed) for spec in args.client_data]
         for ds, ckpt in zip(sets, clients):
-            common.check_labels(ds, ckpt)
+            common.check_labels(ds, ckpt, args.loss, args.ignore_index)
         return sets
     full_sets: dict[str, data.Dataset] = {}
     out = []
@@ -70,7 +71,8 @@ def load_client_data(args: argparse.Namespace, clients: list[Checkpoint]) -> lis
             )
         key = json.dumps([args.data, {k: v for k, v in ckpt.data.items() if k != "partition"}], sort_keys=True, default=str)
         if key not in full_sets:  # clients of one federation share one data set: load it once
-            full_sets[key] = common.load_data(args.data, args.data_dir, ckpt, None, args.seed)
+            full_sets[key] = common.load_data(args.data, args.data_dir, ckpt, None, args.seed, args.loss,
+                                              args.ignore_index)
         out.append(data.client_data(full_sets[key], common.trusted(ckpt.data, partition=True), ckpt.client_id).head(args.num_samples, args.seed))
     return out
 
@@ -95,6 +97,7 @@ def _measure(args: argparse.Namespace, device: torch.device, dtype: torch.dtype)
     metrics = flatness.flatness_metrics(
         global_ckpt.build_model(), [c.build_model() for c in clients], [d.batches(args.batch_size) for d in datasets],
         rho=args.rho, num_ascent_steps=args.ascent_steps, tol=args.tol, seed=args.seed, dtype=dtype, device=device,
+        loss=common.loss_of(args), ignore_index=args.ignore_index,
     )
     labels = [marker_label(c) for c in clients]
     result = {

@@ -11,20 +11,19 @@ from landscape import hessian
 from landscape.cli import common
 from landscape.checkpoint import Checkpoint
 from landscape.data import Dataset
-from landscape.files import check_outputs, save_torch, write_json, writing
+from landscape.files import check_outputs, writing
 from landscape.plots import IMAGE_SUFFIXES
-from landscape.objective import unflatten
-from landscape.operators import resolve_device, resolve_dtype
+from landscape.operators import CURVATURES, resolve_device, resolve_dtype
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "hessian",
-        help="top eigenvalues, trace and spectral density of the loss Hessian",
-        description="Top-k Hessian eigenvalues (Lanczos or power iteration) with exact residuals, "
-        "optionally the trace (Hutchinson/Hutch++) and the spectral density (SLQ). Example: "
-        "landscape hessian run/global_final.pt --top-k 5 --trace --out h.json",
-    )
+        help="top eigenvalues, trace and spectral density of the loss Hessian (or GGN, Fisher)",
+        description="Top-k eigenvalues (Lanczos or power iteration) with exact residuals of the loss Hessian, "
+        "the generalized Gauss-Newton matrix or the empirical Fisher, optionally the trace (Hutchinson/Hutch++), "
+        "the spectral density (SLQ) and lambda_max of every layer. Any loss (--loss), any block of parameters "
+        "(--params). Example: landscape hessian run/global_final.pt --top-k 5 --trace --out h.json")
     p.add_argument("checkpoint", help="checkpoint file (or plain state_dict with --model)")
     p.add_argument("--top-k", type=common.integer(1), default=5, metavar="K", help="number of eigenvalues (default: 5)")
     p.add_argument("--method", choices=["lanczos", "power"], default="lanczos",
@@ -39,6 +38,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--density", action="store_true", help="also estimate the spectral density (SLQ)")
     p.add_argument("--density-steps", type=common.integer(1), default=80, help="Lanczos steps per SLQ probe (default: 80)")
     p.add_argument("--density-runs", type=common.integer(1), default=1, help="SLQ probes (default: 1)")
+    p.add_argument("--curvature", choices=list(CURVATURES), default="hessian",
+                   help="hessian, ggn (generalized Gauss-Newton J^T H_loss J) or fisher (empirical Fisher) "
+                   "(default: hessian)")
+    p.add_argument("--per-layer", action="store_true",
+                   help="also lambda_max of each layer's parameter block alone (a table and 'per_layer' in the JSON)")
+    common.add_objective_args(p)
     common.add_data_args(p, default_samples=None)
     common.add_compute_args(p)
     common.add_model_args(p)
@@ -56,32 +61,31 @@ def run(args: argparse.Namespace) -> int:
                "--plot": (args.plot, IMAGE_SUFFIXES)}
     check_outputs(outputs, common.inputs(args))
     ckpt = common.load_checkpoint(args.checkpoint, args)
-    dataset = common.load_data(args.data, args.data_dir, ckpt, args.num_samples, args.seed)
+    loss = common.loss_of(args)
+    dataset = common.load_data(args.data, args.data_dir, ckpt, args.num_samples, args.seed, loss,
+                               args.ignore_index)
     model = ckpt.build_model()
     with writing(args.out, args.save_eigenvectors, args.plot):
-        return _analyze(args, ckpt, dataset, model, device, dtype)
+        return _analyze(args, ckpt, dataset, model, device, dtype, loss)
 
 
 def _analyze(args: argparse.Namespace, ckpt: Checkpoint, dataset: Dataset, model: torch.nn.Module,
-             device: torch.device, dtype: torch.dtype) -> int:
+             device: torch.device, dtype: torch.dtype, loss: object) -> int:
     report = hessian.analyze(
         model, dataset, top_k=args.top_k, method=args.method, tol=args.tol, max_iter=args.max_iter,
         trace=args.trace, trace_method=args.trace_method, trace_budget=args.trace_samples,
         density=args.density or args.plot is not None, density_steps=args.density_steps,
         density_runs=args.density_runs, batch_size=args.batch_size, dtype=dtype, device=device,
-        seed=args.seed, progress=sys.stderr.isatty(),
+        seed=args.seed, progress=sys.stderr.isatty(), loss=loss, curvature=args.curvature,
+        params=args.params, ignore_index=args.ignore_index, per_layer=args.per_layer,
     )
     result = report.to_json(ckpt.describe(), dataset.spec)
     print(format_table(result, len(dataset)))
     if args.out:
-        write_json(args.out, result)
+        report.save(args.out, ckpt.describe(), dataset.spec)
         print(f"wrote {args.out}")
     if args.save_eigenvectors:
-        vectors = [{k: t.clone() for k, t in unflatten(v, report.param_shapes).items()}
-                   for v in report.eigen.eigenvectors.cpu()]
-        payload = {"kind": "hessian-eigenvectors", "eigenvalues": report.eigen.eigenvalues.cpu(),
-                   "vectors": vectors, "checkpoint_sha256": ckpt.sha256}
-        save_torch(args.save_eigenvectors, payload)
+        hessian.save_eigenvectors(args.save_eigenvectors, report, ckpt.sha256)
         print(f"wrote {args.save_eigenvectors}")
     if args.plot:
         from landscape.plots.static import plot_density
@@ -94,10 +98,12 @@ def _analyze(args: argparse.Namespace, ckpt: Checkpoint, dataset: Dataset, model
 
 def format_table(result: dict, num_samples: int) -> str:
     """The human-readable summary printed to the terminal."""
-    s = result["metadata"]["settings"]
+    s, objective = result["metadata"]["settings"], result["metadata"]["objective"]
+    what = {"hessian": "Hessian", "ggn": "generalized Gauss-Newton matrix", "fisher": "empirical Fisher"}
     lines = [
-        f"Hessian of the mean cross-entropy over {num_samples} samples "
-        f"({result['num_params']:,} parameters, loss {result['loss']:.4f}, {s['dtype']}, {s['device']})",
+        f"{what[s['curvature']]} of the mean {objective['loss']} over {num_samples} samples "
+        f"({result['num_params']:,} parameters{', ' + s['params'] if s['params'] else ''}, "
+        f"loss {result['loss']:.4f}, {s['dtype']}, {s['device']})",
         f"{'#':>4}  {'eigenvalue':>14}  {'residual':>10}  {'rel. res.':>9}  converged",
     ]
     for i, (lam, res, ok) in enumerate(zip(result["eigenvalues"], result["residuals"], result["converged"]), 1):
@@ -108,6 +114,9 @@ def format_table(result: dict, num_samples: int) -> str:
         lines.append(f"lambda_max / lambda_5 = {result['lambda_max_over_lambda_5']:.4g}")
     if "trace" in result:
         lines.append(f"trace = {result['trace']:.6g} +- {result['trace_stderr']:.3g} (standard error)")
-    lines.append(f"{result['num_matvecs']} Hessian-vector products ({s['method']}, hvp {s['hvp_mode']}), "
-                 f"{result['seconds']:.2f} s")
+    for layer in result.get("per_layer") or []:
+        lines.append(f"  lambda_max of {layer['block']:<24} {layer['lambda_max']:>12.6g}  ({layer['num_params']:,} "
+                     f"parameters{'' if layer['converged'] else ', NOT converged'})")
+    lines.append(f"{result['num_matvecs']} matrix-vector products ({s['method']}, {s['curvature']}, "
+                 f"mode {s['hvp_mode']}), {result['seconds']:.2f} s")
     return "\n".join(lines)

@@ -84,6 +84,7 @@ def add_evaluation_args(p: argparse.ArgumentParser) -> None:
                    "replaced only once the new result is complete)")
     p.add_argument("--html", metavar="HTML", help="write an interactive (offline) HTML view")
     p.add_argument("--png", metavar="PNG", help="write a static plot (.png or .pdf)")
+    common.add_objective_args(p, params=False)
     common.add_data_args(p, default_samples=None)
     common.add_compute_args(p)
     common.add_model_args(p)
@@ -100,7 +101,7 @@ def parse_sources(text: str) -> tuple[str, ...]:
 def load_sources(args: argparse.Namespace, ckpt: Checkpoint) -> tuple[dict[str, data.Dataset], data.Dataset]:
     """The data sources named by ``--sources`` and the full training set (for calibration)."""
     wanted = args.sources or DEFAULT_SOURCES
-    full = common.load_data(args.data, args.data_dir, ckpt, None, args.seed)
+    full = common.load_data(args.data, args.data_dir, ckpt, None, args.seed, args.loss, args.ignore_index)
     sources: dict[str, data.Dataset] = {}
     if "train" in wanted:
         sources["train"] = full.head(args.num_samples, args.seed)
@@ -142,6 +143,7 @@ def evaluate(
         batch_size=args.batch_size, points_per_batch=args.points_per_batch, dtype=resolve_dtype(args.dtype),
         device=resolve_device(args.device), out=args.out, overwrite=args.overwrite,
         metadata={"checkpoints": [c.describe() for c in checkpoints]}, progress=sys.stderr.isatty(),
+        loss=common.loss_of(args), ignore_index=args.ignore_index,
     )
     print(format_summary(result, time.perf_counter() - start))
     for key, count in result["metadata"]["nonfinite"].items():
@@ -179,10 +181,11 @@ def format_summary(result: dict[str, Any], seconds: float) -> str:
     ]
     centre = tuple(n // 2 for n in meta["shape"])
     for source in meta["sources"]:
-        loss, acc = result["values"][f"{source}/loss"], result["values"][f"{source}/accuracy"]
+        loss, acc = result["values"][f"{source}/loss"], result["values"].get(f"{source}/accuracy")
         finite = loss[np.isfinite(loss)]
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (float("nan"), float("nan"))
-        lines.append(f"{source:<12} {loss[centre]:>12.4f} {lo:>10.4f} {hi:>10.4f} {acc[centre]:>10.3f}")
+        shown = f"{acc[centre]:>10.3f}" if acc is not None else f"{'-':>10}"
+        lines.append(f"{source:<12} {loss[centre]:>12.4f} {lo:>10.4f} {hi:>10.4f} {shown}")
     return "\n".join(lines)
 
 
