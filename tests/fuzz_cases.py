@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 #: Written by any code that a malicious input manages to run (the tests assert it never appears).
 MARKER = "PWNED"
@@ -778,6 +779,21 @@ TRAIN = ("train", "--dataset", SYN, "--model", "mlp", "--model-kwargs", '{"hidde
          "--samples-per-client", "20", "--clients-per-round", "3", "--rounds", "2", "--batch-size", "10",
          "--eval-every", "0", "--save-every", "0", "--device", "cpu", "--no-progress")
 
+def elementwise_loss(outputs, targets):
+    """A user loss that forgets to reduce (for ``--loss tests.fuzz_cases:elementwise_loss``)."""
+    return outputs.sum(1) * 0 + 1.0
+
+
+def failing_loss(outputs, targets):
+    """A user loss that raises."""
+    raise ValueError("this loss fails\non two lines")
+
+
+def squared_loss(outputs, targets):
+    """A valid user loss (used where another option is the bad input)."""
+    return ((outputs - nn.functional.one_hot(targets, outputs.shape[1]).to(outputs.dtype)) ** 2).mean()
+
+
 CASES: list[Case] = []
 
 
@@ -852,6 +868,24 @@ hessian("model=nosuch", "--model", "nosuch")
 hessian("model=os:system", "--model", "os:system")
 hessian("plot=xyz", "--plot", "{tmp}/d.xyz", outputs=("{tmp}/d.xyz",),
         note="the JSON must not be written when the plot cannot be")
+# The objective's options (--loss, --params, --curvature, --ignore-index): issue 10.
+hessian("loss=nosuch", "--loss", "huber", expect="unknown loss 'huber'")
+hessian("loss=module-missing", "--loss", "no_such_module_xyz:f", expect="cannot import module")
+hessian("loss=attr-missing", "--loss", "tests.fuzz_cases:no_such_loss", expect="has no callable")
+hessian("loss=not-scalar", "--loss", "tests.fuzz_cases:elementwise_loss", expect="not a scalar mean")
+hessian("loss=raises", "--loss", "tests.fuzz_cases:failing_loss", expect="raised ValueError")
+hessian("loss=mse-on-labels", "--loss", "mse", expect="mse needs targets shaped like the outputs")
+hessian("loss=nll-float", "--loss", "nll", "--data", "{tmp}/bad.npz", setup="data_float_labels",
+        expect="nll needs integer class labels")
+hessian("params=nomatch", "--params", "^nothing", expect="matches no parameter")
+hessian("params=bad-regex", "--params", "(", expect="is not a regular expression")
+hessian("curvature=bogus", "--curvature", "hessian2")
+hessian("ignore-index=abc", "--ignore-index", "abc")
+hessian("per-layer-top-k-too-big", "--per-layer", "--top-k", "100000", expect="exceeds the number of parameters")
+surface("loss=nosuch", "--loss", "huber", expect="unknown loss 'huber'")
+surface("loss=bn-recalibrate", "--loss", "tests.fuzz_cases:squared_loss", "--bn", "recalibrate",
+        expect="--bn recalibrate works with the default cross-entropy")
+flat("loss=not-scalar", "--loss", "tests.fuzz_cases:elementwise_loss", expect="not a scalar mean")
 
 for value in ("nan", "0", "-inf", "1e308"):
     surface(f"range={value}", "--range", value)
