@@ -388,10 +388,8 @@ def auto_points_per_batch(
 def _dataset_description(ds: Dataset | Iterable[Batch], objective: Objective | None = None) -> dict[str, Any]:
     """What identifies a source in a result file: the data set's spec and content hash (or, for
     other batches, the number of targets the objective counts)."""
-    if isinstance(ds, Dataset) and getattr(ds, "x", None) is not None:
-        return {**ds.spec, "num_samples": len(ds), "sha256": tensor_sha256({"x": ds.x, "y": ds.y})}
     if isinstance(ds, Dataset):
-        return {**ds.spec, "num_samples": len(ds)}
+        return {**ds.spec, "num_samples": len(ds), "sha256": tensor_sha256(ds.arrays())}
     return {"batches": "user", "num_targets": objective.num_samples if objective is not None else None}
 
 
@@ -478,7 +476,7 @@ def evaluate(
     if points_per_batch is not None and points_per_batch < 1:
         raise LandscapeError(f"points per batch must be at least 1, got {points_per_batch}")
     generic = (loss != "cross-entropy" or forward is not None or ignore_index != -100
-               or any(not isinstance(ds, Dataset) or getattr(ds, "x", None) is None for ds in sources.values()))
+               or any(not isinstance(ds, Dataset) or ds.named for ds in sources.values()))
     if generic and bn == "recalibrate":
         raise LandscapeError("--bn recalibrate works with the default cross-entropy of (x, y) data only",
                              fix="use --bn eval with your own loss, forward or batches")

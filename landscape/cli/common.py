@@ -16,7 +16,7 @@ from landscape.checkpoint import Checkpoint
 from landscape.errors import LandscapeError, user_code
 from landscape.files import is_inside
 from landscape.imports import import_callable
-from landscape.objective import LOSSES
+from landscape.objective import LOSSES, default_forward
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -250,10 +250,12 @@ def check_labels(dataset: data.Dataset, ckpt: checkpoint.Checkpoint, loss: objec
                  ignore_index: int = -100) -> None:
     """The model must take the inputs; with a class-label loss, labels must be its output classes."""
     model = ckpt.build_model()
-    with user_code(f"model '{ckpt.model_name}' on inputs of shape {tuple(dataset.x.shape[1:])}",
+    shape = ({k: tuple(v.shape[1:]) for k, v in dataset.inputs.items()} if dataset.named
+             else tuple(dataset.x.shape[1:]))
+    with user_code(f"model '{ckpt.model_name}' on inputs of shape {shape}",
                    "check that --data fits the model (and --model-kwargs)"):
         with torch.no_grad():
-            out = model(dataset.x[:1])
+            out, _ = default_forward(model, dataset.batch(0, 1))
     if not isinstance(out, torch.Tensor):
         raise LandscapeError(f"model '{ckpt.model_name}' returns {type(out).__name__}, not a tensor")
     if loss not in ("cross-entropy", "nll"):
