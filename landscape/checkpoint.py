@@ -16,7 +16,9 @@ A checkpoint is a ``torch.save``d dict holding everything an analysis needs::
 so ``landscape hessian ckpt.pt`` needs nothing else. Files are written atomically
 and read with ``torch.load(weights_only=True)``: a pickle that would run code is
 refused before any of it runs. Plain state_dicts from other projects load too when
-the caller names the architecture (``model=`` / ``--model``).
+the caller names the architecture (``model=`` / ``--model``), also as ``.safetensors``
+files (read with ``safetensors.torch.load_file``, never a pickle; the metadata in their
+header is ignored: a file never names code).
 """
 
 from __future__ import annotations
@@ -125,14 +127,20 @@ def save(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:
     return save_torch(path, checkpoint.to_dict())
 
 
+#: The suffix of weights in the safetensors format (a JSON header and raw tensor bytes).
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
 def _read(path: Path) -> Any:
-    """torch.load with weights_only=True, every failure turned into a one-line error."""
+    """torch.load with weights_only=True (or safetensors' reader), every failure turned into a one-line error."""
     if not path.exists():
         raise LandscapeError(f"checkpoint not found: {path}; check the path")
     if path.is_dir():
         raise LandscapeError(f"{path} is a folder, not a checkpoint file")
     if not path.is_file():  # a FIFO or a device would block or never end
         raise LandscapeError("not a regular file", where=path, fix="pass a checkpoint file")
+    if path.suffix.lower() == SAFETENSORS_SUFFIX:
+        return _read_safetensors(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as exc:
@@ -161,6 +169,31 @@ def _read(path: Path) -> Any:
         ) from None
 
 
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file (its header metadata is dropped), or one line why not.
+
+    The format holds only a JSON header and raw bytes, so reading it runs nothing; the tensors
+    are copied out of the memory map, so the file may change afterwards.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(path, device="cpu")
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise os_error(exc, "cannot read the checkpoint") from None
+    except (SafetensorError, ValueError, RuntimeError, TypeError) as exc:
+        text = (str(exc).splitlines() or [type(exc).__name__])[0].removeprefix("Error while deserializing header: ")
+        text = text if len(text) <= 80 else text[:77] + "..."  # it may quote the file: a few words of it at most
+        raise LandscapeError(f"not a valid safetensors file, or truncated ({text})", where=path,
+                             fix="re-copy it; a file written by torch.save must end in .pt") from None
+    if not tensors:
+        raise LandscapeError("the safetensors file holds no tensors", where=path, fix="pass the file with the weights")
+    return {name: t.clone() for name, t in tensors.items()}
+
+
 def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, dict) and bool(obj) and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
@@ -177,7 +210,8 @@ def load(
 
     Args:
         path: a file written by :func:`save`, or by ``torch.save(state_dict)``
-            (also ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers).
+            (also ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers), or a ``.safetensors``
+            file of weights (a plain state_dict; its header metadata is ignored).
         model: registered model name or ``package.module:factory``; overrides the
             stored name (required for plain state_dicts).
         model_kwargs: keyword arguments for the factory; override the stored ones.
@@ -185,7 +219,8 @@ def load(
             (runs that code: only for files you trust). A factory named by ``model`` runs anyway.
 
     Raises:
-        LandscapeError: missing, truncated, malformed, non-checkpoint or code-carrying files,
+        LandscapeError: missing, truncated, malformed, non-checkpoint or code-carrying files
+            (also ``.safetensors`` files that are not valid safetensors),
             factories named by the file without ``trust_factory``, plain state_dicts without
             ``model``, weights that do not fit the model.
     """
@@ -224,8 +259,9 @@ def load(
                 "(a dict of parameter names to tensors)"
             )
         if model is None:
+            what = "safetensors file of weights" if path.suffix.lower() == SAFETENSORS_SUFFIX else "plain state_dict"
             raise LandscapeError(
-                f"{path} is a plain state_dict with no model description; name its architecture "
+                f"{path} is a {what} with no model description; name its architecture "
                 "with --model NAME (see `landscape models`) or --model package.module:factory"
             )
         ckpt = Checkpoint(model_name=model, model_kwargs=dict(model_kwargs or {}), state_dict=state)

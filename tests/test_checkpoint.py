@@ -213,3 +213,84 @@ def test_non_finite_weights_are_one_clear_error(tmp_path):
         back.check_finite()
     _, good = _ckpt()
     good.check_finite()
+
+
+def _safetensors(tmp_path, state, name="w.safetensors", metadata=None):
+    from safetensors.torch import save_file
+
+    path = tmp_path / name
+    save_file({k: v.contiguous() for k, v in state.items()}, path, metadata=metadata)
+    return path
+
+
+@pytest.mark.parametrize("metadata", [None, {"format": "pt", "model": "os:system", "kwargs": '{"hidden": [9]}'}],
+                         ids=["plain", "header-naming-code"])
+def test_safetensors_weights_load_like_a_state_dict_when_the_model_is_named(tmp_path, monkeypatch, metadata):
+    monkeypatch.chdir(tmp_path)
+    model, _ = _ckpt()
+    path = _safetensors(tmp_path, model.state_dict(), "W.SafeTensors", metadata)
+    back = checkpoint.load(path, model="mlp", model_kwargs={"hidden": [4]})
+    assert (back.model_name, back.model_kwargs, back.role, back.metadata) == ("mlp", {"hidden": [4]}, None, {})
+    assert back.path == path and len(back.sha256) == 64
+    rebuilt = back.build_model()
+    assert rebuilt.state_dict().keys() == model.state_dict().keys()
+    for k, v in model.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[k], v), k
+    path.write_bytes(b"")  # the weights were copied out of the file's memory map
+    assert torch.equal(back.state_dict["net.0.weight"], model.state_dict()["net.0.weight"])
+
+
+def _safetensors_header(header, body=b""):
+    import json
+
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + body
+
+
+def _truncated(tmp_path):
+    model, _ = _ckpt()
+    good = _safetensors(tmp_path, model.state_dict(), "good.safetensors").read_bytes()
+    return good[: len(good) - 7]
+
+
+BAD_SAFETENSORS = [
+    # id, content (a callable of tmp_path; None: valid weights of mlp hidden=[4]), model (and hidden) named, match
+    ("truncated", _truncated, "mlp", r"not a valid safetensors file, or truncated \(incomplete metadata"),
+    ("garbage", lambda tmp: os.urandom(200), "mlp", "not a valid safetensors file, or truncated"),
+    ("empty", lambda tmp: b"", "mlp", r"not a valid safetensors file, or truncated \(header too small\)"),
+    ("torch-save", lambda tmp: (torch.save({"w": torch.zeros(2)}, tmp / "t.pt"), (tmp / "t.pt").read_bytes())[1], "mlp",
+     "not a valid safetensors file.*written by torch.save must end in .pt"),
+    ("bad-dtype", lambda tmp: _safetensors_header({"w": {"dtype": "Q9", "shape": [2], "data_offsets": [0, 8]}}, bytes(8)),
+     "mlp", "not a valid safetensors file"),
+    ("bad-offsets", lambda tmp: _safetensors_header({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}},
+                                                   bytes(8)), "mlp", "invalid shape, data type, or offset"),
+    ("long-quote", lambda tmp: _safetensors_header({"w": {"dtype": "Q" * 500, "shape": [1], "data_offsets": [0, 1]}},
+                                                  bytes(1)), "mlp", r"not a valid safetensors file, or truncated \(.{70,80}\.\.\.\)"),
+    ("no-tensors", lambda tmp: _safetensors_header({"__metadata__": {"a": "b"}}), "mlp", "holds no tensors"),
+    ("without-model", lambda tmp: None, None,
+     "is a safetensors file of weights with no model description; name its architecture with --model NAME"),
+    ("wrong-kwargs", lambda tmp: None, ("mlp", [5]), r"the weights do not match model 'mlp' \(shape mismatch"),
+]
+
+
+@pytest.mark.parametrize("name, content, model, match", BAD_SAFETENSORS, ids=[c[0] for c in BAD_SAFETENSORS])
+def test_bad_safetensors_files_are_one_line(tmp_path, name, content, model, match):
+    from tests.conftest import assert_one_line
+
+    body = content(tmp_path)
+    path = tmp_path / "bad.safetensors"
+    if body is None:
+        _safetensors(tmp_path, _ckpt()[0].state_dict(), path.name)
+    else:
+        path.write_bytes(body)
+    model, hidden = model if isinstance(model, tuple) else (model, [4])
+    with pytest.raises(LandscapeError, match=match) as exc:
+        checkpoint.load(path, model=model, model_kwargs={"hidden": hidden})
+    text = assert_one_line(exc, *([] if name == "wrong-kwargs" else [path]))  # a mismatch names the model instead
+    assert len(text) < 300
+
+
+def test_a_folder_named_safetensors_is_one_line(tmp_path):
+    (tmp_path / "w.safetensors").mkdir()
+    with pytest.raises(LandscapeError, match="is a folder, not a checkpoint file"):
+        checkpoint.load(tmp_path / "w.safetensors", model="mlp")
