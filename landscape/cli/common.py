@@ -14,7 +14,7 @@ import torch
 from landscape import checkpoint, data, directions
 from landscape.checkpoint import Checkpoint
 from landscape.errors import LandscapeError, user_code
-from landscape.files import is_inside
+from landscape.recorded import RecordedData
 from landscape.imports import import_callable
 from landscape.objective import LOSSES, default_forward
 
@@ -144,66 +144,22 @@ def load_checkpoint(path: str, args: argparse.Namespace) -> checkpoint.Checkpoin
     """Load a checkpoint (or a plain state_dict named by ``--model``) as the flags say.
 
     A ``package.module:factory`` the file names runs only with ``--trust-stored-factory``;
-    data paths the file names are kept only inside its run folder (:func:`confine_data`);
+    data paths the file names are used only inside its run folder (:mod:`landscape.recorded`);
     NaN or inf weights are refused here, the same for every command.
     """
     ckpt = checkpoint.load(path, model=args.model, model_kwargs=args.model_kwargs,
                            trust_factory=args.trust_stored_factory)
     ckpt.check_finite()
-    ckpt.data = confine_data(ckpt, getattr(args, "data_dir", None), getattr(args, "split_file", None))
     return ckpt
 
 
-def run_folder(path: Path) -> Path:
-    """The run folder of a checkpoint: the folder holding ``config.json`` above it, else its own folder."""
-    for folder in (path.parent, path.parent.parent):
-        if (folder / "config.json").is_file():
-            return folder
-    return path.parent
-
-
-def confine_data(ckpt: Checkpoint, data_dir: str | None, split_file: str | None) -> dict[str, Any]:
-    """``ckpt.data`` with every path it names either inside the run folder, passed by the user, or refused.
-
-    A refused path is replaced by a ``refused`` entry; :func:`trusted` raises it when the
-    data is actually needed (``--data digits`` never touches the stored paths).
-    """
-    spec = json.loads(json.dumps(ckpt.data, default=str))
-    folder = run_folder(ckpt.path) if ckpt.path else Path.cwd()
-    where = ckpt.path or "the checkpoint"
-    if spec.get("dataset") == "file" and not is_inside(str(spec.get("path", "")), folder):
-        spec["refused"] = LandscapeError(
-            f"the checkpoint names its data file {spec.get('path')!r} outside its run folder {folder}", where=where,
-            fix="pass the data yourself with --data FILE").args[0]
-    if "dir" in spec and (data_dir is not None or not is_inside(str(spec["dir"]), folder)):
-        spec.pop("dir")  # the user's --data-dir, $LANDSCAPE_DATA or ./data instead
-    part = spec.get("partition")
-    if isinstance(part, dict) and part.get("split_file"):
-        if split_file is not None:
-            part["split_file"] = str(Path(split_file).expanduser().resolve())
-        elif not is_inside(str(part["split_file"]), folder):
-            part["refused"] = LandscapeError(
-                f"the checkpoint's partition names the split file {part['split_file']!r} outside its run folder",
-                where=where, fix="pass it with --split-file FILE if you trust it").args[0]
-    return spec
-
-
-def trusted(spec: dict[str, Any], partition: bool = False) -> dict[str, Any]:
-    """A checkpoint's (confined) data dict, or the refusal :func:`confine_data` recorded for the part used.
-
-    Args:
-        spec: ``ckpt.data`` after :func:`confine_data`.
-        partition: the partition is used too (client data), not only the data set.
-    """
-    for entry in (spec, spec.get("partition") if partition else None):
-        if isinstance(entry, dict) and "refused" in entry:
-            raise LandscapeError(entry["refused"])
-    return spec
+def recorded(ckpt: Checkpoint, args: argparse.Namespace) -> RecordedData:
+    """The data ``ckpt`` records, with the user's ``--data-dir`` and ``--split-file``."""
+    return RecordedData(ckpt, getattr(args, "data_dir", None), getattr(args, "split_file", None))
 
 
 def load_data(
-    spec: str | None, data_dir: str | None, ckpt: checkpoint.Checkpoint, num_samples: int | None, seed: int,
-    loss: object = "cross-entropy", ignore_index: int = -100,
+    spec: str | None, ckpt: checkpoint.Checkpoint, args: argparse.Namespace, num_samples: int | None,
 ) -> data.Dataset:
     """The data named by ``--data``, else the training data recorded in the checkpoint.
 
@@ -211,39 +167,26 @@ def load_data(
     client K's, both rebuilt from the partition the checkpoint records (e.g. lambda_max of a
     local model on its local data, [C22] Fig. 4).
     """
-    if spec is None or spec == "client" or spec.startswith("client:"):
-        stored = ckpt.data.get("dataset") if ckpt.data else None
-        if stored is None:
-            raise LandscapeError(
-                f"{ckpt.path} does not record its data set; name one with --data (e.g. --data digits or data.npz)"
-            )
-        keys = ("n", "classes", "shape", "seed", "dir", "path")
-        trusted(ckpt.data)
-        dataset = data.load({"dataset": stored, "split": "train", **{k: v for k, v in ckpt.data.items() if k in keys}},
-                            data_dir)
-        if spec is not None:
-            dataset = _client_subset(spec, dataset, ckpt)
+    if spec is None:
+        dataset = recorded(ckpt, args).train()
+    elif spec == "client" or spec.startswith("client:"):
+        dataset = recorded(ckpt, args).client(_client_id(spec))
     else:
-        dataset = data.load(spec, data_dir)
-    dataset = dataset.head(num_samples, seed)
-    check_labels(dataset, ckpt, loss, ignore_index)
+        dataset = data.load(spec, args.data_dir)
+    dataset = dataset.head(num_samples, args.seed)
+    check_labels(dataset, ckpt, args.loss, args.ignore_index)
     return dataset
 
 
-def _client_subset(spec: str, dataset: data.Dataset, ckpt: checkpoint.Checkpoint) -> data.Dataset:
-    if "partition" not in ckpt.data:
-        raise LandscapeError(f"--data {spec}: {ckpt.path} records no federated partition; pass the client's data as a file")
+def _client_id(spec: str) -> int | None:
+    """K of ``client:K`` (None for ``client``: the checkpoint's own)."""
     _, _, client = spec.partition(":")
-    if client:
-        try:
-            client_id = int(client)
-        except ValueError:
-            raise LandscapeError(f"--data {spec}: the client id must be an integer, e.g. --data client:3") from None
-    elif ckpt.client_id is None:
-        raise LandscapeError(f"--data client: {ckpt.path} is not a client model; name the client with --data client:K")
-    else:
-        client_id = ckpt.client_id
-    return data.client_data(dataset, trusted(ckpt.data, partition=True), client_id)
+    if not client:
+        return None
+    try:
+        return int(client)
+    except ValueError:
+        raise LandscapeError(f"--data {spec}: the client id must be an integer, e.g. --data client:3") from None
 
 
 def check_labels(dataset: data.Dataset, ckpt: checkpoint.Checkpoint, loss: object = "cross-entropy",

@@ -71,9 +71,8 @@ def load_client_data(args: argparse.Namespace, clients: list[Checkpoint]) -> lis
             )
         key = json.dumps([args.data, {k: v for k, v in ckpt.data.items() if k != "partition"}], sort_keys=True, default=str)
         if key not in full_sets:  # clients of one federation share one data set: load it once
-            full_sets[key] = common.load_data(args.data, args.data_dir, ckpt, None, args.seed, args.loss,
-                                              args.ignore_index)
-        out.append(data.client_data(full_sets[key], common.trusted(ckpt.data, partition=True), ckpt.client_id).head(args.num_samples, args.seed))
+            full_sets[key] = common.load_data(args.data, ckpt, args, None)
+        out.append(common.recorded(ckpt, args).client(full=full_sets[key]).head(args.num_samples, args.seed))
     return out
 
 

@@ -62,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
     check_outputs(outputs, common.inputs(args))
     ckpt = common.load_checkpoint(args.checkpoint, args)
     loss = common.loss_of(args)
-    dataset = common.load_data(args.data, args.data_dir, ckpt, args.num_samples, args.seed, loss,
-                               args.ignore_index)
+    dataset = common.load_data(args.data, ckpt, args, args.num_samples)
     model = ckpt.build_model()
     with writing(args.out, args.save_eigenvectors, args.plot):
         return _analyze(args, ckpt, dataset, model, device, dtype, loss)

@@ -101,24 +101,22 @@ def parse_sources(text: str) -> tuple[str, ...]:
 def load_sources(args: argparse.Namespace, ckpt: Checkpoint) -> tuple[dict[str, data.Dataset], data.Dataset]:
     """The data sources named by ``--sources`` and the full training set (for calibration)."""
     wanted = args.sources or DEFAULT_SOURCES
-    full = common.load_data(args.data, args.data_dir, ckpt, None, args.seed, args.loss, args.ignore_index)
+    full = common.load_data(args.data, ckpt, args, None)
+    recorded = common.recorded(ckpt, args)
     sources: dict[str, data.Dataset] = {}
     if "train" in wanted:
         sources["train"] = full.head(args.num_samples, args.seed)
     if "test" in wanted:
-        if full.spec.get("dataset") not in data.DATASETS:
+        test = recorded.test(of=full)
+        if test is None:
             if args.sources is not None:
                 raise LandscapeError(f"the data {full.spec} has no test split; drop 'test' from --sources")
             print("note: the data set has no test split; evaluating the training data only", file=sys.stderr)
         else:
-            spec = {k: v for k, v in full.spec.items() if k not in ("split", "num_samples", "subset_seed")}
-            sources["test"] = data.load({**spec, "split": "test"}, args.data_dir).head(args.num_samples, args.seed)
+            sources["test"] = test.head(args.num_samples, args.seed)
     if "clients" in wanted:
-        if not ckpt.data.get("partition"):
-            raise LandscapeError(f"{ckpt.path} records no federated partition; drop 'clients' from --sources")
-        num_clients = len(data.partition_from_spec(full.y.numpy(), common.trusted(ckpt.data, partition=True)))
-        for k in range(num_clients):
-            sources[f"client {k}"] = data.client_data(full, ckpt.data, k).head(args.num_samples, args.seed)
+        for k in range(recorded.num_clients(full)):
+            sources[f"client {k}"] = recorded.client(k, full).head(args.num_samples, args.seed)
     return sources, full
 
 
