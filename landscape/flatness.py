@@ -29,9 +29,12 @@ References: [L26] FedNSAM (arXiv 2602.23827), [C22] Caldarola et al. ECCV 2022,
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,7 +43,8 @@ from torch import nn
 
 from landscape.directions import require_same_shapes
 from landscape.eigen import top_eigenvalues
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, os_error
+from landscape.files import write_json
 from landscape.objective import Batch, Objective
 from landscape.operators import HessianOperator
 
@@ -450,3 +454,68 @@ def flatness_metrics(
         ),
         parameter_distances=parameter_distances(global_model, client_models),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The result file (``landscape flatness --out``)
+# ---------------------------------------------------------------------------------------------
+
+FORMAT = "landscape-flatness"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class FlatnessResult:
+    """The metrics of one global model and its clients, with what identifies them (a JSON file).
+
+    Attributes:
+        metrics: :func:`flatness_metrics`' result.
+        clients: per client: ``label``, ``num_samples``, ``data`` (spec), ``sha256`` of its checkpoint.
+        checkpoints: ``{"global": ..., "clients": [...]}`` descriptions of the checkpoints.
+        settings: rho, ascent steps, tolerance, seed, dtype, device, data options, loss.
+        seconds: how long the metrics took.
+    """
+
+    metrics: FlatnessMetrics
+    clients: list[dict[str, Any]]
+    checkpoints: dict[str, Any]
+    settings: dict[str, Any]
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The file's content (``metrics`` as :meth:`FlatnessMetrics.to_dict`)."""
+        from landscape import __version__
+
+        return {
+            "kind": "flatness", "clients": self.clients, "metrics": self.metrics.to_dict(),
+            "metadata": {
+                "format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__,
+                "definitions": "reconstructions of the flatness distance of FedNSAM [L26], see landscape.flatness",
+                "checkpoints": self.checkpoints, "settings": self.settings, "seconds": self.seconds,
+            },
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the result file (JSON, atomically); read it back with :func:`load_result`."""
+        return write_json(path, self.to_json())
+
+
+def load_result(path: str | os.PathLike) -> dict[str, Any]:
+    """A result file of :meth:`FlatnessResult.save`, checked (the dict of :meth:`FlatnessResult.to_json`).
+
+    Raises:
+        LandscapeError: unreadable, not JSON, or not a flatness result.
+    """
+    path = Path(path)
+    try:
+        result = json.loads(path.read_text())
+    except OSError as exc:
+        raise os_error(exc, "cannot read the flatness result") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise LandscapeError(f"{path} is not valid JSON", fix="pass a file written by `landscape flatness --out`") from None
+    meta = result.get("metadata") if isinstance(result, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(result.get("metrics"), dict) \
+            or not isinstance(result.get("clients"), list):
+        raise LandscapeError(f"{path} is not a result of `landscape flatness --out`",
+                             fix="pass a file written by `landscape flatness --out`")
+    return result

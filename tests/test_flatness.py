@@ -303,3 +303,21 @@ def test_cli_without_partition_asks_for_client_data(tmp_path: Path, capsys: pyte
     rc = main(["flatness", str(global_path), "--clients", *map(str, client_paths), "--device", "cpu"])
     assert rc == 2
     assert "--client-data" in capsys.readouterr().err
+
+
+def test_the_result_file_round_trips_and_is_checked(tmp_path):
+    import json
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2))
+    g = torch.Generator().manual_seed(0)
+    batches = [[(torch.randn(8, 3, generator=g), torch.randint(0, 2, (8,), generator=g))] for _ in range(2)]
+    metrics = flatness.flatness_metrics(model, [model, model], batches, rho=0.05, num_ascent_steps=1)
+    result = flatness.FlatnessResult(metrics, [{"label": "client 0"}, {"label": "client 1"}], {}, {"rho": 0.05}, 0.1)
+    path = result.save(tmp_path / "f.json")
+    back = flatness.load_result(path)
+    assert back["metrics"] == json.loads(json.dumps(metrics.to_dict()))
+    assert back["metadata"]["format"] == flatness.FORMAT
+    (tmp_path / "bad.json").write_text('{"metrics": {}}')
+    with pytest.raises(LandscapeError, match="not a result of `landscape flatness --out`"):
+        flatness.load_result(tmp_path / "bad.json")

@@ -9,18 +9,14 @@ from typing import Any
 
 import torch
 
-from landscape import __version__, data, flatness
+from landscape import data, flatness
 from landscape.checkpoint import Checkpoint
 from landscape.cli import common
 from landscape.cli.common import load_same_architecture, marker_label
 from landscape.errors import LandscapeError
-from landscape.files import check_outputs, write_json, writing
+from landscape.files import check_outputs, writing
 from landscape.operators import resolve_device, resolve_dtype
 from landscape.plots import IMAGE_SUFFIXES
-
-FORMAT = "landscape-flatness"
-FORMAT_VERSION = 1
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -99,24 +95,21 @@ def _measure(args: argparse.Namespace, device: torch.device, dtype: torch.dtype)
         loss=common.loss_of(args), ignore_index=args.ignore_index,
     )
     labels = [marker_label(c) for c in clients]
-    result = {
-        "kind": "flatness",
-        "clients": [{"label": lab, "num_samples": len(d), "data": d.spec, "sha256": c.sha256}
-                    for lab, d, c in zip(labels, datasets, clients)],
-        "metrics": metrics.to_dict(),
-        "metadata": {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__,
-            "definitions": "reconstructions of the flatness distance of FedNSAM [L26], see landscape.flatness",
-            "checkpoints": {"global": global_ckpt.describe(), "clients": [c.describe() for c in clients]},
-            "settings": {"rho": args.rho, "num_ascent_steps": args.ascent_steps, "tol": args.tol, "seed": args.seed,
-                         "dtype": args.dtype, "device": str(device), "batch_size": args.batch_size,
-                         "num_samples": args.num_samples, "data": args.data, "client_data": args.client_data},
-            "seconds": time.perf_counter() - start,
-        },
-    }
+    report = flatness.FlatnessResult(
+        metrics=metrics,
+        clients=[{"label": lab, "num_samples": len(d), "data": d.spec, "sha256": c.sha256}
+                 for lab, d, c in zip(labels, datasets, clients)],
+        checkpoints={"global": global_ckpt.describe(), "clients": [c.describe() for c in clients]},
+        settings={"rho": args.rho, "num_ascent_steps": args.ascent_steps, "tol": args.tol, "seed": args.seed,
+                  "dtype": args.dtype, "device": str(device), "batch_size": args.batch_size,
+                  "num_samples": args.num_samples, "data": args.data, "client_data": args.client_data,
+                  "loss": args.loss, "ignore_index": args.ignore_index},
+        seconds=time.perf_counter() - start,
+    )
+    result = report.to_json()
     print(format_table(result, str(global_ckpt.path)))
     if args.out:
-        write_json(args.out, result)
+        report.save(args.out)
         print(f"wrote {args.out}")
     if args.png:
         from landscape.plots.static import plot_flatness
