@@ -251,7 +251,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.directions == "eigen":
         train = sources.get("train", full)
         objective = Objective(model, train.batches(args.batch_size), resolve_dtype(args.dtype),
-                              resolve_device(args.device))
+                              resolve_device(args.device), loss=common.loss_of(args), ignore_index=args.ignore_index)
         dirs = directions.eigen_directions(objective, args.dim, seed=args.seed, tol=args.eigen_tol)
         print("Hessian eigenvalues of the directions: " + ", ".join(f"{e:.4g}" for e in dirs.info["eigenvalues"]))
     elif args.directions == "pca":
