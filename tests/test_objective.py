@@ -25,8 +25,9 @@ def regression():
     return model, x, torch.randn(30, 2, generator=g, dtype=DT)
 
 
-def dense_hessian(model, loss, x, y, names=None):
-    """d^2/dw^2 of loss(model_w(x), y) over the whole data in one call (independent of the Objective)."""
+def dense_of(model, value, names=None):
+    """torch.func.hessian of ``value(model_call)`` w.r.t. the named parameters, on one flat vector
+    (``model_call(*args)`` runs the model with those parameters): independent of the Objective."""
     model = model.to(DT)
     state = dict(model.named_parameters())
     names = names or list(state)
@@ -38,9 +39,14 @@ def dense_hessian(model, loss, x, y, names=None):
             k = int(np.prod(s))
             params[n] = flat[i:i + k].view(s)
             i += k
-        return loss(functional_call(model, {**state, **params}, (x,)), y)
+        return value(lambda *args: functional_call(model, {**state, **params}, args))
 
     return hessian(f)(torch.cat([state[n].detach().reshape(-1) for n in names]))
+
+
+def dense_hessian(model, loss, x, y, names=None):
+    """d^2/dw^2 of loss(model_w(x), y) over the whole data in one call."""
+    return dense_of(model, lambda call: loss(call(x), y), names)
 
 
 def test_mse_objective_matches_the_dense_hessian_in_unequal_batches():
@@ -138,19 +144,7 @@ def test_dict_batches_and_a_dataloader_give_the_dense_hessian():
     torch.manual_seed(0)
     model = Bag()
     batches, ids, mask, labels = dict_batches()
-    state = dict(model.to(DT).named_parameters())
-    names = list(state)
-    shapes = {n: state[n].shape for n in names}
-
-    def f(flat):
-        params, i = {}, 0
-        for n, s in shapes.items():
-            k = int(np.prod(s))
-            params[n] = flat[i:i + k].view(s)
-            i += k
-        return nn.functional.cross_entropy(functional_call(model, params, (ids, mask))["logits"], labels)
-
-    dense = hessian(f)(torch.cat([state[n].detach().reshape(-1) for n in names]))
+    dense = dense_of(model, lambda call: nn.functional.cross_entropy(call(ids, mask)["logits"], labels))
     expected = torch.linalg.eigvalsh(dense).flip(0)[:2]
     loader = torch.utils.data.DataLoader(
         [{"input_ids": ids[i], "attention_mask": mask[i], "labels": labels[i]} for i in range(12)], batch_size=5)
