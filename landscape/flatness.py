@@ -46,7 +46,7 @@ from landscape.eigen import top_eigenvalues
 from landscape.errors import LandscapeError, os_error
 from landscape.files import write_json
 from landscape.objective import Batch, Objective
-from landscape.operators import HessianOperator
+from landscape.operators import make_operator
 
 RHO = 0.05
 """Default perturbation radius: the rho of FedNSAM's reference settings [L26]."""
@@ -336,6 +336,7 @@ def lambda_max_local_global(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    curvature: str = "hessian",
     **objective: Any,
 ) -> LambdaMaxComparison:
     """Local against global curvature of the trained client models.
@@ -359,6 +360,7 @@ def lambda_max_local_global(
         seed: start vector seed.
         dtype: computation precision.
         device: where to compute.
+        curvature: the matrix whose lambda_max is compared: ``hessian`` (as in [C22, L26]), ``ggn`` or ``fisher``.
         objective: the loss, forward and ignore_index of every objective
             (:class:`~landscape.objective.Objective`; default: mean cross-entropy of (x, y) batches).
     """
@@ -371,8 +373,8 @@ def lambda_max_local_global(
     converged: list[bool] = []
 
     def top(model: nn.Module, batches: Sequence[Batch]) -> float:
-        res = top_eigenvalues(HessianOperator(Objective(model, batches, dtype, device, **objective)), k=1, tol=tol,
-                              seed=seed)
+        res = top_eigenvalues(make_operator(Objective(model, batches, dtype, device, **objective), curvature), k=1,
+                              tol=tol, seed=seed)
         converged.append(all(res.converged))
         return float(res.eigenvalues[0])
 
@@ -424,6 +426,7 @@ def flatness_metrics(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    curvature: str = "hessian",
     **objective: Any,
 ) -> FlatnessMetrics:
     """Every flatness-distance metric of the module (reconstructions of [L26]).
@@ -441,6 +444,7 @@ def flatness_metrics(
         seed: eigensolver seed.
         dtype: computation precision.
         device: where to compute.
+        curvature: the matrix of the lambda_max comparison (:func:`lambda_max_local_global`).
         objective: the loss, forward and ignore_index of every objective
             (:class:`~landscape.objective.Objective`; default: mean cross-entropy of (x, y) batches).
     """
@@ -450,7 +454,8 @@ def flatness_metrics(
         sharpness_gap=sharpness_gap(global_model, client_batches, rho, num_ascent_steps, dtype=dtype, device=device,
                                     **objective),
         lambda_max=lambda_max_local_global(
-            global_model, client_models, client_batches, tol=tol, seed=seed, dtype=dtype, device=device, **objective
+            global_model, client_models, client_batches, tol=tol, seed=seed, dtype=dtype, device=device,
+            curvature=curvature, **objective
         ),
         parameter_distances=parameter_distances(global_model, client_models),
     )

@@ -293,7 +293,7 @@ class Objective:
         self.data = [to_device(b, self.device, dtype) for b in data] if resident else data
         self.resident = resident
         #: The number of targets the loss averages over (the samples, or non-ignored labels).
-        self.num_samples = sum(self._count(self.targets(b)) for b in self.batches())
+        self.num_samples = sum(self.count(self.targets(b)) for b in self.batches())
         if self.num_samples == 0:
             raise LandscapeError("no data: the objective needs at least one batch with a counted target")
 
@@ -317,7 +317,8 @@ class Objective:
             return batch[1]
         return default_forward(lambda *a, **k: None, batch)[1]  # raises the one-line error
 
-    def _count(self, targets: torch.Tensor) -> int:
+    def count(self, targets: torch.Tensor) -> int:
+        """How many targets of a batch the loss averages over (its weight in f)."""
         if not isinstance(targets, torch.Tensor):
             raise LandscapeError(f"the targets of a batch are {type(targets).__name__}, not a tensor",
                                  fix="return tensors as targets (or pass loss=callable for other targets)")
@@ -352,7 +353,7 @@ class Objective:
     def batch_value(self, params: dict[str, torch.Tensor], batch: Batch) -> tuple[torch.Tensor, int]:
         """``(L_b, c_b)``: the mean loss of one batch and the number of targets it averages over."""
         outputs, targets = self.outputs(params, batch)
-        count = self._count(targets)
+        count = self.count(targets)
         if count == 0:
             return outputs.new_zeros(()), 0
         with user_code(f"the loss '{self.loss_fn.name}'", "check --loss against the model's outputs and the targets"):
@@ -386,7 +387,7 @@ class Objective:
         with torch.no_grad():
             for b in self.batches():
                 outputs, targets = self.outputs(p, b)
-                count = self._count(targets)
+                count = self.count(targets)
                 if not count:
                     continue
                 with user_code(f"the loss '{self.loss_fn.name}'", "check --loss against the outputs and targets"):

@@ -302,7 +302,7 @@ class GGNOperator(CurvatureOperator):
             # outputs (with their autograd graph to the leaves) and J v in one forward pass
             outputs, jv, targets = jvp(lambda p, batch=batch: obj.outputs(p, batch), (leaves,), (tangent,),
                                        has_aux=True)
-            count = obj._count(targets)
+            count = obj.count(targets)
             if count == 0 or not outputs.requires_grad:
                 continue
             hjv = loss_hessian_product(obj, outputs, targets, jv.detach())
@@ -377,7 +377,7 @@ class FisherOperator(CurvatureOperator):
         self._kept: list[tuple[torch.Tensor | None, torch.Tensor]] = []
         for batch in objective.batches():
             n = _num_samples_on_dim0(batch)
-            counts = torch.tensor([objective._count(objective.targets(_map_batch(batch, lambda t: t[i:i + 1])))
+            counts = torch.tensor([objective.count(objective.targets(_map_batch(batch, lambda t: t[i:i + 1])))
                                    for i in range(n)], dtype=torch.long)
             keep = None if bool((counts > 0).all()) else torch.nonzero(counts > 0).reshape(-1)
             kept = counts if keep is None else counts[keep]

@@ -24,6 +24,17 @@ class TinyCNN(nn.Module):
         return self.fc(torch.flatten(torch.tanh(self.norm(self.conv(x))), 1))
 
 
+class Noisy(nn.Module):
+    """A model whose forward pass draws noise even in eval mode (the determinism check must catch it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x + 0.1 * torch.randn_like(x))
+
+
 def tiny_cnn(norm: str | None = None, num_classes: int = 3) -> TinyCNN:
     """Factory used by tests through ``--model tests.conftest:tiny_cnn``."""
     torch.manual_seed(0)

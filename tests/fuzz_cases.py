@@ -886,6 +886,8 @@ surface("loss=nosuch", "--loss", "huber", expect="unknown loss 'huber'")
 surface("loss=bn-recalibrate", "--loss", "tests.fuzz_cases:squared_loss", "--bn", "recalibrate",
         expect="--bn recalibrate works with the default cross-entropy")
 flat("loss=not-scalar", "--loss", "tests.fuzz_cases:elementwise_loss", expect="not a scalar mean")
+flat("params=nomatch", "--params", "^nothing", expect="matches no parameter")
+flat("curvature=bogus", "--curvature", "hessian2")
 
 for value in ("nan", "0", "-inf", "1e308"):
     surface(f"range={value}", "--range", value)

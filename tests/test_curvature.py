@@ -25,7 +25,7 @@ from torch.func import functional_call, grad, hessian, jacrev
 from landscape.errors import LandscapeError
 from landscape.objective import Objective
 from landscape.operators import CURVATURES, FisherOperator, GGNOperator, HessianOperator, make_operator
-from tests.conftest import assert_one_line
+from tests.conftest import Noisy, assert_one_line
 
 # torch.func.hessian of the references goes through a deprecated torch.jit.script inside torch
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
@@ -386,15 +386,6 @@ def test_fisher_loops_where_vmap_cannot(mode, references):
     assert op._vectorized is False
     expected = references["mse"]["fisher"]
     torch.testing.assert_close(dense, expected, atol=ATOL, rtol=RTOL)
-
-
-class Noisy(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(5, 3)
-
-    def forward(self, x):
-        return self.fc(x + 0.1 * torch.randn_like(x))
 
 
 @pytest.mark.parametrize("curvature", CURVATURES)

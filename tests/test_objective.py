@@ -228,3 +228,21 @@ def test_named_losses_are_torch_functional_losses():
     assert make_loss("mse").fn(o, r) == nn.functional.mse_loss(o, r)
     b = (r > 0).double()
     assert make_loss("bce-with-logits").fn(o, b) == nn.functional.binary_cross_entropy_with_logits(o, b)
+
+
+def test_flatness_on_a_parameter_block_with_another_curvature():
+    model, x, y = regression()
+    model = model.to(DT)
+    clients = [[(x[:15], y[:15])], [(x[15:], y[15:])]]
+    sizes = [p.numel() for p in model.parameters()]
+    metrics = flatness.flatness_metrics(model, [model, model], clients, rho=0.05, num_ascent_steps=1, tol=1e-8,
+                                        dtype=DT, loss="mse", params="^0\\.")
+    (x0, y0), = clients[0]
+    block = dense_hessian(model, nn.functional.mse_loss, x0, y0)[:sum(sizes[:2]), :sum(sizes[:2])]
+    assert metrics.lambda_max.local_at_client[0] == pytest.approx(float(torch.linalg.eigvalsh(block)[-1]), rel=1e-6)
+    ggn = flatness.flatness_metrics(model, [model, model], clients, rho=0.05, num_ascent_steps=1, tol=1e-8,
+                                    dtype=DT, loss="mse", curvature="ggn")
+    hess = flatness.flatness_metrics(model, [model, model], clients, rho=0.05, num_ascent_steps=1, tol=1e-8,
+                                     dtype=DT, loss="mse")
+    assert ggn.lambda_max.local_at_client != pytest.approx(hess.lambda_max.local_at_client)  # another matrix
+    assert ggn.perturbation_distance.distance == pytest.approx(hess.perturbation_distance.distance, rel=1e-12)

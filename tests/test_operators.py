@@ -9,7 +9,7 @@ from landscape import models
 from landscape.errors import LandscapeError
 from landscape.objective import Objective
 from landscape.operators import HessianOperator
-from tests.conftest import tiny_cnn
+from tests.conftest import Noisy, tiny_cnn
 
 
 def dense_reference(objective: Objective, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -73,15 +73,6 @@ def test_the_callers_model_is_never_touched():
     assert all(p.grad is None for p in model.parameters())
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]) and v.dtype == before[k].dtype, k
-
-
-class Noisy(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(5, 3)
-
-    def forward(self, x):
-        return self.fc(x + 0.1 * torch.randn_like(x))
 
 
 def test_non_deterministic_products_are_detected():

@@ -15,7 +15,7 @@ from landscape.cli import common
 from landscape.cli.common import load_same_architecture, marker_label
 from landscape.errors import LandscapeError
 from landscape.files import check_outputs, writing
-from landscape.operators import resolve_device, resolve_dtype
+from landscape.operators import CURVATURES, resolve_device, resolve_dtype
 from landscape.plots import IMAGE_SUFFIXES
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"projected-gradient-ascent steps of the sharpness estimate (default: {flatness.NUM_ASCENT_STEPS})")
     p.add_argument("--tol", type=common.TOLERANCE, default=1e-3,
                    help="eigensolver tolerance for lambda_max, ||Hv - lambda v|| <= tol |lambda| (default: 1e-3)")
-    common.add_objective_args(p, params=False)
+    common.add_objective_args(p)
+    p.add_argument("--curvature", choices=list(CURVATURES), default="hessian",
+                   help="the matrix of the lambda_max comparison: hessian, ggn or fisher (default: hessian)")
     common.add_data_args(p, default_samples=None)
     common.add_compute_args(p)
     common.add_model_args(p)
@@ -92,7 +94,7 @@ def _measure(args: argparse.Namespace, device: torch.device, dtype: torch.dtype)
     metrics = flatness.flatness_metrics(
         global_ckpt.build_model(), [c.build_model() for c in clients], [d.batches(args.batch_size) for d in datasets],
         rho=args.rho, num_ascent_steps=args.ascent_steps, tol=args.tol, seed=args.seed, dtype=dtype, device=device,
-        loss=common.loss_of(args), ignore_index=args.ignore_index,
+        loss=common.loss_of(args), ignore_index=args.ignore_index, params=args.params, curvature=args.curvature,
     )
     labels = [marker_label(c) for c in clients]
     report = flatness.FlatnessResult(
@@ -103,7 +105,8 @@ def _measure(args: argparse.Namespace, device: torch.device, dtype: torch.dtype)
         settings={"rho": args.rho, "num_ascent_steps": args.ascent_steps, "tol": args.tol, "seed": args.seed,
                   "dtype": args.dtype, "device": str(device), "batch_size": args.batch_size,
                   "num_samples": args.num_samples, "data": args.data, "client_data": args.client_data,
-                  "loss": args.loss, "ignore_index": args.ignore_index},
+                  "loss": args.loss, "ignore_index": args.ignore_index, "params": args.params,
+                  "curvature": args.curvature},
         seconds=time.perf_counter() - start,
     )
     result = report.to_json()
