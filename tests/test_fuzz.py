@@ -669,7 +669,8 @@ def _second_writer_is_refused(first: subprocess.Popen, ready: Any, others: list[
             if code == -signal.SIGKILL:
                 err = f"(still writing after 12 s: it proceeded too) {err}"
             _refused(code, err, what)
-        assert first.poll() in (None, 0), f"the first writer failed: {first.communicate()[1][-400:]}"
+        # Still writing: otherwise the second writer may simply have come after it (a test too quick to tell).
+        assert first.poll() is None, f"the first writer ended ({first.returncode}) while the second was tried"
     finally:
         if first.poll() is None:
             first.terminate()
@@ -679,8 +680,8 @@ def _second_writer_is_refused(first: subprocess.Popen, ready: Any, others: list[
 def test_two_surface_writers_of_one_result(fuzz_fixtures: Path, tmp_path: Path) -> None:
     """A second ``surface --out X`` while a first one writes X is refused with one line (a lock)."""
     ckpt = shutil.copy(fuzz_fixtures / "global.pt", tmp_path / "global.pt")
-    argv = ["surface", str(ckpt), "--resolution", "151", "--points-per-batch", "4", "--num-samples", "120",
-            "--device", "cpu", "--out", str(tmp_path / "shared.npz")]
+    argv = ["surface", str(ckpt), "--dim", "3", "--resolution", "81", "--points-per-batch", "1", "--num-samples", "120",
+            "--device", "cpu", "--out", str(tmp_path / "shared.npz")]  # 531,441 points: minutes, it is stopped early
     first = _landscape(argv, tmp_path)
     _second_writer_is_refused(first, lambda: "cosine" in first.stdout.readline(), [argv], tmp_path)
 
