@@ -61,8 +61,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def federation(args: argparse.Namespace, device: torch.device):  # noqa: ANN201 - bench helper
-    from train.config import TrainConfig
-    from train.engine import FederatedData
+    from landscape.train.config import TrainConfig
+    from landscape.train.engine import FederatedData
 
     n = args.clients * args.steps * args.batch
     g = torch.Generator().manual_seed(0)
@@ -79,8 +79,8 @@ def federation(args: argparse.Namespace, device: torch.device):  # noqa: ANN201 
 def worker(args: argparse.Namespace) -> dict:
     """Time ``args.rounds`` rounds of one engine in this process."""
     from landscape import models
-    from train import algorithms
-    from train.engine import make_engine
+    from landscape.train import algorithms
+    from landscape.train.engine import make_engine
 
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -113,7 +113,7 @@ def flower_worker(args: argparse.Namespace) -> dict:
     from flwr.server.strategy import FedAvg
 
     from landscape import models
-    from train.engine import plan_client
+    from landscape.train.engine import plan_client
 
     device = torch.device(args.device)
     cfg, data, x, y, parts = federation(args, device)

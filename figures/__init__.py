@@ -3,8 +3,8 @@
 Every script is a module with ``main(argv, prog) -> int`` (argparse) that reads files
 written by the ``landscape`` commands (Hessian JSON, surface/plane ``.npz``, run folders of
 ``landscape train``) and draws them with :mod:`landscape.plots`; no script computes an
-analysis. Run one as ``landscape figures NAME ARGS...`` or ``python -m figures.MODULE ARGS...``;
-``landscape figures`` lists them. Inputs are ``LABEL=PATH`` pairs (see :mod:`figures.common`).
+analysis. Run one as ``landscape figures NAME ARGS...`` or ``python -m landscape.figures.MODULE ARGS...``;
+``landscape figures`` lists them. Inputs are ``LABEL=PATH`` pairs (see :mod:`landscape.figures.common`).
 
 The figure and table numbers are those of [C22] (Caldarola, Caputo, Ciccone, ECCV 2022).
 """
@@ -36,7 +36,7 @@ def load(name: str) -> ModuleType:
     module = SCRIPTS.get(name, name)
     if module not in SCRIPTS.values():
         raise LandscapeError(f"no figure script '{name}'; choose one of {', '.join(SCRIPTS)}")
-    return importlib.import_module(f"figures.{module}")
+    return importlib.import_module(f"landscape.figures.{module}")
 
 
 def summary(module: ModuleType) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from figures import common
+from landscape.figures import common
 from landscape import surface
 from landscape.errors import LandscapeError
 from landscape.files import writing

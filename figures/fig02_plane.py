@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from figures import common
+from landscape.figures import common
 from landscape import surface
 from landscape.errors import LandscapeError
 from landscape.files import writing

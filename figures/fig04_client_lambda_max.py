@@ -28,7 +28,7 @@ from pathlib import Path
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from figures import common
+from landscape.figures import common
 from landscape.errors import LandscapeError
 from landscape.plots import static
 

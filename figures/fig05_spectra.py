@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from figures import common
+from landscape.figures import common
 from landscape.errors import LandscapeError
 from landscape.hessian import density_curve
 from landscape.plots import static

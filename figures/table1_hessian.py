@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from figures import common
+from landscape.figures import common
 from landscape.errors import LandscapeError
 
 #: [C22] Table 1 (CIFAR-100, CNN): lambda_max at alpha = 0 and 1k, lambda_max / lambda_5 at alpha = 0 and 1k.

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from figures import common
+from landscape.figures import common
 from landscape.errors import LandscapeError
 
 #: [C22] Table 2 columns: alpha per data set (clients per round vary fastest: 5, 10, 20).

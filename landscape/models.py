@@ -225,6 +225,17 @@ def resolve(name: str, *, allow_import: bool = True, origin: object = None) -> C
         fix=f"choose one of {', '.join(REGISTRY)} or give 'package.module:factory' for your own architecture")
 
 
+def default_for(input_shape: Sequence[int]) -> str:
+    """The registered model that fits inputs of ``input_shape`` (one sample's): the CIFAR CNN of
+    [C22] for C x 32 x 32 images, else the MLP (it flattens any input).
+
+    >>> default_for((3, 32, 32)), default_for((64,)), default_for((1, 8, 8))
+    ('cnn', 'mlp', 'mlp')
+    """
+    shape = tuple(input_shape)
+    return "cnn" if len(shape) == 3 and shape[1:] == (32, 32) else "mlp"
+
+
 def build(name: str, **kwargs: object) -> nn.Module:
     """Build a model by registered name or ``package.module:factory`` path.
 

@@ -57,19 +57,43 @@ def test_pyproject_declares_the_console_script_and_a_torch_range_2_13_satisfies(
     assert any(d.startswith("pyhessian") for d in meta["optional-dependencies"]["test"])
 
 
+#: Folder -> the import name it installs under (pyproject's package-dir).
+PACKAGES = {"landscape": "landscape", "train": "landscape.train", "figures": "landscape.figures"}
 DOCTESTED = sorted(
-    ".".join(path.relative_to(ROOT).with_suffix("").parts)
-    for folder in ("landscape", "train", "figures")
+    ".".join([PACKAGES[folder], *path.relative_to(ROOT / folder).with_suffix("").parts]).removesuffix(".__init__")
+    for folder in PACKAGES
     for path in (ROOT / folder).rglob("*.py")
     if ">>>" in path.read_text()
 )
 
 
 def test_the_docstring_examples_are_found():
-    assert {"landscape.data", "landscape.trace", "train.augment", "figures.common"} <= set(DOCTESTED)
+    assert {"landscape.data", "landscape.trace", "landscape.train.augment", "landscape.figures.common"} <= set(DOCTESTED)
 
 
 @pytest.mark.parametrize("name", DOCTESTED)
 def test_docstring_examples(name: str):
     outcome = doctest.testmod(importlib.import_module(name))
     assert outcome.attempted > 0 and outcome.failed == 0
+
+
+def test_commands_run_from_a_folder_holding_a_train_py_and_a_figures_py(tmp_path):
+    """Our import names are our own: a user's train.py / figures.py (here: ones that raise on
+    import) neither shadow nor are shadowed by what landscape installs."""
+    import subprocess
+    import sys
+
+    for name in ("train", "figures"):
+        (tmp_path / f"{name}.py").write_text(f"raise RuntimeError('the user\\'s own {name}.py was imported')\n")
+    runs = [
+        [sys.executable, "-m", "landscape", "train", "--dataset", "digits", "--rounds", "1", "--clients-per-round",
+         "2", "--eval-every", "0", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "run")],
+        [sys.executable, "-m", "landscape", "figures"],
+        [sys.executable, "-c", "import landscape.train.run, landscape.figures.common"],
+    ]
+    for argv in runs:
+        done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (argv, done.stderr[-800:])
+        assert "own" not in done.stderr
+    # --dataset digits without --model picked the model that fits the data.
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["model"] == "mlp"

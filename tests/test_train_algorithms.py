@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from train import algorithms, swa
-from train.algorithms import ClientStart
-from train.config import TrainConfig
-from train.engine import FederatedData, SequentialEngine, sample_cohort
+from landscape.train import algorithms, swa
+from landscape.train.algorithms import ClientStart
+from landscape.train.config import TrainConfig
+from landscape.train.engine import FederatedData, SequentialEngine, sample_cohort
 
 CPU = torch.device("cpu")
 

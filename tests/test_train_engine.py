@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tests.test_train_algorithms import TinyNet
-from train import algorithms, augment, swa
-from train.config import TrainConfig
-from train.engine import (BatchedEngine, FederatedData, SequentialEngine, _plans_to_device, derive_seed, make_engine,
+from landscape.train import algorithms, augment, swa
+from landscape.train.config import TrainConfig
+from landscape.train.engine import (BatchedEngine, FederatedData, SequentialEngine, _plans_to_device, derive_seed, make_engine,
                           plan_client, sample_cohort)
 
 CPU = torch.device("cpu")

@@ -13,9 +13,9 @@ import torch
 from landscape import checkpoint, data
 from landscape.cli import main
 from landscape.errors import LandscapeError
-from train.config import TrainConfig, make_config
-from train.folder import client_path, global_path, swa_path
-from train.run import train
+from landscape.train.config import TrainConfig, make_config
+from landscape.train.folder import client_path, global_path, swa_path
+from landscape.train.run import train
 
 ALGORITHMS = ["fedavg", "fedavgm", "fedsam", "fedasam", "fednsam"]
 

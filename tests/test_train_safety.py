@@ -22,14 +22,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import train.folder as folder_module
-import train.run as run_module
+import landscape.train.folder as folder_module
+import landscape.train.run as run_module
 from landscape import checkpoint, files
 from landscape.cli import main
 from landscape.errors import LandscapeError
-from train.config import RANGES, TrainConfig, flag
-from train.folder import global_path
-from train.run import train
+from landscape.train.config import RANGES, TrainConfig, flag
+from landscape.train.folder import global_path
+from landscape.train.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -431,11 +431,12 @@ def test_unsaved_rounds_are_resumed_not_overwritten(tmp_path: Path) -> None:
     (["--clients-per-round", "21"], "--clients-per-round 21 is more than the 20 clients"),
     (["--model-kwargs", '{"hidden": [-4]}'], "model 'mlp' with kwargs .* raised RuntimeError"),
     (["--model-kwargs", '{"bogus": 1}'], "model 'mlp' with kwargs .*bogus.* raised TypeError"),
-    (["--model-kwargs", '{"in_features": 10}'], "model on one input of shape 64 .* raised RuntimeError"),
+    (["--model-kwargs", '{"in_features": 10}'],
+     "model 'mlp' on one input of shape 64 from the data set digits raised RuntimeError"),
     (["--model-kwargs", '{"num_classes": 3}'], r"maps one input of shape 64 to \(1, 3\), not to \(1, 10\)"),
-    (["--model", "cnn", "--model-kwargs", "{}"], "model on one input of shape 64 from the data raised"),
+    (["--model", "cnn", "--model-kwargs", "{}"], "model 'cnn' on one input of shape 64 from the data set digits raised"),
     (["--model", "tests.test_train_safety:small_mlp", "--model-kwargs", '{"in_features": 5}'],
-     "model on one input of shape 64"),
+     "model 'tests.test_train_safety:small_mlp' on one input of shape 64"),
     (["--model", "tests.test_train_safety:nothing_here"], "has no callable 'nothing_here'"),
 ])
 @pytest.mark.parametrize("folder", ["new", "existing run"])

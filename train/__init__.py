@@ -7,13 +7,13 @@ self-describing :mod:`landscape.checkpoint` files that the analysis commands rea
 
 Layout (a federated algorithm = a client update + a server update, FedJAX/optax style):
 
-- :mod:`train.sam`: SAM / ASAM perturbations as pure functions.
-- :mod:`train.algorithms`: server states (typed dataclasses), broadcast and server updates.
-- :mod:`train.swa`: the cyclic client learning rate and the SWA running mean.
-- :mod:`train.engine`: one round on the sequential or the batched engine.
-- :mod:`train.config`: the frozen :class:`~train.config.TrainConfig` and the paper presets.
-- :mod:`train.folder`: the run folder: its layout, config.json, state.pt, metrics.jsonl.
-- :mod:`train.run`: the training loop: set-up, rounds, checkpoints, resume.
+- :mod:`landscape.train.sam`: SAM / ASAM perturbations as pure functions.
+- :mod:`landscape.train.algorithms`: server states (typed dataclasses), broadcast and server updates.
+- :mod:`landscape.train.swa`: the cyclic client learning rate and the SWA running mean.
+- :mod:`landscape.train.engine`: one round on the sequential or the batched engine.
+- :mod:`landscape.train.config`: the frozen :class:`~landscape.train.config.TrainConfig` and the paper presets.
+- :mod:`landscape.train.folder`: the run folder: its layout, config.json, state.pt, metrics.jsonl.
+- :mod:`landscape.train.run`: the training loop: set-up, rounds, checkpoints, resume.
 
 ``train`` imports ``landscape``; ``landscape`` never imports ``train``.
 """

@@ -1,7 +1,7 @@
 """Batched random-crop and horizontal-flip augmentation on the device.
 
 The random draws (crop offsets, flip bits) come from the client's own generator (see
-:func:`train.engine.plan_client`), so the sequential and batched engines see identical images;
+:func:`landscape.train.engine.plan_client`), so the sequential and batched engines see identical images;
 applying them is one gather on the device for the whole batch (or cohort).
 """
 

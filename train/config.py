@@ -32,7 +32,8 @@ class TrainConfig:
         dataset: a data spec for :func:`landscape.data.load` (``cifar100``, ``digits``,
             ``synthetic:n=512,classes=10,shape=3x8x8``); the test split is used for evaluation.
         model, model_kwargs: architecture for :func:`landscape.models.build` (``num_classes`` and,
-            for ``mlp``, ``in_features`` are filled in from the data).
+            for ``mlp``, ``in_features`` are filled in from the data); None: the model that fits
+            the data (:func:`landscape.models.default_for`: the CNN on CIFAR, the MLP on digits).
         num_clients, samples_per_client: the federation (None: 100 x 500 on CIFAR [C22], 20 x 65 on
             digits, 10 clients sharing the data otherwise).
         alpha: total Dirichlet concentration [H19] (0: one class per client; large: iid).
@@ -61,7 +62,7 @@ class TrainConfig:
 
     algorithm: str = "fedavg"
     dataset: str = "cifar100"
-    model: str = "cnn"
+    model: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     num_clients: int | None = None
     samples_per_client: int | None = None
@@ -210,6 +211,8 @@ def validate(cfg: TrainConfig) -> None:
     """
     for name, choices in CHOICES.items():
         v = getattr(cfg, name)
+        if name == "model" and v is None:  # the model that fits the data, resolved with the data
+            continue
         if not isinstance(v, str):
             raise LandscapeError(f"{flag(name)} must be a string, got {v!r}")
         if choices is not None and v not in choices:

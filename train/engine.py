@@ -31,9 +31,9 @@ from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
 from landscape.errors import LandscapeError
-from train import augment as aug
-from train.algorithms import Algorithm, ClientStart, State
-from train.sam import asam_perturbation, sam_perturbation
+from landscape.train import augment as aug
+from landscape.train.algorithms import Algorithm, ClientStart, State
+from landscape.train.sam import asam_perturbation, sam_perturbation
 
 ENGINES = ("sequential", "batched", "auto")
 # Stream ids keep the random streams of one (seed, round, client) independent.

@@ -1,6 +1,6 @@
 """The run folder: its layout, ``config.json``, ``state.pt`` and ``metrics.jsonl``.
 
-:func:`train.run.train` writes a run folder that holds::
+:func:`landscape.train.run.train` writes a run folder that holds::
 
     OUT/config.json                      the resolved TrainConfig, the data spec, run options
     OUT/metrics.jsonl                    one JSON line per round
@@ -39,8 +39,8 @@ import torch
 from landscape import data
 from landscape.errors import LandscapeError, os_error
 from landscape.files import atomic_write, is_inside, save_torch, sha256
-from train import swa
-from train.config import TrainConfig
+from landscape.train import swa
+from landscape.train.config import TrainConfig
 
 STATE_FORMAT = "landscape-train-state"
 
@@ -249,7 +249,7 @@ def stored_config(out: str | Path, *, named: Collection[str] = (), trust_stored_
     values = read_config(out)
     path = Path(out) / "config.json"
     model = values.get("model", TrainConfig.model)
-    if ":" in model and "model" not in named and not trust_stored_factory:
+    if isinstance(model, str) and ":" in model and "model" not in named and not trust_stored_factory:
         raise LandscapeError(
             f"{path} names the model factory '{model}', code that resuming would import and run",
             fix=f"if you trust this run folder, pass --model {model} (or --trust-stored-factory)")

@@ -1,8 +1,8 @@
 """The training loop: config -> data and partition -> rounds -> checkpoints, metrics, resume.
 
 Reads top to bottom: :func:`train` sets up (or resumes) a run, then :func:`_loop` runs one
-round per iteration through an engine (:mod:`train.engine`). What it writes, and where, is
-the run folder of :mod:`train.folder` (its layout, ``config.json``, ``state.pt``, ``metrics.jsonl``).
+round per iteration through an engine (:mod:`landscape.train.engine`). What it writes, and where, is
+the run folder of :mod:`landscape.train.folder` (its layout, ``config.json``, ``state.pt``, ``metrics.jsonl``).
 
 Every random stream derives from (seed, round, client id), so a resumed run repeats exactly
 what the uninterrupted run would have done: bit for bit on the CPU.
@@ -10,7 +10,7 @@ what the uninterrupted run would have done: bit for bit on the CPU.
 One process writes a run folder at a time (``OUT/.lock``, see :func:`landscape.files.exclusive`).
 Everything that can refuse a config (the data, the partition, the model and one forward pass on
 one sample) runs before the folder is touched. A folder whose first round never completed is
-started again as if it were new (:func:`train.folder.never_completed`); a killed run is
+started again as if it were new (:func:`landscape.train.folder.never_completed`); a killed run is
 continued with ``resume``.
 """
 
@@ -35,9 +35,9 @@ from landscape import checkpoint, data, models
 from landscape.errors import LandscapeError, os_error, user_code
 from landscape.files import exclusive, sha256, write_json
 from landscape.operators import resolve_device
-from train import algorithms, folder, swa
-from train.config import TrainConfig
-from train.engine import STREAM_INIT, FederatedData, derive_seed, evaluate, make_engine, sample_cohort
+from landscape.train import algorithms, folder, swa
+from landscape.train.config import TrainConfig
+from landscape.train.engine import STREAM_INIT, FederatedData, derive_seed, evaluate, make_engine, sample_cohort
 
 
 @dataclass
@@ -90,6 +90,8 @@ def load_federation(cfg: TrainConfig, data_dir: str | None = None) -> tuple[Trai
                                train_ds.num_classes)
         pspec = {"num_clients": cfg.num_clients, "samples_per_client": cfg.samples_per_client,
                  "alpha": cfg.alpha, "seed": cfg.seed, "num_classes": train_ds.num_classes}
+    if cfg.model is None:
+        cfg = cfg.replace(model=models.default_for(train_ds.x.shape[1:]))
     cfg = cfg.replace(model_kwargs=_model_kwargs(cfg, train_ds))
     dspec = {"dataset": name, "split": "train",
              **{k: v for k, v in train_ds.spec.items() if k not in ("dataset", "split")}, "partition": pspec}
@@ -122,7 +124,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     return model.to(getattr(torch, cfg.dtype))
 
 
-def check_model_fits(model: nn.Module, ds: data.Dataset, dtype: torch.dtype) -> None:
+def check_model_fits(model: nn.Module, ds: data.Dataset, dtype: torch.dtype, name: str = "the model") -> None:
     """One forward pass on one sample, in eval mode: the model must take the data's inputs and
     give a score per class (so a mismatch stops the run before anything is written, not in round 1).
 
@@ -135,7 +137,8 @@ def check_model_fits(model: nn.Module, ds: data.Dataset, dtype: torch.dtype) -> 
     was_training = model.training
     model.eval()  # no BatchNorm statistics change, no dropout draws
     try:
-        with torch.no_grad(), user_code(f"model on one input of shape {shape} from the data",
+        with torch.no_grad(), user_code(f"model '{name}' on one input of shape {shape} from the data set "
+                                        f"{ds.spec.get('dataset', '?')}",
                                         fix="choose a --model (and --model-kwargs) that fits the --dataset"):
             scores = model(x)
     finally:
@@ -206,7 +209,7 @@ def train(
     progress: bool = False,
     on_round: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> RunResult:
-    """Train ``cfg`` into the run folder ``out`` (see :mod:`train.folder` for its layout).
+    """Train ``cfg`` into the run folder ``out`` (see :mod:`landscape.train.folder` for its layout).
 
     Args:
         cfg: the configuration; unresolved fields (num_clients, model kwargs) are filled from the data.
@@ -233,7 +236,7 @@ def train(
     cfg, fed = load_federation(cfg, data_dir)
     model = build_model(cfg)
     dtype = getattr(torch, cfg.dtype)
-    check_model_fits(model, fed.train, dtype)
+    check_model_fits(model, fed.train, dtype, cfg.model)
     fdata = FederatedData.build(fed.train.x, fed.train.y, fed.parts, dev, dtype, cfg.augment,
                                 data.black_pixel(fed.train))
     runner = make_engine(engine, model, fdata, cfg, dev)

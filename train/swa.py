@@ -12,7 +12,7 @@ fedsam's code collects right after the highest-lr round (``i mod c = 0``, from t
 on): ``swa_collect_early``. (fedsam takes the cycle phase from the absolute round number; the two
 agree whenever t_0 is a multiple of c, as in all of [C22]'s settings.)
 Only parameters are averaged; buffers are taken from the latest model (normalization statistics
-must be recomputed for the SWA weights, see :func:`train.run.recompute_batchnorm`).
+must be recomputed for the SWA weights, see :func:`landscape.train.run.recompute_batchnorm`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from train.algorithms import State
+from landscape.train.algorithms import State
 
 
 def swa_start_round(cfg: Any) -> int:
@@ -31,7 +31,7 @@ def swa_start_round(cfg: Any) -> int:
 def client_lr(cfg: Any, t: int) -> float:
     """The client learning rate of 0-based round ``t``.
 
-    >>> from train.config import TrainConfig
+    >>> from landscape.train.config import TrainConfig
     >>> cfg = TrainConfig(num_rounds=100, swa=True, swa_cycle=4, swa_gamma1=1.0, swa_gamma2=0.0)
     >>> [client_lr(cfg, t) for t in (74, 75, 76, 77, 78, 79)]
     [0.01, 0.75, 0.5, 0.25, 0.0, 0.75]

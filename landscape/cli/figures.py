@@ -1,14 +1,12 @@
 """``landscape figures [NAME ARGS...]``: list the paper's figure/table scripts, or run one.
 
-The scripts live in the repository's ``figures/`` package (not in ``landscape``): they are
-imported here only when the command runs, so ``landscape`` itself never depends on them.
+The scripts live in the repository's ``figures/`` folder, installed as :mod:`landscape.figures`;
+they are imported only when the command runs (they pull in matplotlib and plotly).
 """
 
 from __future__ import annotations
 
 import argparse
-
-from landscape.errors import LandscapeError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,13 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        import figures
-    except ModuleNotFoundError as exc:
-        if exc.name != "figures":
-            raise
-        raise LandscapeError("the figure scripts (the figures/ folder of the landscape repository) are not "
-                             "importable here; install from a checkout with `pip install -e .`") from None
+    from landscape import figures
     if args.name is None:
         for name in figures.SCRIPTS:
             print(f"{name:<8} {figures.summary(figures.load(name))}")

@@ -1,7 +1,7 @@
 """``landscape train``: federated training (FedAvg, FedAvgM, FedSAM, FedASAM, FedNSAM, + SWA).
 
-Every field of :class:`train.config.TrainConfig` is a flag (named by :func:`train.config.flag`,
-numbers checked against :data:`train.config.RANGES` where they are parsed); precedence is
+Every field of :class:`landscape.train.config.TrainConfig` is a flag (named by :func:`landscape.train.config.flag`,
+numbers checked against :data:`landscape.train.config.RANGES` where they are parsed); precedence is
 defaults < ``--preset`` < flags. ``--resume`` continues the run in ``--out`` from its
 ``config.json`` and refuses flags that change it; a model factory or a path outside the run
 folder that the file names is used only when the user names it again (or, for the factory,
@@ -19,12 +19,13 @@ from typing import Any
 from landscape.cli import common
 from landscape.errors import LandscapeError
 
-#: Help text per TrainConfig field (its flag is train.config.flag(field)).
+#: Help text per TrainConfig field (its flag is landscape.train.config.flag(field)).
 HELP = {
     "algorithm": "fedavg, fedavgm, fedsam, fedasam or fednsam (default: fedavg)",
     "dataset": "training data: cifar10, cifar100, digits, synthetic[:n=..,classes=..,shape=3x32x32] or a "
                ".npz/.pt file with x and y (default: cifar100)",
-    "model": "architecture from `landscape models` or package.module:factory (default: cnn)",
+    "model": "architecture from `landscape models` or package.module:factory (default: one that fits the "
+             "data: cnn for 32x32 images such as CIFAR, mlp otherwise, e.g. digits)",
     "model_kwargs": "JSON keyword arguments for the model; num_classes etc. are filled in from the data",
     "num_clients": "number of clients K (default: 100 on CIFAR, 20 on digits)",
     "samples_per_client": "training samples per client (default: 500 on CIFAR, 65 on digits)",
@@ -66,13 +67,13 @@ HELP = {
 
 
 def _fields() -> list[dataclasses.Field]:
-    from train.config import TrainConfig
+    from landscape.train.config import TrainConfig
 
     return list(dataclasses.fields(TrainConfig))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from train.config import BOOLS, RANGES, flag
+    from landscape.train.config import BOOLS, RANGES, flag
 
     p = sub.add_parser(
         "train",
@@ -116,16 +117,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def list_presets() -> str:
     """The presets as ``name  description`` lines."""
-    from train.config import PRESETS
+    from landscape.train.config import PRESETS
 
     width = max(len(n) for n in PRESETS)
     return "\n".join(f"{name:<{width}}  {desc}" for name, (desc, _) in PRESETS.items())
 
 
 def run(args: argparse.Namespace) -> int:
-    from train.config import TrainConfig, preset
-    from train.folder import global_path, read_metrics, stored_config, swa_path
-    from train.run import train
+    from landscape.train.config import TrainConfig, preset
+    from landscape.train.folder import global_path, read_metrics, stored_config, swa_path
+    from landscape.train.run import train
 
     if args.list_presets:
         print(list_presets())

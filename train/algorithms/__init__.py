@@ -61,7 +61,7 @@ def get(name: str) -> Algorithm:
     Raises:
         LandscapeError: unknown name.
     """
-    from train.algorithms import fedasam, fedavg, fedavgm, fednsam, fedsam
+    from landscape.train.algorithms import fedasam, fedavg, fedavgm, fednsam, fedsam
 
     table = {m.ALGORITHM.name: m.ALGORITHM for m in (fedavg, fedavgm, fedsam, fedasam, fednsam)}
     if name not in table:

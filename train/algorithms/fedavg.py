@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from train.algorithms import Algorithm, ClientStart, State
+from landscape.train.algorithms import Algorithm, ClientStart, State
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from train.algorithms import Algorithm, ClientStart, State, fedavg
+from landscape.train.algorithms import Algorithm, ClientStart, State, fedavg
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from train.algorithms import Algorithm, ClientStart, State
-from train.sam import global_norm
+from landscape.train.algorithms import Algorithm, ClientStart, State
+from landscape.train.sam import global_norm
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from train.algorithms import Algorithm, fedavg
+from landscape.train.algorithms import Algorithm, fedavg
 
 
 def perturbation(cfg: Any) -> str:
