@@ -30,7 +30,6 @@ import builtins
 import contextlib
 import errno
 import io
-import json
 import os
 import re
 import shutil

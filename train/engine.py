@@ -19,7 +19,6 @@ floating-point summation order (tested in float64).
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -435,10 +434,3 @@ def evaluate(model: nn.Module, weights: State, x: Tensor, y: Tensor, batch_size:
     finally:
         model.train(was_training)
     return total_loss / len(y), correct / len(y)
-
-
-def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    """``(fn(*args, **kwargs), seconds)``."""
-    t = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t

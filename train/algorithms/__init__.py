@@ -26,8 +26,6 @@ from torch import Tensor
 from landscape.errors import LandscapeError
 
 State = dict[str, Tensor]
-#: Client-side perturbations: none (plain SGD), SAM, ASAM, FedNSAM's global momentum direction.
-PERTURBATION_KINDS = ("none", "sam", "asam", "global_momentum")
 
 
 @dataclass(frozen=True)
