@@ -2,7 +2,7 @@
 
 Model: the FedSAM CIFAR CNN (``landscape.models.build("cnn", num_classes=10)``), seed 0, trained for a
 few dozen deterministic SGD steps on the synthetic CIFAR-shaped data so the spectrum is realistic.
-Data: ``synthetic:n=2048`` and its seeded ``head(512)``, one batch (PyHessian's ``data=(x, y)`` mode;
+Data: ``synthetic:n=2048`` and its seeded ``sample(512)``, one batch (PyHessian's ``data=(x, y)`` mode;
 our operator in its default "auto" mode, which keeps the graph for this many samples).
 
 For top-1, top-5, top-20 eigenvalues and the trace, each tool reports wall time (set-up included:
@@ -330,7 +330,7 @@ def hvp_costs(model, ds, reps: int) -> dict:
 def stream_check(model, full: data.Dataset, n: int, batch_size: int, k: int, tol: float, reps: int,
                  mode: str, log) -> dict:
     """Top-k lanczos (wall time, set-up included) from a resident list vs a streaming DataLoader."""
-    ds = full.head(n)
+    ds = full.sample(n)
     sources = {
         "resident": lambda: ds.batches(batch_size),
         "streamed": lambda: torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ds.x, ds.y),
@@ -378,7 +378,7 @@ def fmt_err(e: float) -> str:
 
 
 def bench_size(n: int, model, full: data.Dataset, args, probe: PyHessianProbe, log) -> dict:
-    ds = full.head(n)
+    ds = full.sample(n)
     batches = ds.batches(None)
     result: dict = {"num_samples": n, "eigen": {}, "trace": None}
     ks = sorted(args.ks)
@@ -658,12 +658,12 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for n in args.sizes:
         res = bench_size(n, model, full, args, probe, log)
-        res["loss"] = Objective(model, full.head(n).batches(None)).loss()
+        res["loss"] = Objective(model, full.sample(n).batches(None)).loss()
         results.append(res)
     costs = []
     for n in args.cost_sizes:
         log(f"\n== {n} samples: HVP / gradient cost only ==")
-        costs.append({"num_samples": n, "cost": hvp_costs(model, full.head(n), args.reps)})
+        costs.append({"num_samples": n, "cost": hvp_costs(model, full.sample(n), args.reps)})
     stream = None
     if args.stream_size:
         log(f"\n== streaming check: {args.stream_size} samples ==")

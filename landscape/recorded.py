@@ -23,6 +23,7 @@ from landscape.checkpoint import Checkpoint
 from landscape.data import Dataset
 from landscape.errors import LandscapeError
 from landscape.files import is_inside
+from landscape.partition import client_data, partition_from_spec
 
 #: The entries of a recorded data spec that say how to rebuild the data set.
 DATA_KEYS = ("n", "classes", "shape", "seed", "dir", "path")
@@ -115,7 +116,7 @@ class RecordedData:
     def num_clients(self, full: Dataset | None = None) -> int:
         """The number of clients of the recorded partition."""
         spec = self._partition()
-        return len(data.partition_from_spec((full or self.train()).y.numpy(), spec))
+        return len(partition_from_spec((full or self.train()).y.numpy(), spec))
 
     def client(self, client_id: int | None = None, full: Dataset | None = None) -> Dataset:
         """Client ``client_id``'s training data (default: the checkpoint's own client).
@@ -130,4 +131,4 @@ class RecordedData:
                 raise LandscapeError(f"{self.ckpt.path} is not a client model",
                                      fix="name the client, e.g. --data client:3")
             client_id = self.ckpt.client_id
-        return data.client_data(full or self.train(), spec, client_id)
+        return client_data(full or self.train(), spec, client_id)

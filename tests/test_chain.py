@@ -68,7 +68,7 @@ def _not_chains() -> dict[str, nn.Module]:
 
 
 def _digits(n: int = 120) -> data.Dataset:
-    ds = data.load("digits").head(n)
+    ds = data.load("digits").sample(n)
     return data.Dataset(ds.x.reshape(n, 1, 8, 8), ds.y, ds.num_classes, ds.spec)
 
 
@@ -113,7 +113,7 @@ def test_fully_connected_fast_path_equals_the_plain_forward(monkeypatch, hidden)
     """An MLP is evaluated by the feature-major chain (first layer from precomputed responses); same values."""
     torch.manual_seed(0)
     model = build("mlp", hidden=hidden)
-    ds = data.load("digits").head(200)
+    ds = data.load("digits").sample(200)
     dirs = D.random_directions(model, 2, seed=0)
     axis = S.symmetric_axis(1.0, 5)
     evaluator = S._Evaluator(model, dict(D.trainable_parameters(model)), dirs,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from landscape import checkpoint, data, models
+from landscape import checkpoint, cifar, data, models
 from landscape.cli import main
 from landscape.files import sha256
 
@@ -81,7 +81,7 @@ def test_the_users_data_dir_wins_over_the_one_a_checkpoint_names(tmp_path, capsy
     stranger = tmp_path / "stranger"
     ckpt = _save(tmp_path / "run" / "g.pt", {"dataset": "cifar10", "split": "train", "dir": str(stranger)})
     seen = []
-    monkeypatch.setattr(data, "load_cifar", lambda name, root=None, split="train": seen.append(root) or
+    monkeypatch.setattr(cifar, "load_cifar", lambda name, root=None, split="train": seen.append(root) or
                         pytest.fail("stop here"))
     with pytest.raises(BaseException):
         main(["hessian", str(ckpt), "--data-dir", str(tmp_path / "mine")])

@@ -55,7 +55,7 @@ def test_hessian_end_to_end_on_a_checkpoint(digits_ckpt, tmp_path, capsys):
     from landscape.objective import Objective
     from landscape.operators import HessianOperator
 
-    dataset = data.load("digits").head(200, seed=0)
+    dataset = data.load("digits").sample(200, seed=0)
     H = HessianOperator(Objective(checkpoint.load(digits_ckpt).build_model(), dataset.batches(None),
                                   dtype=torch.float64)).dense()
     top = torch.linalg.eigvalsh(H).flip(0)[:5].tolist()
@@ -148,6 +148,7 @@ def test_client_data_comes_from_the_recorded_partition(tmp_path, capsys):
     from landscape import data
     from landscape.objective import Objective
     from landscape.operators import HessianOperator
+    from landscape.partition import client_data
 
     partition = {"num_clients": 10, "samples_per_client": 40, "alpha": 0.0, "seed": 1}
     torch.manual_seed(0)
@@ -162,7 +163,7 @@ def test_client_data_comes_from_the_recorded_partition(tmp_path, capsys):
         assert code == 0, err
         result = json.loads(out.read_text())
         assert result["metadata"]["data"]["client_id"] == client
-        own = data.client_data(data.load("digits"), {"partition": partition}, client)
+        own = client_data(data.load("digits"), {"partition": partition}, client)
         assert len(own) == 40 and len(set(own.y.tolist())) == 1  # alpha = 0: one class per client
         H = HessianOperator(Objective(model, own.batches(None), dtype=torch.float64)).dense()
         assert result["eigenvalues"][0] == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=1e-6)

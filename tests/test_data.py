@@ -9,19 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from landscape import data
+from landscape import cifar, data, partition
 from landscape.errors import LandscapeError
 from tests.conftest import assert_one_line
 
 
 def write_cifar_fixture(root, name="cifar10", per_file=6):
     """A tiny copy of CIFAR's python layout: uint8 rows of 3072 bytes plus label lists."""
-    folder = root / data.CIFAR_FOLDERS[name]
+    folder = root / cifar.CIFAR_FOLDERS[name]
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     key = b"labels" if name == "cifar10" else b"fine_labels"
     classes = 10 if name == "cifar10" else 100
-    for split, files in data.CIFAR_FILES[name].items():
+    for split, files in cifar.CIFAR_FILES[name].items():
         for f in files:
             batch = {b"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8),
                      key: rng.integers(0, classes, per_file).tolist(), b"batch_label": b"fixture"}
@@ -50,11 +50,11 @@ def test_cifar_reads_the_python_layout(tmp_path, name):
     write_cifar_fixture(tmp_path, name)
     train = data.load(f"{name}:dir={tmp_path}")
     test = data.load({"dataset": name, "split": "test"}, data_dir=tmp_path)
-    n_train = 6 * len(data.CIFAR_FILES[name]["train"])
+    n_train = 6 * len(cifar.CIFAR_FILES[name]["train"])
     assert train.x.shape == (n_train, 3, 32, 32) and len(test) == 6
     assert train.num_classes == (10 if name == "cifar10" else 100)
     # Normalized per channel: raw byte 0 maps to -mean/std.
-    assert float(train.x.min()) >= -data.CIFAR_MEAN[name][0] / min(data.CIFAR_STD[name]) - 1e-4
+    assert float(train.x.min()) >= -cifar.CIFAR_MEAN[name][0] / min(cifar.CIFAR_STD[name]) - 1e-4
 
 
 def test_missing_cifar_says_how_to_get_it(tmp_path):
@@ -235,11 +235,11 @@ def test_named_data_subsets_and_batches_are_dicts_with_labels():
     assert torch.equal(torch.cat([b["input_ids"] for b in batches]), ds.inputs["input_ids"])
     sub = ds.subset([4, 1])
     assert sub.inputs["input_ids"].tolist() == [[16, 17, 18, 19], [4, 5, 6, 7]] and sub.y.tolist() == [0, 1]
-    a, b = ds.head(3, seed=2), ds.head(3, seed=2)
+    a, b = ds.sample(3, seed=2), ds.sample(3, seed=2)
     assert len(a) == 3 and a.spec["num_samples"] == 3 and torch.equal(a.inputs["input_ids"], b.inputs["input_ids"])
     rows = [int(r[0]) // 4 for r in a.inputs["input_ids"]]  # each row keeps its own label
     assert a.y.tolist() == ds.y[rows].tolist()
-    assert ds.head(None) is ds and ds.batch(0, 1)["input_ids"].shape == (1, 4)
+    assert ds.sample(None) is ds and ds.batch(0, 1)["input_ids"].shape == (1, 4)
 
 
 def test_named_data_is_what_the_objective_unpacks():
@@ -279,8 +279,8 @@ def test_regression_targets_reach_mse_and_cross_entropy_refuses_them(tmp_path):
 @pytest.mark.parametrize("use", [
     lambda ds: ds.x.shape,
     lambda ds: ds.subset([0]).x[:1],
-    lambda ds: ds.head(2).x,
-], ids=["x", "subset", "head"])
+    lambda ds: ds.sample(2).x,
+], ids=["x", "subset", "sample"])
 def test_code_needing_one_input_tensor_gets_one_line_for_named_data(use):
     with pytest.raises(LandscapeError, match=r"needs \(x, y\) data.*named inputs \(input_ids, attention_mask\)") as exc:
         use(named_dataset())
@@ -304,13 +304,13 @@ REAL = np.array([0.5, 1.5, 2.25, 0.0])
 
 
 @pytest.mark.parametrize("call", [
-    lambda tmp: data.partition(REAL, 2, 2, 0.5, seed=0),
-    lambda tmp: data.default_federation("file", REAL),
-    lambda tmp: data.default_federation("file", torch.tensor(REAL).reshape(2, 2)),
-    lambda tmp: data.read_split_file(tmp / "split.csv", REAL),
-    lambda tmp: data.client_data(data.Dataset(torch.zeros(4, 1), torch.tensor(REAL), None),
+    lambda tmp: partition.partition(REAL, 2, 2, 0.5, seed=0),
+    lambda tmp: partition.default_federation("file", REAL),
+    lambda tmp: partition.default_federation("file", torch.tensor(REAL).reshape(2, 2)),
+    lambda tmp: partition.read_split_file(tmp / "split.csv", REAL),
+    lambda tmp: partition.client_data(data.Dataset(torch.zeros(4, 1), torch.tensor(REAL), None),
                                  {"num_clients": 2, "samples_per_client": 2, "alpha": 0.5, "seed": 0}, 0),
-    lambda tmp: data.partition(np.ones((4, 2)), 2, 2, 0.5, seed=0),
+    lambda tmp: partition.partition(np.ones((4, 2)), 2, 2, 0.5, seed=0),
 ], ids=["partition", "default-federation", "default-federation-n-by-k", "split-file", "client-data", "float-n-by-k"])
 def test_a_federation_by_class_refuses_real_valued_targets(tmp_path, call):
     (tmp_path / "split.csv").write_text("0,0,0\n1,1,1\n")
@@ -321,8 +321,8 @@ def test_a_federation_by_class_refuses_real_valued_targets(tmp_path, call):
 
 def test_integral_float_labels_still_partition():
     labels = np.repeat(np.arange(4), 5)
-    assert [p.tolist() for p in data.partition(labels.astype(float), 4, 5, 0.0, seed=1)] == \
-        [p.tolist() for p in data.partition(labels, 4, 5, 0.0, seed=1)]
+    assert [p.tolist() for p in partition.partition(labels.astype(float), 4, 5, 0.0, seed=1)] == \
+        [p.tolist() for p in partition.partition(labels, 4, 5, 0.0, seed=1)]
 
 
 class _Evil:
@@ -391,7 +391,7 @@ BAD_CIFAR_BATCHES = [
 @pytest.mark.parametrize("name, content, match", BAD_CIFAR_BATCHES)
 def test_bad_cifar_batches_are_one_line_errors(tmp_path, name, content, match):
     folder = write_cifar_fixture(tmp_path, name, per_file=2)
-    batch = folder / data.CIFAR_FILES[name]["test"][0]
+    batch = folder / cifar.CIFAR_FILES[name]["test"][0]
     if content is None:
         batch.unlink()
         batch.mkdir()
@@ -404,26 +404,26 @@ def test_bad_cifar_batches_are_one_line_errors(tmp_path, name, content, match):
 
 def write_tensor_file(root):
     np.savez(root / "d.npz", x=X3, y=np.zeros(3))
-    return str(root / "d.npz"), root / "d.npz", "cannot read data file"
+    return data, str(root / "d.npz"), root / "d.npz", "cannot read data file"
 
 
 def write_cifar(root):
     folder = write_cifar_fixture(root, "cifar10", per_file=2)
-    return "cifar10:split=test", folder / "test_batch", "cannot read CIFAR batch file"
+    return cifar, "cifar10:split=test", folder / "test_batch", "cannot read CIFAR batch file"
 
 
 @pytest.mark.parametrize("code, what", [(errno.EACCES, "permission denied"), (errno.EISDIR, "is a folder"),
                                         (errno.EIO, "input/output error")])
 @pytest.mark.parametrize("write", [write_tensor_file, write_cifar], ids=["tensor-file", "cifar"])
 def test_os_errors_while_reading_are_one_line(tmp_path, monkeypatch, write, code, what):
-    # Tests run as root, which reads any file: the OS refusal is simulated where data.py opens files.
+    # Tests run as root, which reads any file: the OS refusal is simulated where the module reading it opens files.
     # No file name on the error, as for a failed read(): the message must still name the file.
-    spec, path, action = write(tmp_path)
+    module, spec, path, action = write(tmp_path)
 
     def refuse(*args, **kwargs):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(data, "open", refuse, raising=False)
+    monkeypatch.setattr(module, "open", refuse, raising=False)
     with pytest.raises(LandscapeError, match=f"{action}: {what}") as exc:
         data.load(spec, data_dir=tmp_path)
     assert_one_line(exc, path)
@@ -496,9 +496,9 @@ def test_make_synthetic_checks_its_arguments():
         data.make_synthetic(n=10**5, shape=(10**4,))
 
 
-def test_head_is_a_seeded_subset_and_batches_cover_it():
+def test_sample_is_a_seeded_subset_and_batches_cover_it():
     d = data.load("digits")
-    a, b = d.head(100, seed=1), d.head(100, seed=1)
+    a, b = d.sample(100, seed=1), d.sample(100, seed=1)
     assert torch.equal(a.x, b.x) and len(a) == 100 and a.spec["num_samples"] == 100
     batches = a.batches(32)
     assert [len(y) for _, y in batches] == [32, 32, 32, 4]
@@ -536,7 +536,7 @@ ESCAPING_ARCHIVES = [
     (GOOD + [("top/fifo", tarfile.FIFOTYPE, None)], "top/fifo", "is a device file or pipe"),
     (GOOD + [("top/dev", tarfile.CHRTYPE, None)], "top/dev", "is a device file or pipe"),
 ]
-if data._TAR_FILTER:  # links that each look inside but lead out together: only tarfile's data filter sees it
+if cifar._TAR_FILTER:  # links that each look inside but lead out together: only tarfile's data filter sees it
     ESCAPING_ARCHIVES.append((GOOD + [("d", SYM, "."), ("d/d/l", SYM, "../../escaped"), ("d/d/l/f", FILE, b"x")],
                               "d/d/l", "leads outside the folder through a link"))
 
@@ -569,7 +569,7 @@ def test_archives_cannot_escape_their_folder(tmp_path, members, member, match):
     archive = write_tar(outside / "a.tar.gz", members)
     before, victim_before = folder_state(outside), folder_state(victim)
     with pytest.raises(LandscapeError, match=match) as exc:
-        data.extract_archive(archive, dest)
+        cifar.extract_archive(archive, dest)
     assert "nothing was unpacked" in assert_one_line(exc, member, archive)
     assert folder_state(outside) == before  # nothing written, nothing half unpacked, the old file intact
     assert folder_state(victim) == victim_before  # nothing written where the members pointed
@@ -583,7 +583,7 @@ def test_good_archive_unpacks_and_replaces_what_was_there(tmp_path):
     (dest / "keep").write_bytes(b"not in the archive")
     archive = write_tar(tmp_path / "a.tar", GOOD + [("top/sub", DIR, None), ("top/sub/b", FILE, b"bb"),
                                                      ("top/link", SYM, "a"), ("README", FILE, b"r")], mode="w")
-    placed = data.extract_archive(archive, dest)
+    placed = cifar.extract_archive(archive, dest)
     assert sorted(p.name for p in placed) == ["README", "top"]
     assert folder_state(dest) == {"README": b"r", "keep": b"not in the archive", "top": None, "top/a": b"new",
                                   "top/link": "a", "top/sub": None, "top/sub/b": b"bb"}
@@ -614,7 +614,7 @@ def test_damaged_archives_are_one_line_and_leave_nothing(tmp_path, content, matc
     archive = tmp_path / "a.tar.gz"
     archive.write_bytes(content(good_archive_bytes(tmp_path)))
     with pytest.raises(LandscapeError, match=match) as exc:
-        data.extract_archive(archive, dest)
+        cifar.extract_archive(archive, dest)
     assert "download it again" in assert_one_line(exc, archive)
     assert list(dest.iterdir()) == []
 
@@ -633,7 +633,7 @@ def test_failed_unpacking_leaves_nothing_half_unpacked(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tarfile.TarFile, "makefile", full_disk_on_third_file)
     with pytest.raises(LandscapeError, match="cannot unpack: no space left on the device") as exc:
-        data.extract_archive(archive, dest)
+        cifar.extract_archive(archive, dest)
     assert_one_line(exc)
     assert folder_state(dest) == {"top": None, "top/a": b"old"}  # the old folder intact, no temporary left
 
@@ -646,7 +646,7 @@ def test_download_helper_unpacks_a_local_archive(tmp_path):
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
     # The archive is already present, so no network is used.
-    folder = data.download_cifar("cifar10", tmp_path / "dest")
+    folder = cifar.download_cifar("cifar10", tmp_path / "dest")
     assert (folder / "data_batch_5").exists()
     assert len(data.load("cifar10:split=test", data_dir=tmp_path / "dest")) == 6
 

@@ -18,6 +18,7 @@ from landscape import checkpoint, data, flatness, models
 from landscape.cli import main
 from landscape.errors import LandscapeError
 from landscape.objective import Objective
+from landscape.partition import client_data
 
 F64 = torch.float64
 
@@ -254,7 +255,7 @@ def test_cli_rebuilds_client_data_from_the_partition(tmp_path: Path, capsys: pyt
     assert "client 2" in printed and "perturbation distance D" in printed
     result = json.loads(out.read_text())
     full = data.load({**SYNTHETIC, "split": "train"})
-    own = [data.client_data(full, {"partition": PARTITION}, cid) for cid in (0, 2)]
+    own = [client_data(full, {"partition": PARTITION}, cid) for cid in (0, 2)]
     expected = library_metrics(global_path, client_paths, own)
     assert result["metrics"]["perturbation_distance"]["distance"] == pytest.approx(
         expected["perturbation_distance"]["distance"], rel=1e-10)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from landscape import data
+from landscape import data, partition
 from landscape.errors import LandscapeError
 from tests.conftest import assert_one_line
 
@@ -22,7 +22,7 @@ def classes_per_client(parts: list[np.ndarray], labels: np.ndarray) -> list[int]
 
 @pytest.mark.parametrize("alpha", [0.0, 0.05, 1.0, 100.0, float("inf")])
 def test_sizes_and_disjoint(alpha: float) -> None:
-    parts = data.partition(CIFAR10_LABELS, 100, 500, alpha, seed=3)
+    parts = partition.partition(CIFAR10_LABELS, 100, 500, alpha, seed=3)
     assert len(parts) == 100
     assert all(len(p) == 500 for p in parts)
     everything = np.concatenate(parts)
@@ -31,7 +31,7 @@ def test_sizes_and_disjoint(alpha: float) -> None:
 
 
 def test_alpha_zero_one_class_per_client_ten_per_class() -> None:
-    parts = data.partition(CIFAR10_LABELS, 100, 500, 0.0, seed=0)
+    parts = partition.partition(CIFAR10_LABELS, 100, 500, 0.0, seed=0)
     assert classes_per_client(parts, CIFAR10_LABELS) == [1] * 100
     owners = np.bincount([int(CIFAR10_LABELS[p[0]]) for p in parts], minlength=10)
     assert owners.tolist() == [10] * 10
@@ -39,13 +39,13 @@ def test_alpha_zero_one_class_per_client_ten_per_class() -> None:
 
 def test_alpha_zero_cifar100_one_client_per_class() -> None:
     labels = np.repeat(np.arange(100), 500)
-    parts = data.partition(labels, 100, 500, 0.0, seed=1)
+    parts = partition.partition(labels, 100, 500, 0.0, seed=1)
     assert sorted(int(labels[p[0]]) for p in parts) == list(range(100))
     assert classes_per_client(parts, labels) == [1] * 100
 
 
 def test_mean_classes_grows_with_alpha() -> None:
-    means = [np.mean(classes_per_client(data.partition(CIFAR10_LABELS, 100, 500, a, seed=0), CIFAR10_LABELS))
+    means = [np.mean(classes_per_client(partition.partition(CIFAR10_LABELS, 100, 500, a, seed=0), CIFAR10_LABELS))
              for a in (0.0, 0.05, 0.5, 5.0, 1000.0)]
     assert means[0] == 1.0
     assert all(a < b for a, b in zip(means, means[1:])), means
@@ -53,7 +53,7 @@ def test_mean_classes_grows_with_alpha() -> None:
 
 
 def test_iid_limit_has_uniform_class_counts() -> None:
-    parts = data.partition(CIFAR10_LABELS, 100, 500, float("inf"), seed=0)
+    parts = partition.partition(CIFAR10_LABELS, 100, 500, float("inf"), seed=0)
     counts = np.array([np.bincount(CIFAR10_LABELS[p], minlength=10) for p in parts])
     # Multinomial(500, 1/10): mean 50, std sqrt(45) ~ 6.7 per cell.
     assert abs(counts.mean() - 50) < 1e-9
@@ -61,9 +61,9 @@ def test_iid_limit_has_uniform_class_counts() -> None:
 
 
 def test_same_seed_same_partition_other_seed_differs() -> None:
-    a = data.partition(CIFAR10_LABELS, 20, 100, 0.5, seed=7)
-    b = data.partition(CIFAR10_LABELS, 20, 100, 0.5, seed=7)
-    c = data.partition(CIFAR10_LABELS, 20, 100, 0.5, seed=8)
+    a = partition.partition(CIFAR10_LABELS, 20, 100, 0.5, seed=7)
+    b = partition.partition(CIFAR10_LABELS, 20, 100, 0.5, seed=7)
+    c = partition.partition(CIFAR10_LABELS, 20, 100, 0.5, seed=8)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
@@ -72,7 +72,7 @@ def test_exhausted_class_is_redrawn() -> None:
     # 3 classes of 100 images, 3 clients x 100 at tiny alpha: clients want one class but some
     # classes run out, so the prior is redrawn over what is left and every image is still used once.
     labels = np.repeat(np.arange(3), 100)
-    parts = data.partition(labels, 3, 100, 1e-3, seed=0)
+    parts = partition.partition(labels, 3, 100, 1e-3, seed=0)
     assert sorted(np.concatenate(parts).tolist()) == list(range(300))
 
 
@@ -94,22 +94,22 @@ def test_exhausted_class_is_redrawn() -> None:
 def test_bad_partition_arguments(kwargs: dict, match: str) -> None:
     args = {"num_clients": 100, "samples_per_client": 500, "alpha": 0.5, "seed": 0, **kwargs}
     with pytest.raises(LandscapeError, match=match) as exc:
-        data.partition(CIFAR10_LABELS, **args)
+        partition.partition(CIFAR10_LABELS, **args)
     assert_one_line(exc)
 
 
 def test_digits_defaults_fit() -> None:
     train = data.load("digits")
-    k, n = data.default_federation("digits", train.y.numpy())
-    parts = data.partition(train.y.numpy(), k, n, 0.0, seed=0)
+    k, n = partition.default_federation("digits", train.y.numpy())
+    parts = partition.partition(train.y.numpy(), k, n, 0.0, seed=0)
     assert (k, n) == (20, 65) and len(parts) == k
 
 
 def test_default_federation_of_other_data_fits_alpha_zero() -> None:
     labels = np.repeat(np.arange(4), [40, 55, 60, 45])
-    k, n = data.default_federation("synthetic", labels)
+    k, n = partition.default_federation("synthetic", labels)
     assert (k, n) == (10, 13)  # 3 clients per class, smallest class 40
-    assert len(data.partition(labels, k, n, 0.0, seed=0)) == 10
+    assert len(partition.partition(labels, k, n, 0.0, seed=0)) == 10
 
 
 def write_split(path, rows: list[tuple[object, int, int]], header: bool = True) -> None:
@@ -120,7 +120,7 @@ def write_split(path, rows: list[tuple[object, int, int]], header: bool = True) 
 def test_split_file_round_trip(tmp_path) -> None:
     labels = np.array([0, 1, 1, 0, 2, 2])
     write_split(tmp_path / "split.csv", [(10, 0, 0), (2, 1, 1), (2, 2, 1), (10, 3, 0), (2, 4, 2)])
-    parts = data.read_split_file(tmp_path / "split.csv", labels)
+    parts = partition.read_split_file(tmp_path / "split.csv", labels)
     assert [p.tolist() for p in parts] == [[1, 2, 4], [0, 3]]  # users sorted numerically: 2, 10
 
 
@@ -136,7 +136,7 @@ def test_split_file_round_trip(tmp_path) -> None:
 def test_bad_split_file(tmp_path, rows: list, match: str) -> None:
     write_split(tmp_path / "split.csv", rows, header=False)
     with pytest.raises(LandscapeError, match=match) as exc:
-        data.read_split_file(tmp_path / "split.csv", np.array([0, 1, 1, 0, 2, 2]))
+        partition.read_split_file(tmp_path / "split.csv", np.array([0, 1, 1, 0, 2, 2]))
     assert_one_line(exc, tmp_path / "split.csv")
 
 
@@ -168,7 +168,7 @@ def test_bad_split_files_are_one_line(tmp_path, content, match: str) -> None:
     elif content != "missing":
         path.write_bytes(content)
     with pytest.raises(LandscapeError, match=match) as exc:
-        data.read_split_file(path, np.array([0, 1, 1, 0, 2, 2]))
+        partition.read_split_file(path, np.array([0, 1, 1, 0, 2, 2]))
     assert len(assert_one_line(exc, path)) < len(str(path)) + 200
 
 
@@ -176,7 +176,7 @@ def test_split_file_messages_quote_only_the_offending_row(tmp_path) -> None:
     path = tmp_path / "split.csv"
     path.write_text("user_id,image_id,class\n0,1,1\n0,2,TOPSECRET-" + "Z" * 1000 + "\nSECRET,SECRET,SECRET\n")
     with pytest.raises(LandscapeError, match=r"must be integers, got '2', 'TOPSEC\.\.\. \(") as exc:
-        data.read_split_file(path)
+        partition.read_split_file(path)
     text = assert_one_line(exc, f"{path}:3")
     assert "SECRET" not in text and "Z" not in text.replace(str(path), "")
 
@@ -184,21 +184,21 @@ def test_split_file_messages_quote_only_the_offending_row(tmp_path) -> None:
 def test_split_file_header_after_blank_lines_and_byte_order_mark(tmp_path) -> None:
     path = tmp_path / "split.csv"
     path.write_bytes("\ufeff\nuser_id,image_id,class\n7,1,1\n7,2,1\n".encode())
-    assert [p.tolist() for p in data.read_split_file(path, np.array([0, 1, 1]))] == [[1, 2]]
+    assert [p.tolist() for p in partition.read_split_file(path, np.array([0, 1, 1]))] == [[1, 2]]
 
 
 @pytest.mark.parametrize("code, what", [(errno.EACCES, "permission denied"), (errno.EIO, "input/output error")])
 def test_split_file_os_errors_are_one_line(tmp_path, monkeypatch, code, what) -> None:
-    # Tests run as root, which reads any file: the refusal is simulated where data.py opens it.
+    # Tests run as root, which reads any file: the refusal is simulated where partition.py opens it.
     path = tmp_path / "split.csv"
     write_split(path, [(0, 0, 0)])
 
     def refuse(*args, **kwargs):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(data, "open", refuse, raising=False)
+    monkeypatch.setattr(partition, "open", refuse, raising=False)
     with pytest.raises(LandscapeError, match=f"cannot read split file: {what}") as exc:
-        data.read_split_file(path)
+        partition.read_split_file(path)
     assert_one_line(exc, path)
 
 
@@ -235,16 +235,16 @@ BAD_PARTITION_SPECS = [
 @pytest.mark.parametrize("spec, match", BAD_PARTITION_SPECS)
 def test_bad_partition_specs_are_one_line(spec, match: str) -> None:
     with pytest.raises(LandscapeError, match=match) as exc:
-        data.partition_from_spec(np.array([0, 1, 1, 0, 2, 2]), spec)
+        partition.partition_from_spec(np.array([0, 1, 1, 0, 2, 2]), spec)
     assert_one_line(exc)
 
 
 def test_partition_spec_values_as_a_json_round_trip_would_give_them() -> None:
     labels = np.repeat(np.arange(3), 4)
-    stored = data.partition_from_spec(labels, {"num_clients": 3, "samples_per_client": 4, "alpha": 0, "seed": 1})
-    loose = data.partition_from_spec(labels, {"num_clients": 3.0, "samples_per_client": "4", "alpha": "0", "seed": 1})
+    stored = partition.partition_from_spec(labels, {"num_clients": 3, "samples_per_client": 4, "alpha": 0, "seed": 1})
+    loose = partition.partition_from_spec(labels, {"num_clients": 3.0, "samples_per_client": "4", "alpha": "0", "seed": 1})
     assert [p.tolist() for p in stored] == [p.tolist() for p in loose]
-    inf = data.partition_from_spec(labels, {"num_clients": 3, "samples_per_client": 4, "alpha": "inf", "seed": 1})
+    inf = partition.partition_from_spec(labels, {"num_clients": 3, "samples_per_client": 4, "alpha": "inf", "seed": 1})
     assert sorted(np.concatenate(inf).tolist()) == list(range(12))
 
 
@@ -252,12 +252,12 @@ def test_split_file_spec_checks_its_types(tmp_path) -> None:
     path = tmp_path / "split.csv"
     write_split(path, [(0, 0, 0)])
     with pytest.raises(LandscapeError, match="split_sha256 must be a hex string, got 5") as exc:
-        data.partition_from_spec(np.array([0]), {"split_file": str(path), "split_sha256": 5})
+        partition.partition_from_spec(np.array([0]), {"split_file": str(path), "split_sha256": 5})
     assert_one_line(exc)
     path.unlink()
     path.mkdir()
     with pytest.raises(LandscapeError, match="split file is a folder, not a file") as exc:
-        data.partition_from_spec(np.array([0]), {"split_file": str(path)})
+        partition.partition_from_spec(np.array([0]), {"split_file": str(path)})
     assert_one_line(exc, path)
 
 
@@ -265,19 +265,19 @@ def test_split_file_spec_checks_its_types(tmp_path) -> None:
 def test_client_ids_must_be_integers_in_range(client) -> None:
     ds = data.make_synthetic(n=40, classes=2, shape=(2,), seed=0)
     with pytest.raises(LandscapeError, match="is out of range; the partition has clients 0..1") as exc:
-        data.client_data(ds, {"num_clients": 2, "samples_per_client": 10, "alpha": 1.0, "seed": 0}, client)
+        partition.client_data(ds, {"num_clients": 2, "samples_per_client": 10, "alpha": 1.0, "seed": 0}, client)
     assert_one_line(exc)
 
 
 def test_client_data_rebuilds_partition_from_spec() -> None:
     ds = data.make_synthetic(n=400, classes=4, shape=(1, 2, 2), seed=0)
     spec = {"num_clients": 8, "samples_per_client": 50, "alpha": 0.3, "seed": 5}
-    parts = data.partition(ds.y.numpy(), 8, 50, 0.3, 5)
-    client = data.client_data(ds, {"dataset": "synthetic", "partition": spec}, 3)
+    parts = partition.partition(ds.y.numpy(), 8, 50, 0.3, 5)
+    client = partition.client_data(ds, {"dataset": "synthetic", "partition": spec}, 3)
     assert torch.equal(client.x, ds.x[torch.as_tensor(parts[3])])
     assert client.spec["client_id"] == 3 and client.spec["partition"] == spec
     with pytest.raises(LandscapeError, match="client id 8 is out of range"):
-        data.client_data(ds, spec, 8)
+        partition.client_data(ds, spec, 8)
 
 
 def test_client_data_from_split_file_checks_hash(tmp_path) -> None:
@@ -287,7 +287,7 @@ def test_client_data_from_split_file_checks_hash(tmp_path) -> None:
     path = tmp_path / "split.csv"
     write_split(path, [(0, 0, 0), (0, 1, 1), (1, 2, 1)])
     spec = {"split_file": str(path), "split_sha256": sha256(path)}
-    assert data.client_data(ds, spec, 1).y.tolist() == [1]
+    assert partition.client_data(ds, spec, 1).y.tolist() == [1]
     write_split(path, [(0, 0, 0), (1, 1, 1), (1, 2, 1)])
     with pytest.raises(LandscapeError, match="changed since the run"):
-        data.client_data(ds, spec, 1)
+        partition.client_data(ds, spec, 1)

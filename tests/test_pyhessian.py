@@ -20,7 +20,7 @@ pyhessian = pytest.importorskip("pyhessian")
 def problem():
     torch.manual_seed(0)
     model = models.build("mlp", hidden=[10], num_classes=10)
-    dataset = data.load("digits").head(300, seed=0)
+    dataset = data.load("digits").sample(300, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     for _ in range(30):  # a partly trained model has a realistic, non-degenerate spectrum
         opt.zero_grad()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from landscape import checkpoint, data, models
+from landscape import checkpoint, data, models, partition
 from landscape.errors import LandscapeError
 from landscape.recorded import RecordedData, run_folder
 
@@ -26,7 +26,7 @@ def test_train_test_and_every_client_equal_what_the_data_module_builds(tmp_path)
     train, test = recorded.train(), recorded.test()
     assert torch.equal(train.x, data.load("digits").x) and torch.equal(test.x, data.load("digits:split=test").x)
     assert recorded.num_clients() == 10
-    parts = data.partition(train.y.numpy(), 10, 40, 0.0, 1, 10)
+    parts = partition.partition(train.y.numpy(), 10, 40, 0.0, 1, 10)
     for k in (0, 4, 9):
         assert torch.equal(recorded.client(k).y, train.y[torch.as_tensor(parts[k])])
     assert torch.equal(recorded.client().x, recorded.client(4).x)  # the checkpoint's own client

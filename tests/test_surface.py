@@ -18,6 +18,7 @@ from landscape.cli import main
 from landscape.data import Dataset
 from landscape.errors import LandscapeError
 from landscape.models import build
+from landscape.partition import client_data
 
 C0 = 0.7  # the quadratic's minimum value
 
@@ -394,7 +395,7 @@ def test_cli_each_clients_own_data(tmp_path, capsys: pytest.CaptureFixture[str])
     assert res["metadata"]["sources"] == ["train", "client 0", "client 1", "client 2"]
     model, full = checkpoint.load(path).build_model(), data.load("digits")
     for k in range(3):
-        own = data.client_data(full, {"partition": part}, k)
+        own = client_data(full, {"partition": part}, k)
         with torch.no_grad():
             expected = float(nn.functional.cross_entropy(model(own.x), own.y))
         assert res["values"][f"client {k}/loss"][1] == pytest.approx(expected, rel=1e-5)

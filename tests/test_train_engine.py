@@ -117,7 +117,8 @@ def test_augmentation_is_crop_and_flip() -> None:
 
 def test_crops_of_normalized_images_pad_with_black_as_the_reference_pipeline() -> None:
     """torchvision RandomCrop(padding=4) pads the raw image, then Normalize: padding = -mean/std."""
-    from landscape.data import CIFAR_MEAN, CIFAR_STD, Dataset, black_pixel
+    from landscape.cifar import CIFAR_MEAN, CIFAR_STD
+    from landscape.data import Dataset, black_pixel
 
     raw = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
     mean, std = torch.tensor(CIFAR_MEAN["cifar10"]).view(1, 3, 1, 1), torch.tensor(CIFAR_STD["cifar10"]).view(1, 3, 1, 1)

@@ -13,6 +13,7 @@ import torch
 from landscape import checkpoint, data
 from landscape.cli import main
 from landscape.errors import LandscapeError
+from landscape.partition import client_data
 from landscape.train.config import TrainConfig, make_config
 from landscape.train.folder import client_path, global_path, swa_path
 from landscape.train.run import train
@@ -71,7 +72,7 @@ def test_run_folder_layout_and_checkpoints(tmp_path: Path) -> None:
     for cid in cohort:
         ck = checkpoint.load(client_path(out, 2, cid))
         assert (ck.role, ck.round, ck.client_id) == ("client", 2, cid)
-        mine = data.client_data(data.load(ck.data), ck.data["partition"], cid)
+        mine = client_data(data.load(ck.data), ck.data["partition"], cid)
         assert len(mine) == 65
     assert sorted(p.name for p in (out / "clients").iterdir()) == [f"r000002_c{c:04d}.pt" for c in cohort] + [
         f"r000004_c{c:04d}.pt" for c in lines[3]["clients"]]
@@ -223,7 +224,7 @@ def test_swa_batchnorm_statistics_are_recomputed(tmp_path: Path) -> None:
     train(cfg, out, engine="batched")
     s = checkpoint.load(swa_path(out), trust_factory=True)  # our own factory, from this file
     model = s.build_model()
-    fed_x = torch.cat([data.client_data(data.load(s.data), s.data["partition"], k).x for k in range(20)])
+    fed_x = torch.cat([client_data(data.load(s.data), s.data["partition"], k).x for k in range(20)])
     stored = {k: v.clone() for k, v in model.state_dict().items()}
     update_bn([(xb,) for xb in fed_x.split(256)], model)  # torch's SWA reference: cumulative average
     torch.testing.assert_close(stored["1.running_mean"], model.state_dict()["1.running_mean"])

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from landscape import checkpoint, data, models
+from landscape import checkpoint, data, models, partition
 from landscape.errors import LandscapeError, os_error, user_code
 from landscape.files import exclusive, sha256, write_json
 from landscape.operators import resolve_device
@@ -76,9 +76,9 @@ def load_federation(cfg: TrainConfig, data_dir: str | None = None) -> tuple[Trai
     test_ds = None if spec["dataset"] == "file" else data.load({**spec, "split": "test"}, data_dir)
     name = str(spec["dataset"])
     labels = train_ds.y.numpy()
-    num_clients, per_client = data.default_federation(name, labels)
+    num_clients, per_client = partition.default_federation(name, labels)
     if cfg.split_file:
-        parts = data.read_split_file(cfg.split_file, labels)
+        parts = partition.read_split_file(cfg.split_file, labels)
         pspec = {"num_clients": len(parts), "samples_per_client": None, "alpha": None, "seed": cfg.seed,
                  "split_file": str(Path(cfg.split_file).expanduser().resolve()),
                  "split_sha256": sha256(Path(cfg.split_file).expanduser())}
@@ -86,8 +86,8 @@ def load_federation(cfg: TrainConfig, data_dir: str | None = None) -> tuple[Trai
     else:
         cfg = cfg.replace(num_clients=cfg.num_clients or num_clients,
                           samples_per_client=cfg.samples_per_client or per_client)
-        parts = data.partition(labels, cfg.num_clients, cfg.samples_per_client, cfg.alpha, cfg.seed,
-                               train_ds.num_classes)
+        parts = partition.partition(labels, cfg.num_clients, cfg.samples_per_client, cfg.alpha, cfg.seed,
+                                    train_ds.num_classes)
         pspec = {"num_clients": cfg.num_clients, "samples_per_client": cfg.samples_per_client,
                  "alpha": cfg.alpha, "seed": cfg.seed, "num_classes": train_ds.num_classes}
     if cfg.model is None:

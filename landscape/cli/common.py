@@ -173,7 +173,7 @@ def load_data(
         dataset = recorded(ckpt, args).client(_client_id(spec))
     else:
         dataset = data.load(spec, args.data_dir)
-    dataset = dataset.head(num_samples, args.seed)
+    dataset = dataset.sample(num_samples, args.seed)
     check_labels(dataset, ckpt, args.loss, args.ignore_index)
     return dataset
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from landscape import data
+from landscape import cifar
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -13,12 +13,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "already in the folder is used as it is. Unpacking is all or nothing: a "
                                    "damaged or foreign archive, or one with members that would land outside "
                                    "the folder, is refused and leaves the folder as it was.")
-    p.add_argument("dataset", choices=sorted(data.CIFAR_URLS))
+    p.add_argument("dataset", choices=sorted(cifar.CIFAR_URLS))
     p.add_argument("--data-dir", default="data", help="destination folder (default: ./data)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    folder = data.download_cifar(args.dataset, args.data_dir)
+    folder = cifar.download_cifar(args.dataset, args.data_dir)
     print(f"{args.dataset} ready in {folder}")
     return 0

@@ -55,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def load_client_data(args: argparse.Namespace, clients: list[Checkpoint]) -> list[data.Dataset]:
     """Each client's own training data: from --client-data, else from its checkpoint's partition."""
     if args.client_data is not None:
-        sets = [data.load(spec, args.data_dir).head(args.num_samples, args.seed) for spec in args.client_data]
+        sets = [data.load(spec, args.data_dir).sample(args.num_samples, args.seed) for spec in args.client_data]
         for ds, ckpt in zip(sets, clients):
             common.check_labels(ds, ckpt, args.loss, args.ignore_index)
         return sets
@@ -70,7 +70,7 @@ def load_client_data(args: argparse.Namespace, clients: list[Checkpoint]) -> lis
         key = json.dumps([args.data, {k: v for k, v in ckpt.data.items() if k != "partition"}], sort_keys=True, default=str)
         if key not in full_sets:  # clients of one federation share one data set: load it once
             full_sets[key] = common.load_data(args.data, ckpt, args, None)
-        out.append(common.recorded(ckpt, args).client(full=full_sets[key]).head(args.num_samples, args.seed))
+        out.append(common.recorded(ckpt, args).client(full=full_sets[key]).sample(args.num_samples, args.seed))
     return out
 
 

@@ -105,7 +105,7 @@ def load_sources(args: argparse.Namespace, ckpt: Checkpoint) -> tuple[dict[str, 
     recorded = common.recorded(ckpt, args)
     sources: dict[str, data.Dataset] = {}
     if "train" in wanted:
-        sources["train"] = full.head(args.num_samples, args.seed)
+        sources["train"] = full.sample(args.num_samples, args.seed)
     if "test" in wanted:
         test = recorded.test(of=full)
         if test is None:
@@ -113,10 +113,10 @@ def load_sources(args: argparse.Namespace, ckpt: Checkpoint) -> tuple[dict[str, 
                 raise LandscapeError(f"the data {full.spec} has no test split; drop 'test' from --sources")
             print("note: the data set has no test split; evaluating the training data only", file=sys.stderr)
         else:
-            sources["test"] = test.head(args.num_samples, args.seed)
+            sources["test"] = test.sample(args.num_samples, args.seed)
     if "clients" in wanted:
         for k in range(recorded.num_clients(full)):
-            sources[f"client {k}"] = recorded.client(k, full).head(args.num_samples, args.seed)
+            sources[f"client {k}"] = recorded.client(k, full).sample(args.num_samples, args.seed)
     return sources, full
 
 
@@ -137,7 +137,7 @@ def evaluate(
     start = time.perf_counter()
     result = surface.evaluate(
         ckpt.build_model(), dirs, axes, sources, kind=kind, origin=origin, axis_labels=axis_labels, markers=markers,
-        bn=args.bn, calibration=full.head(args.bn_samples, args.seed) if args.bn == "recalibrate" else None,
+        bn=args.bn, calibration=full.sample(args.bn_samples, args.seed) if args.bn == "recalibrate" else None,
         batch_size=args.batch_size, points_per_batch=args.points_per_batch, dtype=resolve_dtype(args.dtype),
         device=resolve_device(args.device), out=args.out, overwrite=args.overwrite,
         metadata={"checkpoints": [c.describe() for c in checkpoints]}, progress=sys.stderr.isatty(),

@@ -1,0 +1,369 @@
+"""Federated partitions [H19, C22]: which training samples each client holds.
+
+A partition is one sorted int64 index array per client, pairwise disjoint. It is drawn with
+the Dirichlet scheme of [H19] as used by [C22] (:func:`partition`: client k's class
+proportions ``q_k ~ Dir(alpha * p)``, p uniform over the C classes, i.e. total concentration
+alpha, alpha / C per class; alpha = 0 is one class per client, alpha = inf iid) or read from a
+published split file (:func:`read_split_file`). A checkpoint records the spec that rebuilds
+it (:func:`partition_from_spec`, :func:`client_data`); the default federation per data set
+follows [C22 §5] (:data:`DEFAULT_FEDERATION`).
+
+References: [H19] Hsu, Qi, Brown 2019, [C22] Caldarola et al. ECCV 2022; see
+``shared/design/algorithms.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from landscape.data import DECIMAL_INTEGER, Dataset, checked_integer, os_error_at, quote
+from landscape.errors import LandscapeError
+
+#: Default federation per data set: (num_clients, samples_per_client). CIFAR follows [C22 §5]
+#: (100 clients x 500 images); digits has only 1,437 training images (smallest class: 130), so
+#: 20 x 65, which also fits alpha = 0.
+DEFAULT_FEDERATION = {"cifar10": (100, 500), "cifar100": (100, 500), "digits": (20, 65)}
+
+
+def class_ids(labels: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Labels as int64 class ids ``(N,)`` for a partition by class, or one line saying why not.
+
+    Real-valued (regression) targets have no classes to split by, so a federation cannot be
+    built on them; integral floats are class ids.
+
+    >>> class_ids(np.array([0.0, 2.0])).tolist()
+    [0, 2]
+
+    Raises:
+        LandscapeError: targets that are not whole numbers, or not one per sample.
+    """
+    arr = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if arr.dtype.kind == "f" and (arr.ndim != 1 or not np.array_equal(arr, np.round(arr))):
+        raise LandscapeError(f"a federated partition splits the data by class and needs integer class labels, but "
+                             f"the data holds real-valued targets ({arr.dtype}, shape {arr.shape})",
+                             fix="train on data whose labels are class ids 0..C-1 (regression targets can be "
+                                 "analysed with --loss mse, not federated by class)")
+    return arr.astype(np.int64).reshape(-1)
+
+
+def default_federation(name: str, labels: np.ndarray) -> tuple[int, int]:
+    """``(num_clients, samples_per_client)`` used when the caller names neither.
+
+    CIFAR-10/100: 100 x 500 [C22]; digits: 20 x 65; anything else: 10 clients, as many samples
+    each as still fits alpha = 0 (every class hosting ``ceil(10 / C)`` clients).
+    """
+    if name in DEFAULT_FEDERATION:
+        return DEFAULT_FEDERATION[name]
+    counts = np.bincount(class_ids(labels))
+    counts = counts[counts > 0]
+    per_class = -(-10 // len(counts))
+    return 10, max(1, int(counts.min()) // per_class)
+
+
+def _number(value: Any, name: str, *, where: object, fix: str, minimum: float) -> float:
+    """``value`` (an int, a float or a decimal string; never a bool or NaN) as a float ``>= minimum``."""
+    number: float | None = None
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if number is None or not number >= minimum:  # also refuses NaN
+        raise LandscapeError(f"{name} must be a number >= {minimum:g}, got {quote(value, 30)}", where=where, fix=fix)
+    return number
+
+
+def _is_count(value: Any, minimum: int) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= minimum
+
+
+def _check_partition_args(num_labels: int, num_clients: int, samples_per_client: int, alpha: float, seed: int) -> None:
+    if not _is_count(num_clients, 1):
+        raise LandscapeError(f"--num-clients must be a positive integer, got {quote(num_clients, 30)}")
+    if not _is_count(samples_per_client, 1):
+        raise LandscapeError(f"--samples-per-client must be a positive integer, got {quote(samples_per_client, 30)}")
+    if not _is_count(seed, 0):
+        raise LandscapeError(f"the partition seed must be a non-negative integer, got {quote(seed, 30)}")
+    if not alpha >= 0:  # also catches NaN
+        raise LandscapeError(
+            f"--alpha must be >= 0 (0: one class per client, large: iid), got {alpha}"
+        )
+    need = num_clients * samples_per_client
+    if need > num_labels:
+        raise LandscapeError(
+            f"{num_clients} clients x {samples_per_client} samples = {need} exceeds the {num_labels} training "
+            "samples; lower --num-clients or --samples-per-client"
+        )
+
+
+def partition(
+    labels: np.ndarray,
+    num_clients: int,
+    samples_per_client: int,
+    alpha: float,
+    seed: int,
+    num_classes: int | None = None,
+) -> list[np.ndarray]:
+    """Split sample indices among clients with the Dirichlet scheme of [H19] as used by [C22].
+
+    Client k draws class proportions ``q_k ~ Dir(alpha * p)`` with ``p`` the uniform prior over
+    the ``C`` classes, i.e. **total concentration alpha** (``alpha / C`` per class; "alpha = 0.5"
+    on CIFAR-100 in [C22] is 0.005 in the per-class convention of flwr-datasets/FedLab). Its
+    ``samples_per_client`` labels are drawn from ``Cat(q_k)`` and images are taken without
+    replacement from a seeded shuffle of each class; when a class runs out, the client's prior
+    is redrawn over the classes still available (``Dir(alpha / |A| * 1_A)``).
+
+    ``alpha = 0`` is handled separately (numpy's Dirichlet returns zeros or NaN there): every
+    client holds exactly one class, classes assigned by capacity ``floor(n_c / samples_per_client)``
+    in a balanced round robin (CIFAR-10 100 x 500: 10 clients per class). ``alpha = inf`` is iid;
+    large finite alpha (1000 in [C22]) approaches it.
+
+    Args:
+        labels: integer class of every sample, shape ``(N,)``.
+        num_clients: number of clients K.
+        samples_per_client: samples per client; ``K * samples_per_client <= N``.
+        alpha: total Dirichlet concentration, ``>= 0``.
+        seed: seed of the partition; the same seed gives the same partition.
+        num_classes: C (default ``max(labels) + 1``).
+
+    Returns:
+        One sorted int64 index array per client, pairwise disjoint, each of ``samples_per_client``.
+
+    Raises:
+        LandscapeError: negative alpha, too few samples, (alpha = 0) too few classes with
+            room for a whole client, or real-valued labels (see :func:`class_ids`).
+
+    >>> parts = partition(np.repeat(np.arange(10), 50), 10, 50, 0.0, seed=0)
+    >>> sorted(len(set(np.repeat(np.arange(10), 50)[p])) for p in parts) == [1] * 10
+    True
+    """
+    labels = class_ids(labels)
+    _check_partition_args(len(labels), num_clients, samples_per_client, float(alpha), seed)
+    C = int(labels.max()) + 1
+    if num_classes is not None:
+        if not _is_count(num_classes, C):
+            raise LandscapeError(f"num_classes must be an integer >= {C} (the labels run up to {C - 1}), "
+                                 f"got {quote(num_classes, 30)}")
+        C = int(num_classes)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x9A27]))
+    # A seeded shuffle of each class: images are taken from the front, without replacement.
+    pools = [rng.permutation(np.flatnonzero(labels == c)) for c in range(C)]
+    taken = np.zeros(C, dtype=np.int64)
+    available = np.array([len(p) for p in pools], dtype=np.int64)
+    out: list[np.ndarray] = []
+
+    if alpha == 0:
+        capacity = available // samples_per_client
+        if capacity.sum() < num_clients:
+            raise LandscapeError(
+                f"alpha=0 puts one class per client, but the classes only have room for {int(capacity.sum())} "
+                f"clients of {samples_per_client} samples; lower --num-clients or --samples-per-client"
+            )
+        # Balanced round robin over classes (seeded order), skipping full ones.
+        order = rng.permutation(C)
+        assigned = np.zeros(C, dtype=np.int64)
+        classes: list[int] = []
+        while len(classes) < num_clients:
+            for c in order:
+                if len(classes) < num_clients and assigned[c] < capacity[c]:
+                    classes.append(int(c))
+                    assigned[c] += 1
+        for c in classes:
+            out.append(np.sort(pools[c][taken[c] : taken[c] + samples_per_client]))
+            taken[c] += samples_per_client
+        return out
+
+    def draw_prior(mask: np.ndarray) -> np.ndarray:
+        k = int(mask.sum())
+        if np.isinf(alpha):
+            q = mask / k
+        else:
+            q = np.zeros(C)
+            q[mask] = rng.dirichlet(np.full(k, alpha / k))
+            if not np.all(np.isfinite(q)) or q.sum() <= 0:  # underflow at tiny alpha: a vertex
+                q = np.zeros(C)
+                q[rng.choice(np.flatnonzero(mask))] = 1.0
+        return q / q.sum()
+
+    for _ in range(num_clients):
+        counts = np.zeros(C, dtype=np.int64)
+        q = draw_prior(available > 0)
+        remaining = samples_per_client
+        while remaining > 0:
+            want = rng.multinomial(remaining, q)
+            got = np.minimum(want, available)
+            counts += got
+            available -= got
+            remaining -= int(got.sum())
+            if remaining > 0:  # some class ran out: redraw the prior over what is left
+                q = draw_prior(available > 0)
+        parts = []
+        for c in np.flatnonzero(counts):
+            parts.append(pools[c][taken[c] : taken[c] + counts[c]])
+            taken[c] += counts[c]
+        out.append(np.sort(np.concatenate(parts)))
+    return out
+
+
+def read_split_file(path: str | os.PathLike, labels: np.ndarray | None = None) -> list[np.ndarray]:
+    """Read a published split: CSV rows ``user_id,image_id,class`` (a header line is allowed).
+
+    Clients are numbered by sorted user id (numerically when all ids are integers). When
+    ``labels`` are given, every row's class must match ``labels[image_id]``. A message quotes
+    at most 10 characters of each offending field and nothing else of the file (it may be any
+    file, e.g. a password file given by mistake).
+
+    Raises:
+        LandscapeError: missing, unreadable or binary file, malformed rows, images out of range,
+            a sample given to two users, classes that disagree with the data set, or real-valued
+            ``labels`` (regression targets have no classes).
+    """
+    path = Path(path).expanduser()
+    labels = None if labels is None else class_ids(labels)
+    fix = "pass a CSV with rows user_id,image_id,class"
+    if path.is_dir():
+        raise LandscapeError("split file is a folder, not a file", where=path, fix=fix)
+    if not path.is_file():
+        raise LandscapeError("split file not found", where=path, fix=fix)
+    users: dict[str, list[int]] = {}
+    lineno, rows = 0, 0
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            for lineno, row in enumerate(csv.reader(f), 1):
+                if not row or all(not c.strip() for c in row):
+                    continue
+                rows += 1
+                where = f"{path}:{lineno}"
+                if len(row) < 3:  # described, not quoted: the file may be anything (a password file)
+                    raise LandscapeError(f"row has {len(row)} field{'s' if len(row) > 1 else ''}, expected 3: "
+                                         "user_id,image_id,class", where=where, fix=fix)
+                user, image, cls = (c.strip() for c in row[:3])
+                if not (DECIMAL_INTEGER.fullmatch(image) and DECIMAL_INTEGER.fullmatch(cls)):
+                    if rows == 1:  # header
+                        continue
+                    raise LandscapeError(f"image_id and class must be integers, got {quote(image, 10)}, "
+                                         f"{quote(cls, 10)}", where=where, fix=fix)
+                image_id, class_id = int(image), int(cls)
+                limit = len(labels) if labels is not None else 2**62
+                if not 0 <= image_id < limit:
+                    raise LandscapeError(f"image_id {quote(image_id, 25)} is outside the {limit} training images"
+                                         if labels is not None else f"image_id {quote(image_id, 25)} is not an index",
+                                         where=where, fix="image ids count the training images from 0; "
+                                                          "is this split for another data set?")
+                if labels is not None and int(labels[image_id]) != class_id:
+                    raise LandscapeError(f"image {image_id} has class {int(labels[image_id])} in the data set, not "
+                                         f"{quote(class_id, 25)}", where=where, fix="is this split for another data set?")
+                users.setdefault(user, []).append(image_id)
+    except LandscapeError:
+        raise
+    except UnicodeDecodeError:
+        raise LandscapeError("split file is not UTF-8 text (it holds binary data)", where=path, fix=fix) from None
+    except csv.Error as exc:  # a NUL byte, an unclosed quote, an over-long field
+        raise LandscapeError(f"split file is not a CSV ({quote(str(exc), 60)})", where=f"{path}:{lineno + 1}", fix=fix) from None
+    except OSError as exc:
+        raise os_error_at(exc, "cannot read split file", path) from None
+    if not users:
+        raise LandscapeError("split file has no rows user_id,image_id,class", where=path, fix=fix)
+    keys = sorted(users, key=lambda u: (0, int(u), "") if DECIMAL_INTEGER.fullmatch(u) else (1, 0, u))
+    parts = [np.sort(np.asarray(users[u], dtype=np.int64)) for u in keys]
+    allidx = np.concatenate(parts)
+    if len(np.unique(allidx)) != len(allidx):
+        raise LandscapeError("split file gives some images to more than one user", where=path,
+                             fix="each image may belong to one user only")
+    return parts
+
+
+_PARTITION_CACHE: dict[tuple[Any, ...], list[np.ndarray]] = {}
+
+
+def partition_from_spec(labels: np.ndarray, partition_spec: Mapping[str, Any]) -> list[np.ndarray]:
+    """The client index arrays described by a checkpoint's ``data["partition"]`` dict.
+
+    A split file is re-read and its SHA-256 checked against ``split_sha256``; otherwise
+    :func:`partition` is rerun with the stored (num_clients, samples_per_client, alpha, seed).
+    Results are cached per (labels, spec).
+
+    Raises:
+        LandscapeError: a spec that is not a dict, lacks a key, or holds a value of the wrong
+            type or range; a split file that is missing, changed or malformed.
+    """
+    from landscape.files import sha256
+
+    where = "the checkpoint's partition spec"
+    fix = "the checkpoint's data['partition'] is damaged; pass the client's data as a file instead"
+    spec = partition_spec.get("partition", partition_spec) if isinstance(partition_spec, Mapping) else partition_spec
+    if not isinstance(spec, Mapping):
+        raise LandscapeError(f"a partition spec must be a dict, got {type(spec).__name__}", where=where, fix=fix)
+    spec = dict(spec)
+    labels = class_ids(labels)
+    digest = None
+    split_file = spec.get("split_file")
+    if split_file is not None and split_file != "":
+        if not isinstance(split_file, (str, os.PathLike)):
+            raise LandscapeError(f"split_file must be a path, got {quote(split_file, 30)}", where=where, fix=fix)
+        path = Path(split_file).expanduser()
+        if not path.is_file():
+            what = "is a folder, not a file" if path.is_dir() else "not found"
+            raise LandscapeError(f"split file {what}; the partition was built from it", where=path,
+                                 fix="put the split file back at that path")
+        expected = spec.get("split_sha256")
+        if expected is not None and not isinstance(expected, str):
+            raise LandscapeError(f"split_sha256 must be a hex string, got {quote(expected, 30)}", where=where, fix=fix)
+        try:
+            digest = sha256(path)
+        except OSError as exc:
+            raise os_error_at(exc, "cannot read split file", path) from None
+        if expected and expected != digest:
+            raise LandscapeError(f"split file changed since the run (sha256 {digest[:12]} != {quote(expected[:12], 16)})",
+                                 where=path, fix="restore the file the run used")
+        args: tuple[Any, ...] = ()
+    else:
+        missing = [k for k in ("num_clients", "samples_per_client", "alpha", "seed") if k not in spec]
+        if missing:
+            raise LandscapeError(f"partition spec lacks {', '.join(missing)}", where=where,
+                                 fix="it needs num_clients, samples_per_client, alpha and seed (or split_file)")
+        num_classes = spec.get("num_classes")
+        args = (
+            checked_integer(spec["num_clients"], "num_clients", where=where, fix=fix, minimum=1),
+            checked_integer(spec["samples_per_client"], "samples_per_client", where=where, fix=fix, minimum=1),
+            _number(spec["alpha"], "alpha", where=where, fix=fix, minimum=0.0),
+            checked_integer(spec["seed"], "seed", where=where, fix=fix, minimum=0),
+            None if num_classes is None else checked_integer(num_classes, "num_classes", where=where, fix=fix, minimum=1),
+        )
+    key = (hashlib.sha1(labels.tobytes()).hexdigest(), digest, args)
+    if key in _PARTITION_CACHE:
+        return _PARTITION_CACHE[key]
+    parts = read_split_file(path, labels) if digest is not None else partition(labels, *args)
+    _PARTITION_CACHE[key] = parts
+    return parts
+
+
+def client_data(dataset: Dataset, partition_spec: Mapping[str, Any], client_id: int) -> Dataset:
+    """The training samples of one client, rebuilt from what a checkpoint stores.
+
+    Args:
+        dataset: the full training set (``load(ckpt.data)``).
+        partition_spec: ``ckpt.data["partition"]`` (or the whole ``ckpt.data``).
+        client_id: 0-based client index.
+
+    Raises:
+        LandscapeError: client id out of range, or an unusable spec.
+    """
+    parts = partition_from_spec(dataset.y.cpu().numpy(), partition_spec)
+    if isinstance(client_id, (bool, np.bool_)) or not isinstance(client_id, (int, np.integer)) \
+            or not 0 <= client_id < len(parts):
+        raise LandscapeError(f"client id {quote(client_id, 30)} is out of range; the partition has clients "
+                             f"0..{len(parts) - 1}")
+    out = dataset.subset(parts[client_id])
+    out.spec = {**dataset.spec, "partition": dict(partition_spec.get("partition", partition_spec)), "client_id": int(client_id)}
+    return out
