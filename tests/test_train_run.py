@@ -231,3 +231,28 @@ def test_swa_batchnorm_statistics_are_recomputed(tmp_path: Path) -> None:
     torch.testing.assert_close(stored["1.running_var"], model.state_dict()["1.running_var"])
     last = checkpoint.load(global_path(out, 4), trust_factory=True)
     assert not torch.allclose(last.state_dict["1.running_mean"], stored["1.running_mean"])
+
+
+def test_every_config_field_is_a_flag_whose_help_is_written_once_beside_its_default() -> None:
+    import argparse
+    import dataclasses
+
+    from landscape.cli import build_parser
+    from landscape.train.config import help_of
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+    helps = {a.dest: a.help for a in sub._actions}
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata["help"], f.name
+        assert helps[f.name] == help_of(f.name), f.name
+        if f.metadata["default_text"] is None and isinstance(f.default, (int, float)) and not isinstance(f.default, bool):
+            assert helps[f.name].endswith(f"(default: {f.default:g})"), f.name
+
+
+def test_one_merge_saved_then_preset_then_flags() -> None:
+    saved = {"lr": 0.3, "num_rounds": 7, "batch_size": 8}
+    cfg = make_config("digits-demo", saved, num_rounds=3, batch_size=None)
+    preset_values = make_config("digits-demo")
+    assert cfg.num_rounds == 3  # a flag wins
+    assert cfg.lr == preset_values.lr  # the preset wins over the saved config
+    assert make_config(None, saved).lr == 0.3 and make_config(None, saved).batch_size == 8

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,32 @@ PERTURBATIONS = ("global_momentum", "local_sam")
 DTYPES = ("float32", "float64")
 #: rho when the user names none, per algorithm [C22 Table 11 (CIFAR-100), L26].
 DEFAULT_RHO = {"fedsam": 0.05, "fedasam": 0.5, "fednsam": 0.05}
+
+
+def option(help: str, default: Any = dataclasses.MISSING, *, default_text: str | None = None,
+           default_factory: Callable[[], Any] | None = None) -> Any:
+    """A config field with its help text; the flag's help says its default (written once, here).
+
+    ``default_text`` words a default the value alone does not explain (None meaning "by data set").
+    """
+    metadata = {"help": help, "default_text": default_text}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def help_of(name: str) -> str:
+    """The ``--help`` text of a config field: its help and its default.
+
+    >>> help_of("lr"), help_of("swa")
+    ('client learning rate (default: 0.01)', 'server-side SWA with the cyclic client learning rate [C22] (default: off)')
+    """
+    f = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
+    text = f.metadata.get("default_text")
+    if text is None and f.default is not dataclasses.MISSING and f.default is not None:
+        text = ("on" if f.default else "off") if isinstance(f.default, bool) else f"{f.default:g}" \
+            if isinstance(f.default, float) else str(f.default)
+    return f.metadata["help"] + (f" (default: {text})" if text is not None else "")
 
 
 @dataclass(frozen=True)
@@ -60,44 +87,59 @@ class TrainConfig:
         dtype: float32 or float64 weights; bf16: bfloat16 autocast for the forward passes.
     """
 
-    algorithm: str = "fedavg"
-    dataset: str = "cifar100"
-    model: str | None = None
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    num_clients: int | None = None
-    samples_per_client: int | None = None
-    alpha: float = 0.0
-    split_file: str | None = None
-    clients_per_round: int = 5
-    num_rounds: int = 20000
-    lr: float = 0.01
-    batch_size: int = 64
-    local_epochs: int = 1
-    weight_decay: float = 4e-4
-    client_momentum: float = 0.0
-    augment: bool = False
-    rho: float | None = None
-    eta: float = 0.2
-    asam_variant: str = "kwon"
-    bn_first_pass_only: bool = False
-    server_lr: float = 1.0
-    server_momentum: float = 0.9
-    gamma: float = 0.85
-    perturbation: str = "global_momentum"
-    fednsam_reference_momentum: bool = False
-    fednsam_extrapolate_buffers: bool = False
-    swa: bool = False
-    swa_start: float = 0.75
-    swa_gamma1: float = 1e-2
-    swa_gamma2: float = 1e-4
-    swa_cycle: int = 20
-    swa_collect_early: bool = False
-    seed: int = 0
-    eval_every: int = 100
-    save_every: int = 1000
-    save_clients_every: int = 0
-    dtype: str = "float32"
-    bf16: bool = False
+    algorithm: str = option('fedavg, fedavgm, fedsam, fedasam or fednsam', 'fedavg')
+    dataset: str = option(
+        'training data: cifar10, cifar100, digits, synthetic[:n=..,classes=..,shape=3x32x32] or a '
+        '.npz/.pt file with x and y', 'cifar100')
+    model: str | None = option(
+        'architecture from `landscape models` or package.module:factory', None,
+        default_text='one that fits the data: cnn for 32x32 images such as CIFAR, mlp otherwise, e.g. digits')
+    model_kwargs: dict[str, Any] = option(
+        'JSON keyword arguments for the model; num_classes etc. are filled in from the data', default_factory=dict)
+    num_clients: int | None = option('number of clients K', None, default_text='100 on CIFAR, 20 on digits')
+    samples_per_client: int | None = option(
+        'training samples per client', None, default_text='500 on CIFAR, 65 on digits')
+    alpha: float = option(
+        'total Dirichlet concentration [H19] (alpha/C per class): 0 = one class per client, large = iid', 0.0)
+    split_file: str | None = option('a published split, CSV rows user_id,image_id,class (replaces --alpha)', None)
+    clients_per_round: int = option('clients sampled per round', 5)
+    num_rounds: int = option('communication rounds T', 20000)
+    lr: float = option('client learning rate', 0.01)
+    batch_size: int = option('client batch size', 64)
+    local_epochs: int = option('local epochs E per round', 1)
+    weight_decay: float = option('client weight decay', 0.0004)
+    client_momentum: float = option('client SGD momentum, reset every round', 0.0)
+    augment: bool = option(
+        'random crop (pad 4) + horizontal flip on the device, for images', False,
+        default_text='off; on in the CIFAR presets')
+    rho: float | None = option(
+        'SAM/ASAM/FedNSAM neighbourhood size', None, default_text='0.05 SAM, 0.5 ASAM, 0.05 FedNSAM')
+    eta: float = option('ASAM offset in T = |w| + eta', 0.2)
+    asam_variant: str = option('kwon (T = |w| + eta on weights, 1 on biases) or davda54 (T = |w| everywhere)', 'kwon')
+    bn_first_pass_only: bool = option("update BatchNorm statistics only in SAM's first forward pass", False)
+    server_lr: float = option('FedAvgM server learning rate eta_s', 1.0)
+    server_momentum: float = option('FedAvgM server momentum beta', 0.9)
+    gamma: float = option('FedNSAM momentum / Nesterov extrapolation gamma', 0.85)
+    perturbation: str = option('FedNSAM perturbation: global_momentum or local_sam', 'global_momentum')
+    fednsam_reference_momentum: bool = option(
+        "reproduce the FedNSAM reference code's m = (1+gamma) Delta (a known defect)", False)
+    fednsam_extrapolate_buffers: bool = option(
+        'extrapolate normalization buffers like weights (FedNSAM reference code)', False)
+    swa: bool = option('server-side SWA with the cyclic client learning rate [C22]', False)
+    swa_start: float = option('fraction of the rounds after which SWA starts', 0.75)
+    swa_gamma1: float = option("SWA cycle's highest learning rate gamma1", 0.01)
+    swa_gamma2: float = option("SWA cycle's lowest learning rate gamma2", 0.0001)
+    swa_cycle: int = option('SWA cycle length c in rounds', 20, default_text='20; 10 on CIFAR-10')
+    swa_collect_early: bool = option(
+        "collect the SWA model right after the highest-lr round (fedsam code's behaviour)", False)
+    seed: int = option('seed of the partition, the initial model, the cohorts and all client streams', 0)
+    eval_every: int = option('evaluate on the test set every K rounds', 100, default_text='100; always at the end')
+    save_every: int = option(
+        'save the global (and SWA) model every K rounds', 1000, default_text='1000; always at the end')
+    save_clients_every: int = option(
+        'save the local models of the sampled clients every K rounds', 0, default_text='0 = never')
+    dtype: str = option('weights in float32 or float64', 'float32')
+    bf16: bool = option('bfloat16 autocast for the forward passes', False)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -306,8 +348,17 @@ def preset(name: str) -> dict[str, Any]:
     return dict(PRESETS[name][1])
 
 
-def make_config(preset_name: str | None = None, **overrides: Any) -> TrainConfig:
-    """Defaults, then the preset, then ``overrides`` (None values are ignored)."""
-    values: dict[str, Any] = preset(preset_name) if preset_name else {}
+def make_config(preset_name: str | None = None, saved: dict[str, Any] | None = None,
+                **overrides: Any) -> TrainConfig:
+    """The one merge of a config: defaults < ``saved`` (a resumed run's) < the preset < ``overrides``.
+
+    None values in ``overrides`` are ignored (flags not given). Whether a resumed run may take
+    the result is checked in one place, :func:`landscape.train.run.train`.
+
+    >>> make_config("digits-demo", lr=0.5).lr, make_config(saved={"lr": 0.3}).lr
+    (0.5, 0.3)
+    """
+    values: dict[str, Any] = dict(saved or {})
+    values.update(preset(preset_name) if preset_name else {})
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(values)
