@@ -17,13 +17,12 @@ for any other setting (and for runs on a split file, which record no alpha). [C2
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from landscape.figures import common
 from landscape.errors import LandscapeError
+from landscape.run_folder import RunFolder
 
 #: [C22] Table 2 columns: alpha per data set (clients per round vary fastest: 5, 10, 20).
 ALPHAS = {"cifar100": (0.0, 0.5, 1000.0), "cifar10": (0.0, 0.05, 100.0)}
@@ -72,21 +71,6 @@ def paper_value(config: dict[str, Any], dataset: str, alpha: float | None) -> fl
     return values[3 * ALPHAS[dataset].index(alpha) + CLIENTS_PER_ROUND.index(config["clients_per_round"])]
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` file, one per round.
-
-    Raises:
-        LandscapeError: a line that is not JSON.
-    """
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise LandscapeError(f"{path} line {number} is not JSON ({exc.msg})") from None
-    return records
-
-
 def table_row(item: common.Input) -> list[common.Cell]:
     """The row (columns :data:`HEADER`) of one run folder.
 
@@ -94,14 +78,15 @@ def table_row(item: common.Input) -> list[common.Cell]:
         LandscapeError: not a run folder of ``landscape train``, or no test accuracy logged yet.
     """
     run_dir = item.path
-    if not (run_dir / "config.json").is_file() or not (run_dir / "metrics.jsonl").is_file():
+    run = RunFolder(run_dir)
+    if not run.is_run() or not run.metrics_file.is_file():
         raise LandscapeError(f"{item.label}: {run_dir} is not a run folder of `landscape train` "
                              "(it needs config.json and metrics.jsonl)")
-    stored = common.read_json(run_dir / "config.json")
+    stored = common.read_json(run.config_file)
     config, data = stored.get("config"), stored.get("data") or {}
     if not isinstance(config, dict):
         raise LandscapeError(f"{item.label}: {run_dir}/config.json is not the config of `landscape train`")
-    evaluated = [r for r in read_metrics(run_dir / "metrics.jsonl") if "test_acc" in r]
+    evaluated = [r for r in run.metrics() if "test_acc" in r]
     if not evaluated:
         raise LandscapeError(f"{item.label}: {run_dir}/metrics.jsonl holds no test accuracy yet "
                              "(it is logged every --eval-every rounds and at the last round)")

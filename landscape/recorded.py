@@ -7,7 +7,7 @@ client, the flatness of each client model on its own data, [C22] Fig. 4).
 
 A file is not the user's say-so: the paths a checkpoint names (its data file, its CIFAR
 folder, the split file of its partition) are used only when they lie in the checkpoint's run
-folder (:func:`run_folder`); anything else must be passed by the user (``data_dir``,
+folder (:meth:`landscape.run_folder.RunFolder.of`); anything else must be passed by the user (``data_dir``,
 ``split_file``), and the data the user names always wins over the one the checkpoint names.
 A refused path is an error only when that data is needed.
 """
@@ -23,18 +23,11 @@ from landscape.checkpoint import Checkpoint
 from landscape.data import Dataset
 from landscape.errors import LandscapeError
 from landscape.files import is_inside
+from landscape.run_folder import RunFolder
 from landscape.partition import client_data, partition_from_spec
 
 #: The entries of a recorded data spec that say how to rebuild the data set.
 DATA_KEYS = ("n", "classes", "shape", "seed", "dir", "path")
-
-
-def run_folder(path: Path) -> Path:
-    """The run folder of a checkpoint: the folder holding ``config.json`` above it, else its own folder."""
-    for folder in (path.parent, path.parent.parent):
-        if (folder / "config.json").is_file():
-            return folder
-    return path.parent
 
 
 class RecordedData:
@@ -62,7 +55,7 @@ class RecordedData:
     def _confine(self, split_file: str | None) -> dict[str, Any]:
         """``ckpt.data`` with each path it names inside the run folder, replaced by the user's, or refused."""
         spec = json.loads(json.dumps(self.ckpt.data, default=str))
-        folder = run_folder(self.ckpt.path) if self.ckpt.path else Path.cwd()
+        folder = RunFolder.of(self.ckpt.path).path if self.ckpt.path else Path.cwd()
         where = self.ckpt.path or "the checkpoint"
         if spec.get("dataset") == "file" and not is_inside(str(spec.get("path", "")), folder):
             spec["refused"] = LandscapeError(

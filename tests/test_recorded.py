@@ -8,7 +8,8 @@ import torch
 
 from landscape import checkpoint, data, models, partition
 from landscape.errors import LandscapeError
-from landscape.recorded import RecordedData, run_folder
+from landscape.recorded import RecordedData
+from landscape.run_folder import RunFolder
 
 PARTITION = {"num_clients": 10, "samples_per_client": 40, "alpha": 0.0, "seed": 1}
 
@@ -62,6 +63,6 @@ def test_a_data_file_in_the_run_folder_is_used_and_the_run_folder_is_found(tmp_p
     model = models.build("mlp", hidden=[3])
     path = checkpoint.save(checkpoint.from_model(model, "mlp", {"hidden": [3]}, data={
         "dataset": "file", "path": str(run / "d.npz")}), run / "checkpoints" / "g.pt")
-    assert run_folder(path) == run
+    assert RunFolder.of(path).path == run
     assert len(RecordedData(checkpoint.load(path)).train()) == 5
     assert RecordedData(checkpoint.load(path)).test() is None  # a data file has no test split

@@ -15,7 +15,7 @@ from landscape.cli import main
 from landscape.errors import LandscapeError
 from landscape.partition import client_data
 from landscape.train.config import TrainConfig, make_config
-from landscape.train.folder import client_path, global_path, swa_path
+from landscape.run_folder import RunFolder
 from landscape.train.run import train
 
 ALGORITHMS = ["fedavg", "fedavgm", "fedsam", "fedasam", "fednsam"]
@@ -50,7 +50,7 @@ def test_run_folder_layout_and_checkpoints(tmp_path: Path) -> None:
     assert {"train_loss", "lr", "time"} <= set(lines[0]) and "test_acc" not in lines[0]
     assert {"test_loss", "test_acc", "swa_test_acc"} <= set(lines[3])
 
-    final = checkpoint.load(global_path(out, 4))
+    final = checkpoint.load(RunFolder(Path(out)).global_checkpoint(4))
     assert (final.role, final.round, final.model_name) == ("global", 4, "mlp")
     assert final.config == result.config.to_dict()
     assert final.model_kwargs == {"hidden": [32], "in_features": 64, "num_classes": 10}
@@ -58,11 +58,11 @@ def test_run_folder_layout_and_checkpoints(tmp_path: Path) -> None:
     assert final.data == {"dataset": "digits", "split": "train", "partition": part}
     for k, v in result.state.weights.items():
         assert torch.equal(final.state_dict[k], v)
-    assert checkpoint.load(global_path(out, 0)).round == 0
+    assert checkpoint.load(RunFolder(Path(out)).global_checkpoint(0)).round == 0
 
     # SWA: from round index 2 with c = 1, the globals after rounds 3 and 4 are averaged.
-    g3, g4 = checkpoint.load(global_path(out, 3)), checkpoint.load(global_path(out, 4))
-    s = checkpoint.load(swa_path(out))
+    g3, g4 = checkpoint.load(RunFolder(Path(out)).global_checkpoint(3)), checkpoint.load(RunFolder(Path(out)).global_checkpoint(4))
+    s = checkpoint.load(RunFolder(Path(out)).swa_checkpoint)
     assert (s.role, s.metadata["swa_num_models"]) == ("swa", 2)
     for k in s.state_dict:
         torch.testing.assert_close(s.state_dict[k], (g3.state_dict[k] + g4.state_dict[k]) / 2)
@@ -70,7 +70,7 @@ def test_run_folder_layout_and_checkpoints(tmp_path: Path) -> None:
     # Client checkpoints of round 2 rebuild their own data from the stored spec.
     cohort = lines[1]["clients"]
     for cid in cohort:
-        ck = checkpoint.load(client_path(out, 2, cid))
+        ck = checkpoint.load(RunFolder(Path(out)).client_checkpoint(2, cid))
         assert (ck.role, ck.round, ck.client_id) == ("client", 2, cid)
         mine = client_data(data.load(ck.data), ck.data["partition"], cid)
         assert len(mine) == 65
@@ -106,7 +106,7 @@ def test_resume_equals_uninterrupted(tmp_path: Path, algorithm: str, engine: str
         assert torch.equal(resumed.swa.weights[k], v)
     assert strip_time((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == strip_time(
         (tmp_path / "full" / "metrics.jsonl").read_text().splitlines())
-    a, b = checkpoint.load(global_path(tmp_path / "full", 6)), checkpoint.load(global_path(tmp_path / "cut", 6))
+    a, b = checkpoint.load(RunFolder(Path(tmp_path / "full")).global_checkpoint(6)), checkpoint.load(RunFolder(Path(tmp_path / "cut")).global_checkpoint(6))
     assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
 
 
@@ -126,7 +126,7 @@ def test_divergence_stops_and_keeps_last_good_model(tmp_path: Path) -> None:
     with pytest.raises(LandscapeError, match=r"training diverged at round (\d+) .*last good model \(round \d+\)"):
         train(digits_config(lr=1e8, num_rounds=20), out)
     state = torch.load(out / "state.pt", weights_only=True)
-    good = checkpoint.load(global_path(out, state["round"]))
+    good = checkpoint.load(RunFolder(Path(out)).global_checkpoint(state["round"]))
     assert all(bool(torch.isfinite(v).all()) for v in good.state_dict.values())
     rounds = [json.loads(line)["round"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rounds == list(range(1, state["round"] + 1))
@@ -150,7 +150,7 @@ def test_cifar_cnn_with_augmentation(tmp_path: Path) -> None:
     cfg = TrainConfig(dataset="cifar10", model="cnn", num_clients=10, samples_per_client=10, alpha=0.0,
                       clients_per_round=2, num_rounds=1, batch_size=4, augment=True, algorithm="fedasam")
     result = train(cfg, tmp_path / "run", data_dir=str(tmp_path / "data"), engine="batched")
-    ck = checkpoint.load(global_path(tmp_path / "run", 1))
+    ck = checkpoint.load(RunFolder(Path(tmp_path / "run")).global_checkpoint(1))
     assert ck.data["dataset"] == "cifar10" and ck.data["partition"]["alpha"] == 0.0
     assert ck.model_kwargs == {"num_classes": 10, "in_channels": 3}
     assert result.round == 1
@@ -169,7 +169,7 @@ def test_cli_trains_and_lists_presets(tmp_path: Path, capsys: pytest.CaptureFixt
     assert code == 0 and "c22-cifar100-a0-fedasam-swa" in out and "l26-cifar100-fednsam" in out
     run = tmp_path / "demo"
     code, out, _ = cli(["--preset", "digits-demo", "--rounds", "2", "--out", str(run), "--no-progress"], capsys)
-    assert code == 0 and f"global model: {global_path(run, 2)}" in out
+    assert code == 0 and f"global model: {RunFolder(Path(run)).global_checkpoint(2)}" in out
     stored = json.loads((run / "config.json").read_text())["config"]
     assert stored["num_rounds"] == 2 and stored["lr"] == make_config("digits-demo").lr
     code, out, err = cli(["--out", str(run), "--resume", "--no-progress"], capsys)  # already complete: no-op
@@ -222,14 +222,14 @@ def test_swa_batchnorm_statistics_are_recomputed(tmp_path: Path) -> None:
     cfg = digits_config(model="tests.test_train_run:bn_mlp", model_kwargs={}, num_rounds=4, swa=True, batch_size=13,
                         swa_start=0.5, swa_cycle=1)
     train(cfg, out, engine="batched")
-    s = checkpoint.load(swa_path(out), trust_factory=True)  # our own factory, from this file
+    s = checkpoint.load(RunFolder(Path(out)).swa_checkpoint, trust_factory=True)  # our own factory, from this file
     model = s.build_model()
     fed_x = torch.cat([client_data(data.load(s.data), s.data["partition"], k).x for k in range(20)])
     stored = {k: v.clone() for k, v in model.state_dict().items()}
     update_bn([(xb,) for xb in fed_x.split(256)], model)  # torch's SWA reference: cumulative average
     torch.testing.assert_close(stored["1.running_mean"], model.state_dict()["1.running_mean"])
     torch.testing.assert_close(stored["1.running_var"], model.state_dict()["1.running_var"])
-    last = checkpoint.load(global_path(out, 4), trust_factory=True)
+    last = checkpoint.load(RunFolder(Path(out)).global_checkpoint(4), trust_factory=True)
     assert not torch.allclose(last.state_dict["1.running_mean"], stored["1.running_mean"])
 
 

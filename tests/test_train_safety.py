@@ -28,7 +28,7 @@ from landscape import checkpoint, files
 from landscape.cli import main
 from landscape.errors import LandscapeError
 from landscape.train.config import RANGES, TrainConfig, flag
-from landscape.train.folder import global_path
+from landscape.run_folder import RunFolder
 from landscape.train.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def metrics(out: Path) -> list[dict]:
 
 def assert_same_run(a: Path, b: Path, round: int) -> None:
     """Final global checkpoints equal bit for bit, metrics equal but for the times."""
-    ca, cb = (torch.load(global_path(o, round), weights_only=True)["state_dict"] for o in (a, b))
+    ca, cb = (torch.load(RunFolder(Path(o)).global_checkpoint(round), weights_only=True)["state_dict"] for o in (a, b))
     assert ca.keys() == cb.keys() and ca
     for k in ca:
         assert torch.equal(ca[k], cb[k]), k

@@ -1,25 +1,12 @@
-"""The run folder: its layout, ``config.json``, ``state.pt`` and ``metrics.jsonl``.
+"""Training's side of the run folder (layout: :mod:`landscape.run_folder`): ``config.json``, ``state.pt``,
+``metrics.jsonl`` writes, and the clean-up of attempts cut short.
 
-:func:`landscape.train.run.train` writes a run folder that holds::
-
-    OUT/config.json                      the resolved TrainConfig, the data spec, run options
-    OUT/metrics.jsonl                    one JSON line per round
-    OUT/checkpoints/global_r000000.pt    global model (role "global") at round 0, every
-                                         save_every rounds and at the end
-    OUT/checkpoints/swa.pt               the SWA model (role "swa"), once one model is collected
-    OUT/clients/r000100_c0042.pt         local model of client 42 after round 100 (role "client"),
-                                         for every sampled client when save_clients_every divides 100
-    OUT/state.pt                         everything --resume needs (server state, SWA mean, round)
-    OUT/split.csv                        a copy of --split-file, which the checkpoints point at
-
-Every checkpoint is a :mod:`landscape.checkpoint` file carrying the model name and kwargs, the
-config, the round, its role, the client id and the data spec with the partition, so the
-analysis commands need nothing else. ``round`` counts completed aggregations (0 = initial model);
-a client checkpoint of round R holds the local model trained from the global model of round R-1.
-
-All files are written atomically; ``state.pt`` is written last, after the checkpoints it refers to.
-A folder whose first round never completed (no ``state.pt``, or only the round-0 one and no
-logged round) is started again as if it were new. Nothing read from the folder runs code:
+:func:`landscape.train.run.train` writes a run folder. Every checkpoint is a
+:mod:`landscape.checkpoint` file carrying the model name and kwargs, the config, the round, its
+role, the client id and the data spec with the partition, so the analysis commands need nothing
+else. All files are written atomically; ``state.pt`` is written last, after the checkpoints it
+refers to. A folder whose first round never completed (no ``state.pt``, or only the round-0 one
+and no logged round) is started again as if it were new. Nothing read from the folder runs code:
 ``state.pt`` is loaded with ``weights_only`` and checked against the model before it is used,
 and :func:`stored_config` is how the command line gets a config back (with the model factories
 and the paths it names refused unless the user names them again).
@@ -39,25 +26,11 @@ import torch
 from landscape import data
 from landscape.errors import LandscapeError, os_error
 from landscape.files import atomic_write, is_inside, save_torch, sha256
+from landscape.run_folder import RunFolder
 from landscape.train import swa
 from landscape.train.config import TrainConfig
 
 STATE_FORMAT = "landscape-train-state"
-
-
-def global_path(out: Path, round: int) -> Path:
-    """``OUT/checkpoints/global_r{round:06d}.pt``."""
-    return Path(out) / "checkpoints" / f"global_r{round:06d}.pt"
-
-
-def swa_path(out: Path) -> Path:
-    """``OUT/checkpoints/swa.pt``."""
-    return Path(out) / "checkpoints" / "swa.pt"
-
-
-def client_path(out: Path, round: int, client_id: int) -> Path:
-    """``OUT/clients/r{round:06d}_c{client_id:04d}.pt``."""
-    return Path(out) / "clients" / f"r{round:06d}_c{client_id:04d}.pt"
 
 
 def save_state(out: Path, cfg: TrainConfig, round: int, state: Any, swa_state: swa.SWAState, elapsed: float) -> None:
@@ -67,7 +40,7 @@ def save_state(out: Path, cfg: TrainConfig, round: int, state: Any, swa_state: s
     payload = {"format": STATE_FORMAT, "round": round, "config": cfg.to_dict(),
                "server": {"type": type(state).__name__, "fields": fields},
                "swa": {"weights": swa_state.weights, "num_models": swa_state.num_models}, "elapsed": elapsed}
-    save_torch(Path(out) / "state.pt", payload)
+    save_torch(RunFolder(Path(out)).state_file, payload)
 
 
 def _read_state(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -148,7 +121,7 @@ def load_state(out: Path, device: torch.device, cfg: TrainConfig, expected: Any)
     every tensor its name, shape and dtype, so a damaged or foreign file is one line here, not
     a traceback from inside the engine.
     """
-    path = Path(out) / "state.pt"
+    path = RunFolder(Path(out)).state_file
     payload = _read_state(path, device)
     problem = _state_problem(payload, cfg, expected)
     if problem:
@@ -161,42 +134,18 @@ def load_state(out: Path, device: torch.device, cfg: TrainConfig, expected: Any)
     return payload["round"], state, swa.SWAState(s["weights"], s["num_models"]), float(payload["elapsed"])
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl``; lines that do not parse (a write cut by a kill or a
-    full disk, a hand edit) are left out."""
-    return [record for _, record in _metric_lines(Path(path))]
-
-
-def _metric_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    if not path.exists():
-        return []
-    try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
-    except OSError as exc:
-        raise os_error(exc, "cannot read the metrics log") from None
-    out = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        r = record.get("round") if isinstance(record, dict) else None
-        if isinstance(r, int) and not isinstance(r, bool):
-            out.append((line, record))
-    return out
-
-
-def truncate_metrics(path: Path, round: int) -> None:
+def truncate_metrics(out: Path, round: int) -> None:
     """Keep the metric lines of rounds <= ``round`` that parse (a resumed run rewrites the rest)."""
+    path = RunFolder(Path(out)).metrics_file
     if not path.exists():
         return
-    keep = [line for line, record in _metric_lines(path) if record["round"] <= round]
+    keep = [line for line, record in RunFolder(Path(out)).metric_lines() if record["round"] <= round]
     atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep)))
 
 
 def _logged_a_round(out: Path) -> bool:
     """Whether ``metrics.jsonl`` records a completed round."""
-    return any(record["round"] >= 1 for record in read_metrics(Path(out) / "metrics.jsonl"))
+    return any(record["round"] >= 1 for record in RunFolder(Path(out)).metrics())
 
 
 def read_config(out: str | Path) -> dict[str, Any]:
@@ -206,7 +155,7 @@ def read_config(out: str | Path) -> dict[str, Any]:
         LandscapeError: no such file, or one that is not JSON, lacks its ``config`` or holds
             options a config cannot have; one line each.
     """
-    path = Path(out) / "config.json"
+    path = RunFolder(Path(out)).config_file
     if not path.is_file():
         raise LandscapeError(f"nothing to resume in {out} (no config.json); start it without --resume")
     try:
@@ -247,7 +196,7 @@ def stored_config(out: str | Path, *, named: Collection[str] = (), trust_stored_
             path that needs the user's say-so, with the flag that gives it.
     """
     values = read_config(out)
-    path = Path(out) / "config.json"
+    path = RunFolder(Path(out)).config_file
     model = values.get("model", TrainConfig.model)
     if isinstance(model, str) and ":" in model and "model" not in named and not trust_stored_factory:
         raise LandscapeError(
@@ -285,7 +234,7 @@ def keep_split_file(out: Path, spec: dict[str, Any]) -> None:
     if not part.get("split_file"):
         return
     source = Path(part["split_file"])
-    copy_path = out / f"split{source.suffix}"
+    copy_path = RunFolder(out).split_copy(source.suffix)
     if not (copy_path.is_file() and sha256(copy_path) == part["split_sha256"]):
         payload = source.read_bytes()
         atomic_write(copy_path, lambda tmp: tmp.write_bytes(payload))
@@ -297,7 +246,7 @@ def never_completed(out: Path) -> bool:
     ``state.pt`` or only the round-0 one (set-up was cut short, or round 1 was)."""
     if _logged_a_round(out):
         return False
-    state_file = out / "state.pt"
+    state_file = RunFolder(out).state_file
     if not state_file.exists():
         return True
     try:

@@ -2,7 +2,7 @@
 
 Reads top to bottom: :func:`train` sets up (or resumes) a run, then :func:`_loop` runs one
 round per iteration through an engine (:mod:`landscape.train.engine`). What it writes, and where, is
-the run folder of :mod:`landscape.train.folder` (its layout, ``config.json``, ``state.pt``, ``metrics.jsonl``).
+the run folder of :mod:`landscape.run_folder` (its layout), written through :mod:`landscape.train.folder`.
 
 Every random stream derives from (seed, round, client id), so a resumed run repeats exactly
 what the uninterrupted run would have done: bit for bit on the CPU.
@@ -35,6 +35,7 @@ from landscape import checkpoint, data, models, partition
 from landscape.errors import LandscapeError, os_error, user_code
 from landscape.files import exclusive, sha256, write_json
 from landscape.operators import resolve_device
+from landscape.run_folder import RunFolder
 from landscape.train import algorithms, folder, swa
 from landscape.train.config import TrainConfig
 from landscape.train.engine import STREAM_INIT, FederatedData, derive_seed, evaluate, make_engine, sample_cohort
@@ -243,7 +244,7 @@ def train(
     algo = algorithms.get(cfg.algorithm)
     weights = {k: v.detach().to(dev).clone() for k, v in model.state_dict().items()}
     initial = algo.init(weights, runner.param_names, cfg)
-    if resume and not (out / "config.json").is_file():  # checked before the lock, which creates the folder
+    if resume and not RunFolder(out).is_run():  # checked before the lock, which creates the folder
         raise LandscapeError(f"nothing to resume in {out} (no config.json); start it without --resume")
     if out.exists() and not out.is_dir():
         raise LandscapeError("--out is a file, not a folder", where=out, fix="give a folder for the run")
@@ -280,8 +281,9 @@ def train(
 
 def _start(out: Path, cfg: TrainConfig, fed: Federation, runner: Any, dev: torch.device, initial: Any) -> None:
     """Set up a new run: config.json, the round-0 model, then state.pt (what --resume needs)."""
-    config_file = out / "config.json"
-    holds_run = any((out / name).exists() for name in ("config.json", "state.pt", "metrics.jsonl"))
+    run = RunFolder(out)
+    config_file = run.config_file
+    holds_run = any(p.exists() for p in (run.config_file, run.state_file, run.metrics_file))
     if holds_run and not folder.never_completed(out):
         raise LandscapeError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if holds_run:  # a set-up or first round cut short: nothing in it to keep, start over
@@ -289,7 +291,7 @@ def _start(out: Path, cfg: TrainConfig, fed: Federation, runner: Any, dev: torch
     try:
         write_json(config_file, {"config": cfg.to_dict(), "data": fed.spec,
                                "run": {"device": str(dev), "engine": runner.name, "torch": torch.__version__}})
-        checkpoint.save(_checkpoint(cfg, fed, initial.weights, 0, "global"), folder.global_path(out, 0))
+        checkpoint.save(_checkpoint(cfg, fed, initial.weights, 0, "global"), RunFolder(out).global_checkpoint(0))
         folder.save_state(out, cfg, 0, initial, swa.SWAState(), 0.0)
     except BaseException:  # a failed set-up (a full disk) leaves no half-made run behind
         folder.remove_run_files(out)
@@ -301,7 +303,7 @@ def _resume(out: Path, cfg: TrainConfig, dev: torch.device, initial: Any) -> tup
     if folder.never_completed(out):
         raise LandscapeError(f"the first round of the run in {out} never completed, so there is nothing to resume",
                              fix="start it again without --resume")
-    if not (out / "state.pt").exists():
+    if not RunFolder(out).state_file.exists():
         raise LandscapeError(f"{out} logs rounds but has no state.pt; the run cannot be resumed",
                              fix="start a new run with another --out")
     stored = TrainConfig.from_dict(folder.read_config(out))
@@ -313,7 +315,7 @@ def _resume(out: Path, cfg: TrainConfig, dev: torch.device, initial: Any) -> tup
         )
     start_round, state, swa_state, elapsed = folder.load_state(out, dev, cfg, initial)
     if start_round < cfg.num_rounds:  # a complete run is left as it is
-        folder.truncate_metrics(out / "metrics.jsonl", start_round)
+        folder.truncate_metrics(out, start_round)
     return start_round, state, swa_state, elapsed
 
 
@@ -337,7 +339,7 @@ def _loop(cfg: TrainConfig, out: Path, fed: Federation, fdata: FederatedData, ru
     good = (start_round, state, swa_state)
     t_start = time.perf_counter() - elapsed
     last_state_write = time.perf_counter()
-    metrics_file = out / "metrics.jsonl"
+    metrics_file = RunFolder(out).metrics_file
     bar = tqdm(total=T, initial=start_round, disable=not progress, unit="round", dynamic_ncols=True,
                desc=f"{cfg.algorithm}")
     try:
@@ -368,7 +370,7 @@ def _loop(cfg: TrainConfig, out: Path, fed: Federation, fdata: FederatedData, ru
                 if keep:
                     for k, w in result.client_weights.items():
                         meta = {"train_loss": result.client_losses[k], "lr": lr}
-                        checkpoint.save(_checkpoint(cfg, fed, w, R, "client", k, meta), folder.client_path(out, R, k))
+                        checkpoint.save(_checkpoint(cfg, fed, w, R, "client", k, meta), RunFolder(out).client_checkpoint(R, k))
                 with _writing(metrics_file):
                     log.write(json.dumps(record) + "\n")
                     log.flush()
@@ -398,12 +400,12 @@ def _save_round(cfg: TrainConfig, out: Path, fed: Federation, model: nn.Module, 
     meta = {k: v for k, v in record.items() if k != "clients"}
     meta["algorithm"] = cfg.algorithm
     if write_global:
-        checkpoint.save(_checkpoint(cfg, fed, state.weights, R, "global", metadata=meta), folder.global_path(out, R))
+        checkpoint.save(_checkpoint(cfg, fed, state.weights, R, "global", metadata=meta), RunFolder(out).global_checkpoint(R))
         if swa_state.weights is not None:
             weights = recompute_batchnorm(model, swa_state.weights, _client_inputs(fdata))
             checkpoint.save(_checkpoint(cfg, fed, weights, R, "swa",
                                         metadata={**meta, "swa_num_models": swa_state.num_models}),
-                            folder.swa_path(out))
+                            RunFolder(out).swa_checkpoint)
     folder.save_state(out, cfg, R, state, swa_state, elapsed)
 
 
@@ -411,7 +413,7 @@ def _diverged(cfg: TrainConfig, out: Path, fed: Federation, good: tuple[int, Any
               loss: float, elapsed: float) -> None:
     """Save the last good round and stop with a one-line error."""
     r, state, swa_state = good
-    path = folder.global_path(out, r)
+    path = RunFolder(out).global_checkpoint(r)
     checkpoint.save(_checkpoint(cfg, fed, state.weights, r, "global", metadata={"diverged_at": R}), path)
     folder.save_state(out, cfg, r, state, swa_state, elapsed)
     raise LandscapeError(

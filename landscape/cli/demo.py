@@ -20,6 +20,7 @@ from pathlib import Path
 
 from landscape.cli.common import integer
 from landscape.files import write_json
+from landscape.run_folder import RunFolder
 
 ALGORITHMS = ("fedavg", "fedsam", "fedasam")
 
@@ -52,11 +53,12 @@ def run(args: argparse.Namespace) -> int:
     summary = {}
     for algo in ALGORITHMS:
         run_dir = out / "runs" / algo
-        resume = ["--resume"] if (run_dir / "config.json").exists() else []  # a rerun continues, not repeats
+        run = RunFolder(run_dir)
+        resume = ["--resume"] if run.is_run() else []  # a rerun continues, not repeats
         _landscape(["train", "--preset", "digits-demo", "--algorithm", algo, "--rounds", str(args.rounds),
                     "--save-clients-every", str(args.rounds), "--out", str(run_dir), *resume, *device])
-        final = run_dir / "checkpoints" / f"global_r{args.rounds:06d}.pt"
-        clients = sorted(str(p) for p in (run_dir / "clients").glob(f"r{args.rounds:06d}_c*.pt"))
+        final = run.global_checkpoint(args.rounds)
+        clients = [str(p) for p in run.client_checkpoints(args.rounds)]
         _landscape(["hessian", str(final), "--top-k", "5", "--trace", "--trace-samples", "100",
                     "--out", str(out / f"hessian_{algo}.json"), "--plot", str(out / f"density_{algo}.png"), *device])
         _landscape(["surface", str(final), "--dim", "2", "--resolution", str(args.resolution), "--range", "1",
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
                         "--html", str(out / "plane.html"), "--png", str(out / "plane.png"), "--overwrite", *device])
         hess = json.loads((out / f"hessian_{algo}.json").read_text())
         flat = json.loads((out / f"flatness_{algo}.json").read_text())
-        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        metrics = run.metrics()
         accuracy = next((m["test_acc"] for m in reversed(metrics) if "test_acc" in m), None)
         summary[algo] = {"test_accuracy": accuracy, "lambda_max": hess["lambda_max"],
                          "lambda_max/lambda_5": hess["lambda_max_over_lambda_5"], "trace": hess["trace"],

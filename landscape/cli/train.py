@@ -81,7 +81,8 @@ def list_presets() -> str:
 
 def run(args: argparse.Namespace) -> int:
     from landscape.train.config import make_config, preset
-    from landscape.train.folder import global_path, read_metrics, stored_config, swa_path
+    from landscape.run_folder import RunFolder
+    from landscape.train.folder import stored_config
     from landscape.train.run import train
 
     if args.list_presets:
@@ -104,12 +105,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"interrupted: the last completed round is saved; continue with "
               f"`landscape train --out {out} --resume`", file=sys.stderr)
         raise
-    metrics = read_metrics(out / "metrics.jsonl")
+    run = RunFolder(out)
+    metrics = run.metrics()
     last = metrics[-1] if metrics else {}
     summary = ", ".join(f"{k} {last[k]:.4g}" for k in ("train_loss", "test_loss", "test_acc", "swa_test_acc")
                         if isinstance(last.get(k), (int, float)))
     print(f"trained {result.config.algorithm} for {result.round} rounds: {summary}")
-    print(f"global model: {global_path(out, result.round)}")
+    print(f"global model: {run.global_checkpoint(result.round)}")
     if result.swa.weights is not None:
-        print(f"SWA model ({result.swa.num_models} collected): {swa_path(out)}")
+        print(f"SWA model ({result.swa.num_models} collected): {run.swa_checkpoint}")
     return 0
