@@ -352,17 +352,23 @@ class Objective:
 
     def batch_value(self, params: dict[str, torch.Tensor], batch: Batch) -> tuple[torch.Tensor, int]:
         """``(L_b, c_b)``: the mean loss of one batch and the number of targets it averages over."""
+        _, _, value, count = self._evaluate(params, batch)
+        return value, count
+
+    def _evaluate(self, params: dict[str, torch.Tensor], batch: Batch
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """``(outputs, targets, L_b, c_b)`` of one batch; ``L_b`` is 0 when no target counts."""
         outputs, targets = self.outputs(params, batch)
         count = self.count(targets)
         if count == 0:
-            return outputs.new_zeros(()), 0
+            return outputs, targets, outputs.new_zeros(()), 0
         with user_code(f"the loss '{self.loss_fn.name}'", "check --loss against the model's outputs and the targets"):
             value = self.loss_fn.fn(outputs, targets)
         if not isinstance(value, torch.Tensor) or value.ndim != 0:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise LandscapeError(f"the loss '{self.loss_fn.name}' returned {shape}, not a scalar mean",
                                  fix="reduce it with .mean()")
-        return value, count
+        return outputs, targets, value, count
 
     def weighted(self, params: dict[str, torch.Tensor], each: Callable[[torch.Tensor, int], Any]) -> None:
         """Call ``each(L_b * c_b / N, c_b)`` for every batch (the terms whose sum is f)."""
@@ -386,12 +392,9 @@ class Objective:
         total, correct = 0.0, 0
         with torch.no_grad():
             for b in self.batches():
-                outputs, targets = self.outputs(p, b)
-                count = self.count(targets)
+                outputs, targets, value, count = self._evaluate(p, b)
                 if not count:
                     continue
-                with user_code(f"the loss '{self.loss_fn.name}'", "check --loss against the outputs and targets"):
-                    value = self.loss_fn.fn(outputs, targets)
                 total += float(value) * count
                 if self.loss_fn.classification:
                     correct += int(self.loss_fn.correct(outputs, targets))

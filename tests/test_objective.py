@@ -173,6 +173,8 @@ def test_a_user_forward_and_loss():
     (lambda m, x, y: Objective(m, [(x, y)], loss="huber"), "unknown loss 'huber'"),
     (lambda m, x, y: Objective(m, [(x, y)], loss=lambda o, t: (o - t) ** 2).loss(), "returned \\(30, 2\\), not a "
      "scalar mean"),
+    (lambda m, x, y: Objective(m, [(x, y)], loss=lambda o, t: (o - t) ** 2).metrics(), "returned \\(30, 2\\), not "
+     "a scalar mean"),  # the surface path: the same check as the Hessian's
     (lambda m, x, y: Objective(m, [(x, y)], params="^nothing").loss(), "--params '\\^nothing' matches no parameter"),
     (lambda m, x, y: Objective(m, [(x, y)], params="(").loss(), "is not a regular expression"),
     (lambda m, x, y: Objective(m, [(x, y)]).loss(), "cross-entropy needs integer class labels"),
