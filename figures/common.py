@@ -121,13 +121,6 @@ def read_json(path: Path) -> dict[str, Any]:
     return value
 
 
-def read_hessian(path: Path) -> dict[str, Any]:
-    """A result of ``landscape hessian --out`` (:func:`landscape.hessian.load_result`, checked)."""
-    from landscape.hessian import load_result
-
-    return load_result(path)
-
-
 def checkpoint_of(result: dict[str, Any]) -> dict[str, Any]:
     """The ``metadata.checkpoint`` entry of a Hessian result (round, role, client_id, data), or {}."""
     entry = (result.get("metadata") or {}).get("checkpoint") if isinstance(result.get("metadata"), dict) else None

@@ -29,6 +29,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from landscape.figures import common
+from landscape.hessian import load_result
 from landscape.errors import LandscapeError
 from landscape.plots import static
 
@@ -56,7 +57,7 @@ def collect(inputs: Sequence[common.Input]) -> dict[str, Panel]:
     """
     panels: dict[str, Panel] = {}
     for item in inputs:
-        result = common.read_hessian(item.path)
+        result = load_result(item.path)
         ckpt = common.checkpoint_of(result)
         role, round_ = ckpt.get("role"), ckpt.get("round")
         if round_ is None or role not in ("client", "global", "swa"):

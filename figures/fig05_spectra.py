@@ -26,6 +26,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from landscape.figures import common
+from landscape.hessian import load_result
 from landscape.errors import LandscapeError
 from landscape.hessian import density_curve
 from landscape.plots import static
@@ -41,7 +42,7 @@ def read_density(item: common.Input) -> tuple[dict[str, Any], SpectralDensity]:
     Raises:
         LandscapeError: not a Hessian result, or one computed without ``--density``.
     """
-    result = common.read_hessian(item.path)
+    result = load_result(item.path)
     stored = result.get("density")
     if not stored:
         raise LandscapeError(f"{item.label}: {item.path} holds no spectral density; rerun `landscape hessian` "

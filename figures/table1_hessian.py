@@ -23,6 +23,7 @@ import re
 from collections.abc import Sequence
 
 from landscape.figures import common
+from landscape.hessian import load_result
 from landscape.errors import LandscapeError
 
 #: [C22] Table 1 (CIFAR-100, CNN): lambda_max at alpha = 0 and 1k, lambda_max / lambda_5 at alpha = 0 and 1k.
@@ -61,7 +62,7 @@ def table_rows(inputs: Sequence[common.Input]) -> tuple[list[list[common.Cell]],
     """
     rows, warnings = [], []
     for item in inputs:
-        result = common.read_hessian(item.path)
+        result = load_result(item.path)
         ratio = result.get("lambda_max_over_lambda_5")
         if ratio is None:
             raise LandscapeError(f"{item.label} ({item.path}): {len(result['eigenvalues'])} eigenvalues, "
