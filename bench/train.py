@@ -88,9 +88,9 @@ def worker(args: argparse.Namespace) -> dict:
     cfg = cfg.replace(algorithm=args.algorithm)
     model = models.build("cnn", num_classes=100)
     engine = make_engine(args.engine, model, data, cfg, device)
-    algo = algorithms.get(args.algorithm)
+    algo = algorithms.from_config(cfg)
     state = algo.init({k: v.detach().to(device).clone() for k, v in model.state_dict().items()},
-                      engine.param_names, cfg)
+                      engine.param_names)
     cohort = list(range(args.clients))
     for t in range(args.warmup):
         state = engine.run_round(algo, state, t, cohort, cfg.lr).state

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from landscape.train import algorithms, swa
-from landscape.train.algorithms import ClientStart
+from landscape.train.algorithms import ClientStart, LocalState
 from landscape.train.config import TrainConfig
 from landscape.train.engine import FederatedData, SequentialEngine, sample_cohort
 
@@ -58,20 +58,21 @@ def linear_setup(n: int = 8, seed: int = 0) -> tuple[nn.Module, torch.Tensor, to
     return model, torch.randn(n, 3, generator=g, dtype=torch.float64), torch.randint(0, 2, (n,), generator=g)
 
 
-def one_step(kind: str, cfg: TrainConfig) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def one_step(cfg: TrainConfig) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One ``client_step`` of the algorithm ``cfg`` names, on the sequential engine's loss_grad."""
     model, X, y = linear_setup()
     data = FederatedData.build(X, y, [np.arange(8)], CPU, torch.float64)
     engine = SequentialEngine(model, data, cfg, CPU)
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     start = ClientStart({**params})
-    new, _, _, _ = engine.local_step(params, {}, {k: torch.zeros_like(v) for k, v in params.items()}, X, y,
-                                     cfg.lr, kind, start)
-    return new, params["weight"], params["bias"], X, y
+    local = LocalState(dict(params), {}, {k: torch.zeros_like(v) for k, v in params.items()})
+    new, _ = algorithms.from_config(cfg).client_step(start, local, X, y, cfg.lr, engine._loss_grad)
+    return new.params, params["weight"], params["bias"], X, y
 
 
 def test_sam_step_matches_closed_form() -> None:
     cfg = config(algorithm="fedsam", rho=0.3, lr=0.2, weight_decay=0.01)
-    new, W, b, X, y = one_step("sam", cfg)
+    new, W, b, X, y = one_step(cfg)
     gW, gb = ce_grad(W, b, X, y)
     norm = torch.sqrt((gW**2).sum() + (gb**2).sum())
     eW, eb = 0.3 * gW / norm, 0.3 * gb / norm  # e = rho g / ||g||, global norm
@@ -83,7 +84,7 @@ def test_sam_step_matches_closed_form() -> None:
 @pytest.mark.parametrize("variant", ["kwon", "davda54"])
 def test_asam_step_matches_closed_form(variant: str) -> None:
     cfg = config(algorithm="fedasam", rho=0.5, eta=0.2, lr=0.2, weight_decay=0.01, asam_variant=variant)
-    new, W, b, X, y = one_step("asam", cfg)
+    new, W, b, X, y = one_step(cfg)
     gW, gb = ce_grad(W, b, X, y)
     if variant == "kwon":  # T = |w| + eta on weights, 1 on biases
         TW, Tb, eps = W.abs() + 0.2, torch.ones_like(b), 1e-16
@@ -98,7 +99,7 @@ def test_asam_step_matches_closed_form(variant: str) -> None:
 
 def test_plain_step_is_sgd_with_weight_decay() -> None:
     cfg = config(lr=0.2, weight_decay=0.01)
-    new, W, b, X, y = one_step("none", cfg)
+    new, W, b, X, y = one_step(cfg)
     gW, gb = ce_grad(W, b, X, y)
     torch.testing.assert_close(new["weight"], W - 0.2 * (gW + 0.01 * W), rtol=0, atol=1e-14)
 
@@ -116,8 +117,8 @@ def run_rounds(cfg: TrainConfig, model: nn.Module, rounds: int = 3) -> object:
     x, y, parts = synthetic_federation()
     data = FederatedData.build(x, y, parts, CPU, torch.float64)
     engine = SequentialEngine(model, data, cfg, CPU)
-    algo = algorithms.get(cfg.algorithm)
-    state = algo.init({k: v.detach().clone() for k, v in model.state_dict().items()}, engine.param_names, cfg)
+    algo = algorithms.from_config(cfg)
+    state = algo.init({k: v.detach().clone() for k, v in model.state_dict().items()}, engine.param_names)
     for t in range(rounds):
         cohort = sample_cohort(cfg.seed, t, cfg.num_clients, cfg.clients_per_round)
         state = engine.run_round(algo, state, t, cohort, swa.client_lr(cfg, t)).state
@@ -170,8 +171,8 @@ def test_fednsam_two_rounds_by_hand() -> None:
                  clients_per_round=2, batch_size=64, local_epochs=steps)
     data = FederatedData.build(X, y, parts, CPU, torch.float64)
     engine = SequentialEngine(model, data, cfg, CPU)
-    algo = algorithms.get("fednsam")
-    state = algo.init({k: v.detach().clone() for k, v in model.state_dict().items()}, engine.param_names, cfg)
+    algo = algorithms.from_config(cfg)
+    state = algo.init({k: v.detach().clone() for k, v in model.state_dict().items()}, engine.param_names)
 
     x = (model.weight.detach().clone(), model.bias.detach().clone())
     m = (torch.zeros_like(x[0]), torch.zeros_like(x[1]))
@@ -204,8 +205,8 @@ def test_fednsam_reference_momentum_flag() -> None:
                  fednsam_reference_momentum=True)
     engine = SequentialEngine(model, FederatedData.build(X, y, [np.arange(6), np.arange(6, 16)], CPU, torch.float64),
                               cfg, CPU)
-    algo = algorithms.get("fednsam")
-    s0 = algo.init({k: v.detach().clone() for k, v in model.state_dict().items()}, engine.param_names, cfg)
+    algo = algorithms.from_config(cfg)
+    s0 = algo.init({k: v.detach().clone() for k, v in model.state_dict().items()}, engine.param_names)
     s1 = engine.run_round(algo, s0, 0, [0, 1], cfg.lr).state
     s2 = engine.run_round(algo, s1, 1, [0, 1], cfg.lr).state
     z = {k: s1.weights[k] + 0.5 * s1.momentum[k] for k in s1.momentum}
@@ -217,10 +218,10 @@ def test_fednsam_reference_momentum_flag() -> None:
 def test_fednsam_buffers_averaged_not_extrapolated() -> None:
     cfg = config(algorithm="fednsam", gamma=0.5)
     w = {"w": torch.ones(2, dtype=torch.float64), "bn.running_mean": torch.zeros(2, dtype=torch.float64)}
-    algo = algorithms.get("fednsam")
-    state = algo.init(w, ("w",), cfg)
+    algo = algorithms.from_config(cfg)
+    state = algo.init(w, ("w",))
     assert set(state.momentum) == {"w"}
-    extrap = algo.init(w, ("w",), cfg.replace(fednsam_extrapolate_buffers=True))
+    extrap = algorithms.from_config(cfg.replace(fednsam_extrapolate_buffers=True)).init(w, ("w",))
     assert set(extrap.momentum) == {"w", "bn.running_mean"}
 
 
@@ -250,3 +251,38 @@ def test_swa_running_mean() -> None:
     assert state.num_models == 3
     torch.testing.assert_close(state.weights["w"], torch.tensor([3.0, 6.0]))  # mean of 1, 2, 6
     torch.testing.assert_close(state.weights["bn.running_mean"], torch.tensor([60.0]))  # latest buffers
+
+
+# --- a new algorithm needs no engine edit: FedProx, defined here alone ---------------------------
+
+def fedprox(mu: float, client: algorithms.ClientSGD) -> algorithms.Algorithm:
+    """FedProx: FedAvg whose client gradient gains the proximal term ``mu (w - w_global)``."""
+    from dataclasses import replace
+
+    from landscape.train.algorithms.client import client_step
+
+    def gradient(start, params, buffers, x, y, loss_grad):  # noqa: ANN001, ANN202 - a test's algorithm
+        loss, g, new_buffers = loss_grad(params, buffers, x, y)
+        return loss, {k: g[k] + mu * (params[k] - start.weights[k]) for k in g}, new_buffers
+
+    return replace(algorithms.fedavg(client=client), name="fedprox", client_step=client_step(gradient, client))
+
+
+def test_from_config_binds_the_factories_hyperparameters() -> None:
+    cfg = config(algorithm="fedasam", rho=0.3, eta=0.1, asam_variant="davda54")
+    assert algorithms.from_config(cfg).name == "fedasam"
+    assert algorithms.from_config(config(algorithm="fednsam")).state_type.__name__ == "FedNSAMState"
+    with pytest.raises(ValueError, match="unknown FedNSAM perturbation 'x'"):
+        algorithms.fednsam(perturbation="x")
+    with pytest.raises(ValueError, match="unknown ASAM variant 'y'"):
+        algorithms.fedasam(variant="y")
+
+
+def test_server_states_serialize_themselves() -> None:
+    w = {"w": torch.ones(2, dtype=torch.float64)}
+    for algo in (algorithms.fedavg(), algorithms.fedavgm(), algorithms.fednsam()):
+        state = algo.init(w, ("w",))
+        payload = state.to_dict()
+        assert payload["type"] == algo.state_type.__name__ and payload["fields"]["param_names"] == ["w"]
+        again = algo.state_type.from_dict(payload)
+        assert again.param_names == ("w",) and torch.equal(again.weights["w"], w["w"])

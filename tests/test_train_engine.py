@@ -42,8 +42,8 @@ def run(engine_cls: type, cfg: TrainConfig, norm: str | None, rounds: int = 3) -
     model = TinyNet(norm).double()
     data = FederatedData.build(x, y, PARTS, CPU, torch.float64, augment=cfg.augment)
     engine = engine_cls(model, data, cfg, CPU)
-    algo = algorithms.get(cfg.algorithm)
-    state = algo.init({k: v.detach().clone() for k, v in model.state_dict().items()}, engine.param_names, cfg)
+    algo = algorithms.from_config(cfg)
+    state = algo.init({k: v.detach().clone() for k, v in model.state_dict().items()}, engine.param_names)
     losses, clients = [], {}
     for t in range(rounds):
         cohort = sample_cohort(cfg.seed, t, cfg.num_clients, cfg.clients_per_round)
@@ -157,9 +157,104 @@ def test_batchnorm_models_leave_out_a_last_batch_of_one_sample(engine_cls: type)
     cfg = TrainConfig(dataset="synthetic", num_clients=3, clients_per_round=3, batch_size=4, local_epochs=1,
                       lr=0.1, dtype="float64")
     engine = engine_cls(model, data, cfg, CPU)
-    algo = algorithms.get("fedavg")
-    state = algo.init({k: v.detach().clone() for k, v in model.state_dict().items()}, engine.param_names, cfg)
+    algo = algorithms.from_config(cfg)
+    state = algo.init({k: v.detach().clone() for k, v in model.state_dict().items()}, engine.param_names)
     result = engine.run_round(algo, state, 0, [0, 1, 2], 0.1, keep_clients=True)
     assert all(torch.isfinite(v).all() for v in result.state.weights.values())
     for k, v in result.client_weights[2].items():  # no step left: client 2 stays at the global model
         torch.testing.assert_close(v, state.weights[k], rtol=0, atol=0)
+
+
+def run_algo(engine_cls: type, algo: object, cfg: TrainConfig, norm: str | None, rounds: int = 3) -> object:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 1, 6, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (60,), generator=g)
+    torch.manual_seed(0)
+    model = TinyNet(norm).double()
+    engine = engine_cls(model, FederatedData.build(x, y, PARTS, CPU, torch.float64), cfg, CPU)
+    state = algo.init({k: v.detach().clone() for k, v in model.state_dict().items()}, engine.param_names)
+    for t in range(rounds):
+        state = engine.run_round(algo, state, t, sample_cohort(cfg.seed, t, 5, 4), cfg.lr).state
+    return state
+
+
+@pytest.mark.parametrize("norm", ["batch", None])
+def test_an_algorithm_defined_in_a_test_runs_on_both_engines(norm: str | None) -> None:
+    from tests.test_train_algorithms import fedprox
+
+    cfg = TrainConfig(dataset="synthetic", num_clients=5, clients_per_round=4, batch_size=4, local_epochs=2, lr=0.1,
+                      dtype="float64")
+    client = algorithms.ClientSGD(weight_decay=cfg.weight_decay)
+    prox = fedprox(0.5, client)
+    seq = run_algo(SequentialEngine, prox, cfg, norm)
+    bat = run_algo(BatchedEngine, prox, cfg, norm)
+    for k, v in seq.weights.items():
+        torch.testing.assert_close(bat.weights[k], v, rtol=0, atol=1e-12, msg=f"{k} differs")
+    plain = run_algo(SequentialEngine, algorithms.fedavg(client=client), cfg, norm)
+    assert max(float((plain.weights[k] - v).abs().max()) for k, v in seq.weights.items()) > 1e-6  # mu did act
+    zero = run_algo(SequentialEngine, fedprox(0.0, client), cfg, norm)
+    for k, v in plain.weights.items():
+        torch.testing.assert_close(zero.weights[k], v, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("engine_cls", [SequentialEngine, BatchedEngine])
+@pytest.mark.parametrize("name", ["fedavgm", "fednsam"])
+def test_blocks_of_a_round_combine_to_the_round(engine_cls: type, name: str) -> None:
+    """{a, b} and {c, d} as two blocks: sums added, / total weight, then the server update == {a, b, c, d}."""
+    from landscape.train.aggregate import mean_delta
+
+    cfg = TrainConfig(dataset="synthetic", num_clients=5, clients_per_round=4, batch_size=4, local_epochs=2, lr=0.1,
+                      dtype="float64", algorithm=name, rho=0.1)
+    algo = algorithms.from_config(cfg)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 1, 6, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (60,), generator=g)
+    torch.manual_seed(0)
+    model = TinyNet("batch").double()
+    engine = engine_cls(model, FederatedData.build(x, y, PARTS, CPU, torch.float64), cfg, CPU)
+    state = algo.init({k: v.detach().clone() for k, v in model.state_dict().items()}, engine.param_names)
+    state = engine.run_round(algo, state, 0, [0, 1, 2, 3], cfg.lr).state  # a non-zero momentum first
+    whole = engine.run_round(algo, state, 1, [0, 1, 2, 3], cfg.lr).state
+    start = algo.broadcast(state)
+    ab = engine.run_block(algo, start, 1, [0, 1], cfg.lr)
+    cd = engine.run_block(algo, start, 1, [2, 3], cfg.lr)
+    combined = algo.server_update(state, mean_delta(ab.sums + cd.sums, start.weights))
+    assert ab.sums.total_weight + cd.sums.total_weight == sum(len(p) for p in PARTS[:4])
+    for k, v in whole.weights.items():
+        torch.testing.assert_close(combined.weights[k], v, rtol=0, atol=1e-13, msg=k)
+    buf = "velocity" if name == "fedavgm" else "momentum"
+    for k, v in getattr(whole, buf).items():
+        torch.testing.assert_close(getattr(combined, buf)[k], v, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "fedavgm", "fednsam"])
+def test_a_state_file_in_the_first_release_layout_resumes(tmp_path, algorithm: str) -> None:  # noqa: ANN001
+    """state.pt as train/folder.py wrote it before the algorithm records: {format, round, config,
+    server: {type, fields}, swa, elapsed}, built here by hand; resuming from it equals the uninterrupted run."""
+    from landscape.train.run import train
+
+    cfg = TrainConfig(dataset="digits", model="mlp", model_kwargs={"hidden": [16]}, alpha=1.0, clients_per_round=3,
+                      num_rounds=4, lr=0.1, batch_size=16, local_epochs=1, eval_every=0, save_every=0,
+                      algorithm=algorithm)
+    full = train(cfg, tmp_path / "full", engine="sequential")
+
+    def interrupt(r: int, record: dict) -> None:
+        if r == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut", engine="sequential", on_round=interrupt)
+    saved = torch.load(tmp_path / "cut" / "state.pt", weights_only=True)
+    old = saved["server"]["fields"]
+    fields = {"weights": {k: v.clone() for k, v in old["weights"].items()}, "param_names": list(old["param_names"])}
+    extra = {"fedavg": None, "fedavgm": "velocity", "fednsam": "momentum"}[algorithm]
+    if extra:
+        fields[extra] = {k: v.clone() for k, v in old[extra].items()}
+    fields["round"] = 2
+    kind = {"fedavg": "FedAvgState", "fedavgm": "FedAvgMState", "fednsam": "FedNSAMState"}[algorithm]
+    torch.save({"format": "landscape-train-state", "round": 2, "config": saved["config"],  # the resolved config
+                "server": {"type": kind, "fields": fields}, "swa": {"weights": None, "num_models": 0},
+                "elapsed": 1.5}, tmp_path / "cut" / "state.pt")
+    resumed = train(cfg, tmp_path / "cut", engine="sequential", resume=True)
+    assert resumed.state.round == 4
+    for k, v in full.state.weights.items():
+        assert torch.equal(resumed.state.weights[k], v), k

@@ -8,9 +8,11 @@ self-describing :mod:`landscape.checkpoint` files that the analysis commands rea
 Layout (a federated algorithm = a client update + a server update, FedJAX/optax style):
 
 - :mod:`landscape.train.sam`: SAM / ASAM perturbations as pure functions.
-- :mod:`landscape.train.algorithms`: server states (typed dataclasses), broadcast and server updates.
+- :mod:`landscape.train.algorithms`: factories (``fedavg()``, ``fedsam(rho=...)``, ...) returning client
+  steps and server updates over typed server states; ``from_config`` maps a config onto them.
+- :mod:`landscape.train.aggregate`: weighted sums of client models and the mean delta.
 - :mod:`landscape.train.swa`: the cyclic client learning rate and the SWA running mean.
-- :mod:`landscape.train.engine`: one round on the sequential or the batched engine.
+- :mod:`landscape.train.engine`: runs a block of clients (or a round) on the sequential or the batched engine.
 - :mod:`landscape.train.config`: the frozen :class:`~landscape.train.config.TrainConfig` and the paper presets.
 - :mod:`landscape.train.folder`: the run folder: its layout, config.json, state.pt, metrics.jsonl.
 - :mod:`landscape.train.run`: the training loop: set-up, rounds, checkpoints, resume.

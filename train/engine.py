@@ -1,14 +1,17 @@
-"""One federated round on two interchangeable engines.
+"""One federated round on two interchangeable engines; the engines only run.
 
-- :class:`SequentialEngine`, the reference: clients one after another, one ``functional_call``
-  and ``torch.autograd.grad`` per forward pass.
-- :class:`BatchedEngine`: the whole cohort at once. Client parameters are stacked along a new
-  leading dimension; ``vmap(functional_call)`` gives the per-client mean batch losses, whose sum
-  is differentiated once (client k's loss depends only on slice k, so the gradient of the sum is
-  the stack of per-client gradients). SAM/ASAM norms are taken per client. Clients whose batch at
-  step s has a different size (the last partial batch) run in their own vmapped group, so no
-  padding ever enters a loss or a BatchNorm statistic; clients that have no step s left are
-  masked in the update (not only in the loss: weight decay would move them otherwise).
+The algorithm (:mod:`landscape.train.algorithms`) owns every update rule: its ``client_step``
+(one local step on one batch) and its ``server_update``. The engines run them on any block of a
+round's clients and return the block's sample-weighted sum of client models and total weight
+(:class:`~landscape.train.aggregate.ClientSums`), so blocks combine by adding them:
+
+- :class:`SequentialEngine`, the reference: clients one after another, ``client_step`` with one
+  ``functional_call`` and ``torch.autograd.grad`` per forward pass.
+- :class:`BatchedEngine`: client states stacked along a new leading dimension and the same
+  ``client_step`` under ``vmap`` (its gradients by ``torch.func.grad``, so SAM/ASAM norms are per
+  client). Clients whose batch at step s has a different size (the last partial batch) run in
+  their own vmapped group, so no padding ever enters a loss or a BatchNorm statistic; clients
+  that have no step s left are not stepped at all (masked in the update, not only in the loss).
 
 Both engines consume the same :func:`plan_client` schedule (batch indices and augmentation
 draws from a generator seeded by (seed, round, client id)) and the same cohort
@@ -26,13 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
 from landscape.errors import LandscapeError
 from landscape.train import augment as aug
-from landscape.train.algorithms import Algorithm, ClientStart, State
-from landscape.train.sam import asam_perturbation, sam_perturbation
+from landscape.train.aggregate import ClientSums, mean_delta, stacked_weighted_sum, weighted_sum
+from landscape.train.algorithms import Algorithm, ClientStart, LocalState, State
 
 ENGINES = ("sequential", "batched", "auto")
 # Stream ids keep the random streams of one (seed, round, client) independent.
@@ -142,6 +145,24 @@ def _plans_to_device(plans: list[list[Step]], device: torch.device) -> list[list
 
 
 @dataclass
+class BlockResult:
+    """What one block of a round's clients produced (blocks of one round combine by adding ``sums``).
+
+    Attributes:
+        sums: the sample-weighted sum of the block's client models and its total weight.
+        client_losses: client id -> mean batch loss.
+        client_sizes: client id -> number of samples n_k (its weight).
+        client_weights: client id -> final local weights (only when asked for); its delta is
+            ``client_weights[k] - start.weights``.
+    """
+
+    sums: ClientSums
+    client_losses: dict[int, float]
+    client_sizes: dict[int, int]
+    client_weights: dict[int, State] | None = None
+
+
+@dataclass
 class RoundResult:
     """What one round produced.
 
@@ -158,37 +179,18 @@ class RoundResult:
     client_weights: dict[int, State] | None = None
 
 
-def weighted_mean(states: Sequence[State], weights: Sequence[float]) -> State:
-    """``sum_k n_k w_k / sum_k n_k`` per tensor; integer buffers rounded."""
-    total = float(sum(weights))
-    out = {}
-    for k, ref in states[0].items():
-        if ref.is_floating_point():
-            acc = sum(s[k] * w for s, w in zip(states, weights))
-            out[k] = acc / total
-        else:
-            acc = sum(s[k].double() * w for s, w in zip(states, weights))
-            out[k] = torch.round(acc / total).to(ref.dtype)
-    return out
-
-
-def _sgd(p: Tensor, g: Tensor, buf: Tensor, lr: float, cfg: Any) -> tuple[Tensor, Tensor]:
-    """Client SGD: ``d = g + wd p``; ``buf <- mu buf + d``; ``p <- p - lr buf`` (buf = d when mu = 0)."""
-    d = g + cfg.weight_decay * p
-    if cfg.client_momentum:
-        d = cfg.client_momentum * buf + d
-    return p - lr * d, d
-
-
 class Engine:
-    """Shared set-up: the model template (never modified), names, autocast."""
+    """Shared set-up: the model template (never modified), names, autocast; one round from blocks."""
 
     name = "engine"
 
     def __init__(self, model: nn.Module, data: FederatedData, cfg: Any, device: torch.device) -> None:
         # A private copy: the engine only uses it as a stateless template for functional_call.
         self.model = copy.deepcopy(model).to(device).train()
-        self.data, self.cfg, self.device = data, cfg, device
+        self.data, self.device = data, device
+        # What running needs of the config: the batch schedule and the forward pass's precision.
+        self.seed, self.batch_size, self.local_epochs = cfg.seed, cfg.batch_size, cfg.local_epochs
+        self.bf16 = bool(cfg.bf16)
         self.param_names = tuple(n for n, _ in model.named_parameters())
         self.buffer_names = tuple(n for n, _ in model.named_buffers())
         # BatchNorm cannot normalize one sample in training mode: such a last batch is left out.
@@ -196,21 +198,43 @@ class Engine:
         self.min_batch = 2 if has_bn else 1
 
     def autocast(self) -> Any:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(self.cfg.bf16))
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def plans(self, cohort: Sequence[int], round: int) -> list[list[Step]]:
         """The cohort's schedules (drawn on the CPU), moved to the device in one transfer."""
-        plans = [plan_client(self.data, self.cfg.seed, round, k, self.cfg.batch_size, self.cfg.local_epochs,
-                             self.min_batch) for k in cohort]
+        plans = [plan_client(self.data, self.seed, round, k, self.batch_size, self.local_epochs, self.min_batch)
+                 for k in cohort]
         return plans if self.device.type == "cpu" else _plans_to_device(plans, self.device)
+
+    def _forward_loss(self, params: State, buffers: State, x: Tensor, y: Tensor) -> Tensor:
+        """Mean cross-entropy of one client's batch; BatchNorm updates ``buffers`` in place."""
+        with self.autocast():
+            out = functional_call(self.model, (params, buffers), (x,))
+        return F.cross_entropy(out.float() if self.bf16 else out, y)
+
+    def run_block(self, algo: Algorithm, start: ClientStart, round: int, clients: Sequence[int], lr: float,
+                  keep_clients: bool = False) -> BlockResult:
+        """Local training of any block of the clients of 0-based round ``round`` from ``start``."""
+        raise NotImplementedError
 
     def run_round(self, algo: Algorithm, state: Any, round: int, cohort: Sequence[int], lr: float,
                   keep_clients: bool = False) -> RoundResult:
-        raise NotImplementedError
+        """Broadcast, the cohort as one block, then the server update on the mean delta."""
+        start = algo.broadcast(state)
+        block = self.run_block(algo, start, round, cohort, lr, keep_clients)
+        new_state = algo.server_update(state, mean_delta(block.sums, start.weights))
+        return RoundResult(new_state, train_loss(block), block.client_losses, block.client_weights)
+
+
+def train_loss(*blocks: BlockResult) -> float:
+    """Sample-weighted mean of the clients' mean batch losses over one or more blocks."""
+    losses = {k: v for b in blocks for k, v in b.client_losses.items()}
+    sizes = {k: v for b in blocks for k, v in b.client_sizes.items()}
+    return float(np.average([losses[k] for k in losses], weights=[sizes[k] for k in losses]))
 
 
 class SequentialEngine(Engine):
-    """The reference path: one client after another, one step after another."""
+    """The reference path: one client after another, one step after another (``algo.client_step``)."""
 
     name = "sequential"
 
@@ -218,182 +242,100 @@ class SequentialEngine(Engine):
         """Batch loss, its gradient at ``params`` and the buffers after the forward pass."""
         leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
         new_buffers = {k: v.clone() for k, v in buffers.items()}
-        with self.autocast():
-            out = functional_call(self.model, (leaves, new_buffers), (x,))
-        loss = F.cross_entropy(out.float() if self.cfg.bf16 else out, y)
+        loss = self._forward_loss(leaves, new_buffers, x, y)
         grads = torch.autograd.grad(loss, list(leaves.values()))
         return loss.detach(), dict(zip(leaves, grads)), new_buffers
 
-    def local_step(self, params: State, buffers: State, momentum: State, x: Tensor, y: Tensor, lr: float,
-                   kind: str, start: ClientStart) -> tuple[State, State, State, Tensor]:
-        """One client step: (perturbed) gradient, then SGD with weight decay at the unperturbed w."""
-        cfg = self.cfg
-        if kind == "none" or (kind == "global_momentum" and start.direction is None):
-            loss, g, buffers = self._loss_grad(params, buffers, x, y)
-        elif kind == "global_momentum":  # eps = -rho m / ||m||, one pass at u + eps [L26]
-            shifted = {k: v - cfg.effective_rho * start.direction[k] for k, v in params.items()}
-            loss, g, buffers = self._loss_grad(shifted, buffers, x, y)
-        elif kind in ("sam", "asam"):
-            loss, g0, first = self._loss_grad(params, buffers, x, y)
-            if kind == "sam":
-                e = sam_perturbation(g0, cfg.effective_rho)
-            else:
-                e = asam_perturbation(params, g0, cfg.effective_rho, cfg.eta, cfg.asam_variant)
-            # w + e is a new tensor; w itself is kept, so "restoring" it is exact.
-            _, g, second = self._loss_grad({k: v + e[k] for k, v in params.items()}, first, x, y)
-            buffers = first if cfg.bn_first_pass_only else second
-        else:
-            raise ValueError(f"unknown perturbation kind {kind!r}")
-        new_params, new_momentum = {}, {}
-        for k, p in params.items():
-            new_params[k], new_momentum[k] = _sgd(p, g[k], momentum[k], lr, cfg)
-        return new_params, buffers, new_momentum, loss
-
-    def train_client(self, start: ClientStart, kind: str, steps: Sequence[Step], lr: float) -> tuple[State, float]:
+    def train_client(self, algo: Algorithm, start: ClientStart, steps: Sequence[Step], lr: float
+                     ) -> tuple[State, float]:
         """Local training of one client from ``start.weights``; returns its weights and mean loss."""
-        params = {k: start.weights[k].clone() for k in self.param_names}
-        buffers = {k: start.weights[k].clone() for k in self.buffer_names}
-        momentum = {k: torch.zeros_like(v) for k, v in params.items()}
+        local = LocalState({k: start.weights[k].clone() for k in self.param_names},
+                           {k: start.weights[k].clone() for k in self.buffer_names}, {})
+        local = local._replace(momentum={k: torch.zeros_like(v) for k, v in local.params.items()})
         losses = []
         for step in steps:
             x, y = self.data.batch([step])
-            params, buffers, momentum, loss = self.local_step(params, buffers, momentum, x[0], y[0], lr, kind, start)
+            local, loss = algo.client_step(start, local, x[0], y[0], lr, self._loss_grad)
             losses.append(loss)
         mean_loss = float(torch.stack(losses).mean()) if losses else float("nan")
-        return {**params, **buffers}, mean_loss
+        return {**local.params, **local.buffers}, mean_loss
 
-    def run_round(self, algo: Algorithm, state: Any, round: int, cohort: Sequence[int], lr: float,
-                  keep_clients: bool = False) -> RoundResult:
-        start = algo.broadcast(state, self.cfg)
-        kind = algo.perturbation(self.cfg)
+    def run_block(self, algo: Algorithm, start: ClientStart, round: int, clients: Sequence[int], lr: float,
+                  keep_clients: bool = False) -> BlockResult:
         finals, losses = [], {}
-        for k, steps in zip(cohort, self.plans(cohort, round)):
-            final, losses[k] = self.train_client(start, kind, steps, lr)
+        for k, steps in zip(clients, self.plans(clients, round)):
+            final, losses[k] = self.train_client(algo, start, steps, lr)
             finals.append(final)
-        sizes = [self.data.num_samples(k) for k in cohort]
-        mean = weighted_mean(finals, sizes)
-        new_state = algo.server_update(state, start, mean, self.cfg)
-        train_loss = float(np.average([losses[k] for k in cohort], weights=sizes))
-        return RoundResult(new_state, train_loss, losses, dict(zip(cohort, finals)) if keep_clients else None)
+        sizes = [self.data.num_samples(k) for k in clients]
+        return BlockResult(weighted_sum(finals, sizes), losses, dict(zip(clients, sizes)),
+                           dict(zip(clients, finals)) if keep_clients else None)
 
 
 class BatchedEngine(Engine):
-    """The cohort engine: stacked client parameters, vmapped forward, one backward per pass."""
+    """The cohort engine: client states stacked, the same ``algo.client_step`` under ``vmap``.
+
+    At step s the clients that have a step s run grouped by batch size (one vmapped call per
+    size, so no padding enters a loss or a BatchNorm statistic); the others are left as they
+    are, i.e. masked in the update, not only in the loss.
+    """
 
     name = "batched"
 
-    def _client_loss(self, params: State, buffers: State, x: Tensor, y: Tensor) -> Tensor:
-        with self.autocast():
-            out = functional_call(self.model, (params, buffers), (x,))
-        return F.cross_entropy(out.float() if self.cfg.bf16 else out, y)
+    def _loss_grad(self, params: State, buffers: State, x: Tensor, y: Tensor) -> tuple[Tensor, State, State]:
+        """One client's loss, gradient and buffers, written for ``vmap`` (``torch.func.grad``)."""
 
-    def _loss_grad(self, params: State, buffers: State, groups: list[tuple[Tensor | None, Tensor, Tensor]]
-                   ) -> tuple[Tensor, State, State]:
-        """Per-client losses ``(K,)``, per-client gradients (stacked) and the updated buffers.
+        def loss(p: State) -> tuple[Tensor, tuple[Tensor, State]]:
+            b = {k: v.clone() for k, v in buffers.items()}  # BatchNorm updates its copy in place
+            value = self._forward_loss(p, b, x, y)
+            return value, (value, b)
 
-        ``groups`` holds (client positions or None for all, X (G, b, ...), Y (G, b)); clients
-        outside every group get zero gradient, zero loss and unchanged buffers.
-        """
-        K = next(iter(params.values())).shape[0]
-        leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
-        new_buffers = dict(buffers)
-        losses = torch.zeros(K, device=self.device, dtype=torch.float32 if self.cfg.bf16 else next(iter(params.values())).dtype)
-        total = 0
-        vloss = vmap(self._client_loss)
-        for pos, x, y in groups:
-            if pos is None:
-                p = leaves
-                b = {k: v.clone() for k, v in buffers.items()}
-            else:
-                p = {k: v.index_select(0, pos) for k, v in leaves.items()}
-                b = {k: v.index_select(0, pos) for k, v in buffers.items()}
-            group_losses = vloss(p, b, x, y)  # BatchNorm updates the stacked buffers b in place
-            total = total + group_losses.sum()
-            if pos is None:
-                new_buffers = b
-                losses = group_losses.detach()
-            else:
-                new_buffers = {k: new_buffers[k].index_copy(0, pos, b[k]) for k in b}
-                losses = losses.index_copy(0, pos, group_losses.detach().to(losses.dtype))
-        grads = torch.autograd.grad(total, list(leaves.values()))
-        return losses, dict(zip(leaves, grads)), new_buffers
+        grads, (value, new_buffers) = grad(loss, has_aux=True)(params)
+        return value.detach(), grads, new_buffers
 
-    def _groups(self, plans: list[list[Step]], s: int) -> tuple[list[tuple[Tensor | None, Tensor, Tensor]], Tensor]:
-        """Clients with a step s, grouped by batch size; and the (K,) activity mask."""
-        K = len(plans)
-        by_size: dict[int, list[int]] = {}
-        for j, steps in enumerate(plans):
-            if s < len(steps):
-                by_size.setdefault(steps[s].idx.numel(), []).append(j)
-        groups = []
-        for members in by_size.values():
-            x, y = self.data.batch([plans[j][s] for j in members])
-            pos = None if len(members) == K else torch.tensor(members, device=self.device)
-            groups.append((pos, x, y))
-        return groups, self._num_steps > s
-
-    def run_round(self, algo: Algorithm, state: Any, round: int, cohort: Sequence[int], lr: float,
-                  keep_clients: bool = False) -> RoundResult:
-        cfg = self.cfg
-        start = algo.broadcast(state, cfg)
-        kind = algo.perturbation(cfg)
-        plans = self.plans(cohort, round)
-        K = len(cohort)
-        self._num_steps = torch.tensor([len(p) for p in plans], device=self.device)
+    def run_block(self, algo: Algorithm, start: ClientStart, round: int, clients: Sequence[int], lr: float,
+                  keep_clients: bool = False) -> BlockResult:
+        plans = self.plans(clients, round)
+        K = len(clients)
 
         def stack(t: Tensor) -> Tensor:
             return t.unsqueeze(0).repeat(K, *([1] * t.ndim))
 
         params = {k: stack(start.weights[k]) for k in self.param_names}
-        buffers = {k: stack(start.weights[k]) for k in self.buffer_names}
-        momentum = {k: torch.zeros_like(v) for k, v in params.items()}
-        loss_sum = torch.zeros(K, dtype=torch.float64, device=self.device)
-        num_steps = torch.tensor([len(p) for p in plans], dtype=torch.float64, device=self.device)
-        direction = None
-        if kind == "global_momentum" and start.direction is not None:
-            direction = {k: -cfg.effective_rho * v for k, v in start.direction.items()}
+        local = LocalState(params, {k: stack(start.weights[k]) for k in self.buffer_names},
+                           {k: torch.zeros_like(v) for k, v in params.items()})
 
-        for s in range(max(len(p) for p in plans)):
-            groups, active = self._groups(plans, s)
-            if kind == "none" or (kind == "global_momentum" and direction is None):
-                losses, g, new_buffers = self._loss_grad(params, buffers, groups)
-            elif kind == "global_momentum":
-                shifted = {k: v + direction[k] for k, v in params.items()}  # broadcasts over clients
-                losses, g, new_buffers = self._loss_grad(shifted, buffers, groups)
-            elif kind in ("sam", "asam"):
-                losses, g0, first = self._loss_grad(params, buffers, groups)
-                if kind == "sam":
-                    e = sam_perturbation(g0, cfg.effective_rho, batch_dims=1)
-                else:
-                    e = asam_perturbation(params, g0, cfg.effective_rho, cfg.eta, cfg.asam_variant, batch_dims=1)
-                _, g, second = self._loss_grad({k: v + e[k] for k, v in params.items()}, first, groups)
-                new_buffers = first if cfg.bn_first_pass_only else second
-            else:
-                raise ValueError(f"unknown perturbation kind {kind!r}")
-            for k, p in params.items():
-                mask = active.view((K,) + (1,) * (p.ndim - 1))
-                new_p, new_m = _sgd(p, g[k], momentum[k], lr, cfg)
-                params[k] = torch.where(mask, new_p, p)
-                momentum[k] = torch.where(mask, new_m, momentum[k])
-            buffers = new_buffers  # inactive clients' buffers were left unchanged
-            loss_sum += losses.double() * active
-        sizes = torch.tensor([self.data.num_samples(k) for k in cohort], dtype=torch.float64, device=self.device)
-        stacked = {**params, **buffers}
-        mean = {}
-        for k, v in stacked.items():
-            w = sizes.to(v.dtype if v.is_floating_point() else torch.float64).view((K,) + (1,) * (v.ndim - 1))
-            if v.is_floating_point():
-                mean[k] = (v * w).sum(0) / w.sum()
-            else:
-                mean[k] = torch.round((v.double() * w).sum(0) / w.sum()).to(v.dtype)
-        new_state = algo.server_update(state, start, mean, cfg)
+        def one(loc: LocalState, x: Tensor, y: Tensor) -> tuple[LocalState, Tensor]:
+            return algo.client_step(start, loc, x, y, lr, self._loss_grad)
+
+        step = vmap(one)
+        loss_sum = torch.zeros(K, dtype=torch.float64, device=self.device)
+        for s in range(max((len(p) for p in plans), default=0)):
+            by_size: dict[int, list[int]] = {}
+            for j, steps in enumerate(plans):
+                if s < len(steps):
+                    by_size.setdefault(steps[s].idx.numel(), []).append(j)
+            for members in by_size.values():
+                x, y = self.data.batch([plans[j][s] for j in members])
+                if len(members) == K:
+                    local, losses = step(local, x, y)
+                    loss_sum += losses.double()
+                    continue
+                pos = torch.tensor(members, device=self.device)
+                part = LocalState(*({k: v.index_select(0, pos) for k, v in d.items()} for d in local))
+                part, losses = step(part, x, y)
+                local = LocalState(*({k: v.index_copy(0, pos, p[k]) for k, v in d.items()}
+                                     for d, p in zip(local, part)))
+                loss_sum = loss_sum.index_add(0, pos, losses.double())
+        num_steps = torch.tensor([len(p) for p in plans], dtype=torch.float64, device=self.device)
         client_loss = (loss_sum / num_steps).cpu()
-        losses_by_id = {k: float(client_loss[j]) for j, k in enumerate(cohort)}
-        train_loss = float((client_loss * sizes.cpu()).sum() / sizes.sum().cpu())
-        clients = None
+        sizes = [self.data.num_samples(k) for k in clients]
+        stacked = {**local.params, **local.buffers}
+        sums = stacked_weighted_sum(stacked, torch.tensor(sizes, dtype=torch.float64, device=self.device))
+        clients_out = None
         if keep_clients:
-            clients = {k: {n: v[j].clone() for n, v in stacked.items()} for j, k in enumerate(cohort)}
-        return RoundResult(new_state, train_loss, losses_by_id, clients)
+            clients_out = {k: {n: v[j].clone() for n, v in stacked.items()} for j, k in enumerate(clients)}
+        return BlockResult(sums, {k: float(client_loss[j]) for j, k in enumerate(clients)}, dict(zip(clients, sizes)),
+                           clients_out)
 
 
 def make_engine(name: str, model: nn.Module, data: FederatedData, cfg: Any, device: torch.device) -> Engine:

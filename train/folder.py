@@ -35,10 +35,7 @@ STATE_FORMAT = "landscape-train-state"
 
 def save_state(out: Path, cfg: TrainConfig, round: int, state: Any, swa_state: swa.SWAState, elapsed: float) -> None:
     """Write ``OUT/state.pt``: the round, config, server state, SWA state and elapsed time."""
-    fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
-    fields["param_names"] = list(fields["param_names"])
-    payload = {"format": STATE_FORMAT, "round": round, "config": cfg.to_dict(),
-               "server": {"type": type(state).__name__, "fields": fields},
+    payload = {"format": STATE_FORMAT, "round": round, "config": cfg.to_dict(), "server": state.to_dict(),
                "swa": {"weights": swa_state.weights, "num_models": swa_state.num_models}, "elapsed": elapsed}
     save_torch(RunFolder(Path(out)).state_file, payload)
 
@@ -127,9 +124,7 @@ def load_state(out: Path, device: torch.device, cfg: TrainConfig, expected: Any)
     if problem:
         raise LandscapeError(f"{path} does not fit this run ({problem}); the run cannot be resumed",
                              fix="continue from a copy of the folder, or start a new run with another --out")
-    fields = dict(payload["server"]["fields"])
-    fields["param_names"] = tuple(fields["param_names"])
-    state = type(expected)(**fields)
+    state = type(expected).from_dict(payload["server"])
     s = payload["swa"]
     return payload["round"], state, swa.SWAState(s["weights"], s["num_models"]), float(payload["elapsed"])
 

@@ -241,9 +241,9 @@ def train(
     fdata = FederatedData.build(fed.train.x, fed.train.y, fed.parts, dev, dtype, cfg.augment,
                                 data.black_pixel(fed.train))
     runner = make_engine(engine, model, fdata, cfg, dev)
-    algo = algorithms.get(cfg.algorithm)
+    algo = algorithms.from_config(cfg)
     weights = {k: v.detach().to(dev).clone() for k, v in model.state_dict().items()}
-    initial = algo.init(weights, runner.param_names, cfg)
+    initial = algo.init(weights, runner.param_names)
     if resume and not RunFolder(out).is_run():  # checked before the lock, which creates the folder
         raise LandscapeError(f"nothing to resume in {out} (no config.json); start it without --resume")
     if out.exists() and not out.is_dir():

@@ -1,18 +1,22 @@
-"""Federated algorithms as a client perturbation + a server update (FedJAX / optax style).
+"""Federated algorithms: a client step + a server update, built by factories (optax / FedJAX style).
 
-Every algorithm is an :class:`Algorithm` record of pure functions; server state is an explicit
-frozen dataclass passed in and returned. Variants swap parts instead of subclassing:
+Each factory binds its hyperparameters and returns an :class:`Algorithm` record of pure
+functions; nothing here reads a :class:`~landscape.train.config.TrainConfig` except
+:func:`from_config`, the one place that turns a config into a factory call.
 
-- FedAvg [C22 eq. 1]: no perturbation; the server takes the sample-weighted mean.
-- FedSAM = FedAvg with the SAM local step; FedASAM swaps in the ASAM perturbation [C22, K21].
-- FedAvgM swaps the server update for server SGD with momentum [C22 App. C].
-- FedNSAM [L26] starts clients at the Nesterov look-ahead ``z = x + gamma m`` and perturbs
-  along the global momentum.
+- ``init(weights, param_names) -> state``: the server state before round 1 (a frozen dataclass
+  that serializes itself, :class:`ServerState`).
+- ``broadcast(state) -> ClientStart``: what the sampled clients start from.
+- ``client_step(start, local, x, y, lr, loss_grad) -> (local, loss)``: ONE local step on one
+  batch, on named tensors; the engine supplies ``loss_grad`` (autograd on one client, or
+  ``torch.func.grad`` under ``vmap`` over stacked clients).
+- ``server_update(state, mean_delta) -> state``: a server optimizer (:class:`ServerSGD`) on the
+  sample-weighted mean of the clients' deltas ``w_k - start``.
 
-The engine calls, per round: ``start = algo.broadcast(state, cfg)``; trains every sampled client
-from ``start.weights`` with ``algo.perturbation(cfg)``; then
-``state = algo.server_update(state, start, mean, cfg)`` with ``mean`` the sample-weighted mean
-of the clients' final weights (buffers included).
+Variants swap parts instead of subclassing [C22, L26]: FedSAM = FedAvg with the SAM gradient;
+FedASAM swaps in ASAM's eps; FedAvgM swaps the server update for server SGD with momentum;
+FedNSAM starts clients at the look-ahead ``z = x + gamma m``, takes its eps along the global
+momentum and updates the server in the Nesterov form.
 """
 
 from __future__ import annotations
@@ -24,44 +28,63 @@ from typing import Any
 from torch import Tensor
 
 from landscape.errors import LandscapeError
+from landscape.train.algorithms.client import ClientSGD, ClientStart, LocalState, LossGrad
+from landscape.train.algorithms.server import ServerSGD, ServerState, State
 
-State = dict[str, Tensor]
+__all__ = ["Algorithm", "ClientSGD", "ClientStart", "LocalState", "LossGrad", "ServerSGD", "ServerState", "State",
+           "fedavg", "fedavgm", "fedsam", "fedasam", "fednsam", "from_config", "NAMES"]
 
-
-@dataclass(frozen=True)
-class ClientStart:
-    """What the server sends to the sampled clients.
-
-    Attributes:
-        weights: the model local training starts from (x, or FedNSAM's z = x + gamma m).
-        direction: FedNSAM's normalized momentum m / ||m|| over the parameters; None while m = 0
-            or for other algorithms.
-    """
-
-    weights: State
-    direction: State | None = None
+ClientStep = Callable[[ClientStart, LocalState, Tensor, Tensor, float, LossGrad], tuple[LocalState, Tensor]]
 
 
 @dataclass(frozen=True)
 class Algorithm:
-    """A federated algorithm: pure functions over an explicit server state."""
+    """A federated algorithm: pure functions over an explicit server state.
+
+    Attributes:
+        name: the paper name (``fedavg``, ...).
+        init: ``(weights, param_names) -> state``.
+        broadcast: ``state -> ClientStart``.
+        client_step: one local step on one batch (see the module docstring).
+        server_update: ``(state, mean_delta) -> state``.
+        state_type: the :class:`ServerState` subclass ``init`` returns (what a state file holds).
+    """
 
     name: str
-    init: Callable[[State, tuple[str, ...], Any], Any]
-    broadcast: Callable[[Any, Any], ClientStart]
-    perturbation: Callable[[Any], str]
-    server_update: Callable[[Any, ClientStart, State, Any], Any]
+    init: Callable[[State, tuple[str, ...]], Any]
+    broadcast: Callable[[Any], ClientStart]
+    client_step: ClientStep
+    server_update: Callable[[Any, State], Any]
+    state_type: type
 
 
-def get(name: str) -> Algorithm:
-    """The algorithm record for a name.
+from landscape.train.algorithms.fedavg import fedavg, fedavgm  # noqa: E402 - they use Algorithm
+from landscape.train.algorithms.fedsam import fedasam, fedsam  # noqa: E402
+from landscape.train.algorithms.fednsam import fednsam  # noqa: E402
+
+NAMES = ("fedavg", "fedavgm", "fedsam", "fedasam", "fednsam")
+
+
+def from_config(cfg: Any) -> Algorithm:
+    """The algorithm a :class:`~landscape.train.config.TrainConfig` names, its hyperparameters bound.
 
     Raises:
-        LandscapeError: unknown name.
+        LandscapeError: unknown algorithm name.
     """
-    from landscape.train.algorithms import fedasam, fedavg, fedavgm, fednsam, fedsam
-
-    table = {m.ALGORITHM.name: m.ALGORITHM for m in (fedavg, fedavgm, fedsam, fedasam, fednsam)}
-    if name not in table:
-        raise LandscapeError(f"unknown algorithm '{name}'; choose one of {', '.join(table)}")
-    return table[name]
+    client = ClientSGD(weight_decay=cfg.weight_decay, momentum=cfg.client_momentum)
+    rho = cfg.effective_rho
+    if cfg.algorithm == "fedavg":
+        return fedavg(client=client)
+    if cfg.algorithm == "fedavgm":
+        return fedavgm(server_lr=cfg.server_lr, momentum=cfg.server_momentum, client=client)
+    if cfg.algorithm == "fedsam":
+        return fedsam(rho=rho, bn_first_pass_only=cfg.bn_first_pass_only, client=client)
+    if cfg.algorithm == "fedasam":
+        return fedasam(rho=rho, eta=cfg.eta, variant=cfg.asam_variant, bn_first_pass_only=cfg.bn_first_pass_only,
+                       client=client)
+    if cfg.algorithm == "fednsam":
+        return fednsam(gamma=cfg.gamma, rho=rho, perturbation=cfg.perturbation,
+                       reference_momentum=cfg.fednsam_reference_momentum,
+                       extrapolate_buffers=cfg.fednsam_extrapolate_buffers,
+                       bn_first_pass_only=cfg.bn_first_pass_only, client=client)
+    raise LandscapeError(f"unknown algorithm '{cfg.algorithm}'; choose one of {', '.join(NAMES)}")

@@ -6,80 +6,92 @@ Notation: x the global model, m the server momentum (m_0 = 0), gamma = 0.85, rho
 - Client i: ``u_0 = z``; per step ``eps = -rho m_hat`` (``global_momentum``, 0 while m = 0) or
   ``eps = rho g / ||g||`` (``local_sam``); ``u_{k+1} = u_k - lr (grad F_i(u_k + eps) + wd u_k)``;
   it returns ``u_K`` (``Delta_i = u_K - z``).
-- Server: ``Delta = sum_i n_i Delta_i / sum_i n_i``; ``m <- gamma m + Delta``; ``x <- z + Delta``.
+- Server (:class:`ServerSGD`, Nesterov form): ``m <- gamma m + Delta``; ``x <- z + Delta``.
 
 The reference code computes ``m = (1 + gamma) Delta`` (it drops the old momentum): a defect,
-reproduced only with ``fednsam_reference_momentum``. Normalization buffers are averaged, not
-extrapolated, unless ``fednsam_extrapolate_buffers`` (the reference treats them like weights).
+reproduced only with ``reference_momentum``. Normalization buffers are averaged, not
+extrapolated, unless ``extrapolate_buffers`` (the reference treats them like weights).
 ``gamma = 0`` with ``local_sam`` is FedSAM.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from landscape.train.algorithms import Algorithm, ClientStart, State
+from landscape.train.algorithms import Algorithm
+from landscape.train.algorithms.client import (ClientSGD, ClientStart, client_step, global_momentum_gradient,
+                                               sam_eps, sam_gradient)
+from landscape.train.algorithms.server import ServerSGD, ServerState, State
 from landscape.train.sam import global_norm
+
+PERTURBATIONS = ("global_momentum", "local_sam")
 
 
 @dataclass(frozen=True)
-class FedNSAMState:
+class FedNSAMState(ServerState):
     """Server state of FedNSAM.
 
     Attributes:
         weights: the global model x.
         param_names: trainable entries of ``weights``.
         momentum: the server momentum m per extrapolated tensor (parameters, and float buffers
-            with ``fednsam_extrapolate_buffers``); zeros before round 1.
+            with ``extrapolate_buffers``); zeros before round 1.
         round: completed rounds.
     """
 
-    weights: State
-    param_names: tuple[str, ...]
-    momentum: State
+    momentum: State = None  # type: ignore[assignment]
     round: int = 0
 
 
-def _moving(weights: State, param_names: tuple[str, ...], cfg: Any) -> list[str]:
-    """The tensors that carry momentum: parameters (+ float buffers on the reference path)."""
-    if cfg.fednsam_extrapolate_buffers:
-        return [k for k, v in weights.items() if k in param_names or v.is_floating_point()]
-    return list(param_names)
+def fednsam(gamma: float = 0.85, rho: float = 0.05, perturbation: str = "global_momentum",
+            reference_momentum: bool = False, extrapolate_buffers: bool = False, bn_first_pass_only: bool = False,
+            client: ClientSGD = ClientSGD()) -> Algorithm:
+    """FedNSAM [L26] (gamma = 0.85, rho = 0.05 as in its reference code).
 
+    Args:
+        gamma: server momentum and look-ahead.
+        rho: the neighbourhood of the clients' perturbation.
+        perturbation: ``global_momentum`` (eps = -rho m / ||m||) or ``local_sam`` (a SAM step).
+        reference_momentum: the reference code's ``m = (1 + gamma) Delta``.
+        extrapolate_buffers: float buffers carry momentum too (the reference code).
+        bn_first_pass_only: with ``local_sam``, the first pass's normalization statistics.
+        client: the client SGD.
 
-def init(weights: State, param_names: tuple[str, ...], cfg: Any) -> FedNSAMState:
-    """m_0 = 0."""
-    moving = _moving(weights, tuple(param_names), cfg)
-    return FedNSAMState(dict(weights), tuple(param_names), {k: torch.zeros_like(weights[k]) for k in moving}, 0)
+    Raises:
+        ValueError: unknown perturbation.
+    """
+    if perturbation == "global_momentum":
+        gradient = global_momentum_gradient(rho)
+    elif perturbation == "local_sam":
+        gradient = sam_gradient(sam_eps(rho), bn_first_pass_only)
+    else:
+        raise ValueError(f"unknown FedNSAM perturbation {perturbation!r}; choose one of {PERTURBATIONS}")
+    server = ServerSGD(lr=1.0, momentum=gamma, nesterov=True)
 
+    def init(weights: State, param_names: tuple[str, ...]) -> FedNSAMState:
+        """m_0 = 0 on the parameters (and the float buffers with ``extrapolate_buffers``)."""
+        moving = [k for k, v in weights.items()
+                  if k in param_names or (extrapolate_buffers and v.is_floating_point())]
+        return FedNSAMState(dict(weights), tuple(param_names), {k: torch.zeros_like(weights[k]) for k in moving}, 0)
 
-def broadcast(state: FedNSAMState, cfg: Any) -> ClientStart:
-    """``z = x + gamma m`` and ``m_hat = m / ||m||`` (None while m = 0)."""
-    z = dict(state.weights)
-    for k, m in state.momentum.items():
-        z[k] = state.weights[k] + cfg.gamma * m
-    params_m = {k: state.momentum[k] for k in state.param_names}
-    norm = global_norm(params_m)
-    direction = None if float(norm) == 0.0 else {k: m / norm for k, m in params_m.items()}
-    return ClientStart(z, direction)
+    def broadcast(state: FedNSAMState) -> ClientStart:
+        """``z = x + gamma m`` and ``m_hat = m / ||m||`` (None while m = 0)."""
+        z = dict(state.weights)
+        for k, m in state.momentum.items():
+            z[k] = state.weights[k] + gamma * m
+        params_m = {k: state.momentum[k] for k in state.param_names}
+        norm = global_norm(params_m)
+        direction = None if float(norm) == 0.0 else {k: m / norm for k, m in params_m.items()}
+        return ClientStart(z, direction)
 
+    def server_update(state: FedNSAMState, mean_delta: State) -> FedNSAMState:
+        """``m <- gamma m + Delta`` (reference: ``(1 + gamma) Delta``), ``x <- z + Delta``."""
+        z = broadcast(state).weights
+        weights, momentum = server.step(state.weights, z, mean_delta, state.momentum)
+        if reference_momentum:
+            momentum = {k: (1 + gamma) * mean_delta[k] for k in state.momentum}
+        return FedNSAMState(weights, state.param_names, momentum, state.round + 1)
 
-def perturbation(cfg: Any) -> str:
-    """``global_momentum`` (the default) or ``local_sam`` (a SAM step)."""
-    return "global_momentum" if cfg.perturbation == "global_momentum" else "sam"
-
-
-def server_update(state: FedNSAMState, start: ClientStart, mean: State, cfg: Any) -> FedNSAMState:
-    """``m <- gamma m + Delta`` (reference: ``(1 + gamma) Delta``), ``x <- z + Delta``."""
-    weights, momentum = dict(mean), {}
-    for k, m in state.momentum.items():
-        delta = mean[k] - start.weights[k]
-        momentum[k] = (1 + cfg.gamma) * delta if cfg.fednsam_reference_momentum else cfg.gamma * m + delta
-        weights[k] = start.weights[k] + delta
-    return FedNSAMState(weights, state.param_names, momentum, state.round + 1)
-
-
-ALGORITHM = Algorithm("fednsam", init, broadcast, perturbation, server_update)
+    return Algorithm("fednsam", init, broadcast, client_step(gradient, client), server_update, FedNSAMState)
