@@ -258,3 +258,31 @@ def test_a_state_file_in_the_first_release_layout_resumes(tmp_path, algorithm: s
     assert resumed.state.round == 4
     for k, v in full.state.weights.items():
         assert torch.equal(resumed.state.weights[k], v), k
+
+
+@pytest.mark.parametrize("engine_cls", [SequentialEngine, BatchedEngine])
+def test_fedavg_lands_on_the_client_mean_to_the_last_bit(engine_cls: type) -> None:
+    """FedAvg's new global model IS the weighted mean of the client models (float32, torch.equal),
+    not start + (mean - start), which differs in the last bit; buffers too (MeanDelta.mean)."""
+    cfg = TrainConfig(dataset="synthetic", num_clients=5, clients_per_round=4, batch_size=4, local_epochs=2, lr=0.3,
+                      algorithm="fedavg")
+    algo = algorithms.from_config(cfg)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(60, 1, 6, 6, generator=g), torch.randint(0, 3, (60,), generator=g)
+    torch.manual_seed(1)
+    model = TinyNet("batch")
+    engine = engine_cls(model, FederatedData.build(x, y, PARTS, CPU, torch.float32), cfg, CPU)
+    state = algo.init({k: v.detach().clone() for k, v in model.state_dict().items()}, engine.param_names)
+    out = engine.run_round(algo, state, 0, [0, 1, 2, 3], cfg.lr, keep_clients=True)
+    sizes = [len(PARTS[k]) for k in range(4)]
+    total = float(sum(sizes))
+    differs = False
+    for k, v in out.state.weights.items():
+        clients = [out.client_weights[c][k] for c in range(4)]
+        if v.is_floating_point():
+            acc = (torch.stack(clients) * torch.tensor(sizes, dtype=v.dtype).view(-1, *[1] * v.ndim)).sum(0) \
+                if engine_cls is BatchedEngine else sum(c * n for c, n in zip(clients, sizes))
+            mean = acc / total
+            assert torch.equal(v, mean), k
+            differs |= not torch.equal(state.weights[k] + (mean - state.weights[k]), mean)
+    assert differs, "no tensor where start + (mean - start) != mean: the test would not catch the rounding"

@@ -70,7 +70,25 @@ def weighted_mean(sums: ClientSums, like: State) -> State:
     return out
 
 
-def mean_delta(sums: ClientSums, start: State) -> State:
-    """The weighted mean of the client deltas, ``sum_k n_k w_k / sum_k n_k - start``."""
+@dataclass(frozen=True)
+class MeanDelta:
+    """The server's input: the weighted mean of the client deltas, with the mean model it comes from.
+
+    ``delta[k] = mean[k] - start[k]``. A server step of lr 1 without momentum lands on
+    ``start + delta``, which is the mean ``sum_k n_k w_k / N`` in exact arithmetic but not always
+    in floating point; such tensors take ``mean`` itself, so FedAvg's global model (and every
+    buffer) is the client mean to the last bit, as in the first release.
+
+    Attributes:
+        delta: ``sum_k n_k (w_k - start) / sum_k n_k`` per tensor (integer tensors: the rounded mean minus start).
+        mean: ``sum_k n_k w_k / sum_k n_k`` per tensor (integer buffers rounded).
+    """
+
+    delta: State
+    mean: State
+
+
+def mean_delta(sums: ClientSums, start: State) -> MeanDelta:
+    """The weighted mean of the client deltas, ``sum_k n_k w_k / sum_k n_k - start``, and that mean."""
     mean = weighted_mean(sums, start)
-    return {k: v - start[k] for k, v in mean.items()}
+    return MeanDelta({k: v - start[k] for k, v in mean.items()}, mean)

@@ -8,9 +8,10 @@ round's clients and return the block's sample-weighted sum of client models and 
 - :class:`SequentialEngine`, the reference: clients one after another, ``client_step`` with one
   ``functional_call`` and ``torch.autograd.grad`` per forward pass.
 - :class:`BatchedEngine`: client states stacked along a new leading dimension and the same
-  ``client_step`` under ``vmap`` (its gradients by ``torch.func.grad``, so SAM/ASAM norms are per
-  client). Clients whose batch at step s has a different size (the last partial batch) run in
-  their own vmapped group, so no padding ever enters a loss or a BatchNorm statistic; clients
+  ``client_step`` under ``vmap``, so everything the step computes (SAM/ASAM norms, a user's own
+  rule) is per client. Its loss-gradient oracle has its own vmap rule: one vmapped forward and one
+  backward of the summed loss for all clients (:func:`_stacked_oracle`). Clients whose batch at
+  step s has a different size (the last partial batch) run in their own vmapped group, so no padding ever enters a loss or a BatchNorm statistic; clients
   that have no step s left are not stepped at all (masked in the update, not only in the loss).
 
 Both engines consume the same :func:`plan_client` schedule (batch indices and augmentation
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
 from landscape.errors import LandscapeError
@@ -212,6 +213,14 @@ class Engine:
             out = functional_call(self.model, (params, buffers), (x,))
         return F.cross_entropy(out.float() if self.bf16 else out, y)
 
+    def _loss_grad(self, params: State, buffers: State, x: Tensor, y: Tensor) -> tuple[Tensor, State, State]:
+        """Batch loss, its gradient at ``params`` and the buffers after the forward pass."""
+        leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+        new_buffers = {k: v.clone() for k, v in buffers.items()}
+        loss = self._forward_loss(leaves, new_buffers, x, y)
+        grads = torch.autograd.grad(loss, list(leaves.values()))
+        return loss.detach(), dict(zip(leaves, grads)), new_buffers
+
     def run_block(self, algo: Algorithm, start: ClientStart, round: int, clients: Sequence[int], lr: float,
                   keep_clients: bool = False) -> BlockResult:
         """Local training of any block of the clients of 0-based round ``round`` from ``start``."""
@@ -238,14 +247,6 @@ class SequentialEngine(Engine):
 
     name = "sequential"
 
-    def _loss_grad(self, params: State, buffers: State, x: Tensor, y: Tensor) -> tuple[Tensor, State, State]:
-        """Batch loss, its gradient at ``params`` and the buffers after the forward pass."""
-        leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
-        new_buffers = {k: v.clone() for k, v in buffers.items()}
-        loss = self._forward_loss(leaves, new_buffers, x, y)
-        grads = torch.autograd.grad(loss, list(leaves.values()))
-        return loss.detach(), dict(zip(leaves, grads)), new_buffers
-
     def train_client(self, algo: Algorithm, start: ClientStart, steps: Sequence[Step], lr: float
                      ) -> tuple[State, float]:
         """Local training of one client from ``start.weights``; returns its weights and mean loss."""
@@ -271,6 +272,41 @@ class SequentialEngine(Engine):
                            dict(zip(clients, finals)) if keep_clients else None)
 
 
+def _stacked_oracle(engine: BatchedEngine) -> type[torch.autograd.Function]:
+    """The loss-gradient oracle of ``engine`` as a function with its own ``vmap`` rule.
+
+    Called on one client it is :meth:`Engine._loss_grad`. Under ``vmap`` (the batched engine
+    vmaps ``client_step``), the rule receives the stacked tensors of the whole group and runs
+    :meth:`BatchedEngine._stacked_loss_grad`: one vmapped forward and ONE backward of the summed
+    loss instead of a backward per client. So ``client_step`` is written once, per client, and
+    the batched engine still pays a single backward pass per forward pass. The oracle is never
+    differentiated (its gradients are outputs, not a graph), so it has no backward.
+    """
+
+    class Oracle(torch.autograd.Function):
+        @staticmethod
+        def forward(*tensors: Tensor) -> tuple[Tensor, ...]:
+            params, buffers, x, y = engine._unflatten(tensors)
+            loss, grads, new_buffers = Engine._loss_grad(engine, params, buffers, x, y)
+            return (loss, *grads.values(), *new_buffers.values())
+
+        @staticmethod
+        def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
+            pass
+
+        @staticmethod
+        def vmap(info: Any, in_dims: tuple[int | None, ...], *tensors: Tensor) -> tuple[tuple[Tensor, ...], tuple[int, ...]]:
+            size = info.batch_size
+            stacked = [t.movedim(d, 0) if d is not None else t.expand(size, *t.shape)
+                       for t, d in zip(tensors, in_dims)]
+            params, buffers, x, y = engine._unflatten(stacked)
+            losses, grads, new_buffers = engine._stacked_loss_grad(params, buffers, x, y)
+            out = (losses, *grads.values(), *new_buffers.values())
+            return out, (0,) * len(out)
+
+    return Oracle
+
+
 class BatchedEngine(Engine):
     """The cohort engine: client states stacked, the same ``algo.client_step`` under ``vmap``.
 
@@ -281,16 +317,36 @@ class BatchedEngine(Engine):
 
     name = "batched"
 
+    def __init__(self, model: nn.Module, data: FederatedData, cfg: Any, device: torch.device) -> None:
+        super().__init__(model, data, cfg, device)
+        self._oracle = _stacked_oracle(self)
+
+    def _stacked_loss_grad(self, params: State, buffers: State, x: Tensor, y: Tensor) -> tuple[Tensor, State, State]:
+        """Per-client losses ``(G,)``, gradients and buffers of G stacked clients, one backward.
+
+        ``vmap(functional_call)`` gives the G mean batch losses; client k's loss depends only on
+        slice k of the stacked parameters, so the gradient of their sum is the stack of the
+        per-client gradients (one backward pass for the whole group, cheaper than
+        ``vmap(grad)``, which differentiates each client under the vmap transform).
+        """
+        leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+        new_buffers = {k: v.clone() for k, v in buffers.items()}
+        with torch.enable_grad():
+            losses = vmap(self._forward_loss)(leaves, new_buffers, x, y)  # BatchNorm updates new_buffers in place
+            grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
+        return losses.detach(), dict(zip(leaves, grads)), new_buffers
+
     def _loss_grad(self, params: State, buffers: State, x: Tensor, y: Tensor) -> tuple[Tensor, State, State]:
-        """One client's loss, gradient and buffers, written for ``vmap`` (``torch.func.grad``)."""
+        """One client's loss, gradient and buffers; under ``vmap`` all clients' at once (see :func:`_stacked_oracle`)."""
+        out = self._oracle.apply(*(params[k] for k in self.param_names), *(buffers[k] for k in self.buffer_names), x, y)
+        n = len(self.param_names)
+        return out[0], dict(zip(self.param_names, out[1 : 1 + n])), dict(zip(self.buffer_names, out[1 + n :]))
 
-        def loss(p: State) -> tuple[Tensor, tuple[Tensor, State]]:
-            b = {k: v.clone() for k, v in buffers.items()}  # BatchNorm updates its copy in place
-            value = self._forward_loss(p, b, x, y)
-            return value, (value, b)
-
-        grads, (value, new_buffers) = grad(loss, has_aux=True)(params)
-        return value.detach(), grads, new_buffers
+    def _unflatten(self, tensors: Sequence[Tensor]) -> tuple[State, State, Tensor, Tensor]:
+        """(params, buffers, x, y) from the oracle's flat argument list."""
+        n, m = len(self.param_names), len(self.buffer_names)
+        return (dict(zip(self.param_names, tensors[:n])), dict(zip(self.buffer_names, tensors[n : n + m])),
+                tensors[n + m], tensors[n + m + 1])
 
     def run_block(self, algo: Algorithm, start: ClientStart, round: int, clients: Sequence[int], lr: float,
                   keep_clients: bool = False) -> BlockResult:

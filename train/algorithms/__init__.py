@@ -11,7 +11,8 @@ functions; nothing here reads a :class:`~landscape.train.config.TrainConfig` exc
   batch, on named tensors; the engine supplies ``loss_grad`` (autograd on one client, or
   ``torch.func.grad`` under ``vmap`` over stacked clients).
 - ``server_update(state, mean_delta) -> state``: a server optimizer (:class:`ServerSGD`) on the
-  sample-weighted mean of the clients' deltas ``w_k - start``.
+  sample-weighted mean of the clients' deltas ``w_k - start``
+  (:class:`~landscape.train.aggregate.MeanDelta`, which also carries the mean model).
 
 Variants swap parts instead of subclassing [C22, L26]: FedSAM = FedAvg with the SAM gradient;
 FedASAM swaps in ASAM's eps; FedAvgM swaps the server update for server SGD with momentum;
@@ -28,6 +29,7 @@ from typing import Any
 from torch import Tensor
 
 from landscape.errors import LandscapeError
+from landscape.train.aggregate import MeanDelta
 from landscape.train.algorithms.client import ClientSGD, ClientStart, LocalState, LossGrad
 from landscape.train.algorithms.server import ServerSGD, ServerState, State
 
@@ -54,7 +56,7 @@ class Algorithm:
     init: Callable[[State, tuple[str, ...]], Any]
     broadcast: Callable[[Any], ClientStart]
     client_step: ClientStep
-    server_update: Callable[[Any, State], Any]
+    server_update: Callable[[Any, MeanDelta], Any]
     state_type: type
 
 

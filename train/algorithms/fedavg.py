@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from landscape.train.aggregate import MeanDelta
 from landscape.train.algorithms import Algorithm
 from landscape.train.algorithms.client import ClientSGD, ClientStart, Gradient, client_step, plain_gradient
 from landscape.train.algorithms.server import ServerSGD, ServerState, State
@@ -53,7 +54,7 @@ def averaging(name: str, gradient: Gradient, client: ClientSGD) -> Algorithm:
     def broadcast(state: FedAvgState) -> ClientStart:
         return ClientStart(state.weights)
 
-    def server_update(state: FedAvgState, mean_delta: State) -> FedAvgState:
+    def server_update(state: FedAvgState, mean_delta: MeanDelta) -> FedAvgState:
         weights, _ = ServerSGD().step(state.weights, state.weights, mean_delta, None)
         return FedAvgState(weights, state.param_names, state.round + 1)
 
@@ -79,7 +80,7 @@ def fedavgm(server_lr: float = 1.0, momentum: float = 0.9, client: ClientSGD = C
     def broadcast(state: FedAvgMState) -> ClientStart:
         return ClientStart(state.weights)
 
-    def server_update(state: FedAvgMState, mean_delta: State) -> FedAvgMState:
+    def server_update(state: FedAvgMState, mean_delta: MeanDelta) -> FedAvgMState:
         weights, velocity = server.step(state.weights, state.weights, mean_delta, state.velocity)
         return FedAvgMState(weights, state.param_names, velocity, state.round + 1)
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from landscape.train.aggregate import MeanDelta
 from landscape.train.algorithms import Algorithm
 from landscape.train.algorithms.client import (ClientSGD, ClientStart, client_step, global_momentum_gradient,
                                                sam_eps, sam_gradient)
@@ -86,12 +87,12 @@ def fednsam(gamma: float = 0.85, rho: float = 0.05, perturbation: str = "global_
         direction = None if float(norm) == 0.0 else {k: m / norm for k, m in params_m.items()}
         return ClientStart(z, direction)
 
-    def server_update(state: FedNSAMState, mean_delta: State) -> FedNSAMState:
+    def server_update(state: FedNSAMState, mean_delta: MeanDelta) -> FedNSAMState:
         """``m <- gamma m + Delta`` (reference: ``(1 + gamma) Delta``), ``x <- z + Delta``."""
         z = broadcast(state).weights
         weights, momentum = server.step(state.weights, z, mean_delta, state.momentum)
         if reference_momentum:
-            momentum = {k: (1 + gamma) * mean_delta[k] for k in state.momentum}
+            momentum = {k: (1 + gamma) * mean_delta.delta[k] for k in state.momentum}
         return FedNSAMState(weights, state.param_names, momentum, state.round + 1)
 
     return Algorithm("fednsam", init, broadcast, client_step(gradient, client), server_update, FedNSAMState)

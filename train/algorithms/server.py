@@ -8,6 +8,8 @@ from typing import Any
 
 from torch import Tensor
 
+from landscape.train.aggregate import MeanDelta
+
 State = dict[str, Tensor]
 
 
@@ -36,14 +38,15 @@ class ServerState:
 
 @dataclass(frozen=True)
 class ServerSGD:
-    """Server SGD on the pseudo-gradient ``d = -mean_delta`` [C22 App. C, L26].
+    """Server SGD on the pseudo-gradient ``d = -Delta``, Delta the mean client delta [C22 App. C, L26].
 
-    - no momentum state (FedAvg): ``x <- start + mean_delta`` (lr 1: the weighted mean).
+    - no momentum state (FedAvg): ``x <- x + Delta``, the weighted mean of the client models.
     - heavy ball (FedAvgM): ``v <- beta v + d``, ``x <- x - lr v``.
     - Nesterov (FedNSAM): the clients started from the look-ahead ``z = x + beta m``;
-      ``m <- beta m + mean_delta``, ``x <- z + mean_delta``.
+      ``m <- beta m + Delta``, ``x <- z + Delta``.
 
-    Tensors without momentum (normalization buffers) take ``start + mean_delta``, the mean.
+    Tensors without momentum (normalization buffers, and every tensor of FedAvg) take the client
+    mean itself, which ``start + Delta`` equals in exact arithmetic (see :class:`MeanDelta`).
 
     Attributes:
         lr: eta_s (1.0 [C22]); the Nesterov form is written for lr 1, as [L26].
@@ -55,17 +58,25 @@ class ServerSGD:
     momentum: float = 0.0
     nesterov: bool = False
 
-    def step(self, weights: State, start: State, mean_delta: State, buf: State | None
+    def step(self, weights: State, start: State, update: MeanDelta, buf: State | None
              ) -> tuple[State, State | None]:
-        """The new global model and momentum buffer (None stays None)."""
-        new = {k: start[k] + d for k, d in mean_delta.items()}
+        """The new global model and momentum buffer (None stays None).
+
+        Args:
+            weights: the global model x.
+            start: what the clients started from (x, or the look-ahead z).
+            update: the mean delta and mean model of the round.
+            buf: the momentum per tensor that carries it (None: no momentum).
+        """
+        new = dict(update.mean)
         if buf is None:
             return new, None
         out = {}
         for k, b in buf.items():
             if self.nesterov:
-                out[k] = self.momentum * b + mean_delta[k]
+                out[k] = self.momentum * b + update.delta[k]
+                new[k] = start[k] + update.delta[k]
             else:
-                out[k] = self.momentum * b + -mean_delta[k]
+                out[k] = self.momentum * b + -update.delta[k]
                 new[k] = weights[k] - self.lr * out[k]
         return new, out
