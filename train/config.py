@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from landscape.errors import LandscapeError
+from landscape.train.algorithms import NAMES as ALGORITHMS
+from landscape.train.algorithms import default_hyperparameter
+from landscape.train.algorithms.fednsam import PERTURBATIONS
+from landscape.train.sam import ASAM_VARIANTS
 
-ALGORITHMS = ("fedavg", "fedavgm", "fedsam", "fedasam", "fednsam")
-PERTURBATIONS = ("global_momentum", "local_sam")
 DTYPES = ("float32", "float64")
-#: rho when the user names none, per algorithm [C22 Table 11 (CIFAR-100), L26].
-DEFAULT_RHO = {"fedsam": 0.05, "fedasam": 0.5, "fednsam": 0.05}
 
 
 def option(help: str, default: Any = dataclasses.MISSING, *, default_text: str | None = None,
@@ -146,8 +146,8 @@ class TrainConfig:
 
     @property
     def effective_rho(self) -> float:
-        """rho, or the per-algorithm default when None."""
-        return float(self.rho) if self.rho is not None else DEFAULT_RHO.get(self.algorithm, 0.0)
+        """rho, or the algorithm factory's default when None (0 for algorithms without rho)."""
+        return float(self.rho if self.rho is not None else default_hyperparameter(self.algorithm, "rho") or 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (stored in checkpoints and config.json)."""
@@ -238,7 +238,7 @@ RANGES: dict[str, Range] = {
 }
 #: The string fields and their choices (None: any string).
 CHOICES: dict[str, tuple[str, ...] | None] = {
-    "algorithm": ALGORITHMS, "dataset": None, "model": None, "asam_variant": ("kwon", "davda54"),
+    "algorithm": ALGORITHMS, "dataset": None, "model": None, "asam_variant": ASAM_VARIANTS,
     "perturbation": PERTURBATIONS, "dtype": DTYPES,
 }
 BOOLS = ("augment", "bn_first_pass_only", "fednsam_reference_momentum", "fednsam_extrapolate_buffers", "swa",

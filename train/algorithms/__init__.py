@@ -22,6 +22,7 @@ momentum and updates the server in the Nesterov form.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,8 @@ from landscape.train.algorithms.client import ClientSGD, ClientStart, LocalState
 from landscape.train.algorithms.server import ServerSGD, ServerState, State
 
 __all__ = ["Algorithm", "ClientSGD", "ClientStart", "LocalState", "LossGrad", "ServerSGD", "ServerState", "State",
-           "fedavg", "fedavgm", "fedsam", "fedasam", "fednsam", "from_config", "NAMES"]
+           "fedavg", "fedavgm", "fedsam", "fedasam", "fednsam", "from_config", "default_hyperparameter",
+           "FACTORIES", "NAMES"]
 
 ClientStep = Callable[[ClientStart, LocalState, Tensor, Tensor, float, LossGrad], tuple[LocalState, Tensor]]
 
@@ -64,7 +66,24 @@ from landscape.train.algorithms.fedavg import fedavg, fedavgm  # noqa: E402 - th
 from landscape.train.algorithms.fedsam import fedasam, fedsam  # noqa: E402
 from landscape.train.algorithms.fednsam import fednsam  # noqa: E402
 
-NAMES = ("fedavg", "fedavgm", "fedsam", "fedasam", "fednsam")
+#: The registered algorithms: adding one is its file, a line here and a branch in :func:`from_config`.
+FACTORIES: dict[str, Callable[..., Algorithm]] = {"fedavg": fedavg, "fedavgm": fedavgm, "fedsam": fedsam,
+                                                  "fedasam": fedasam, "fednsam": fednsam}
+NAMES = tuple(FACTORIES)
+
+
+def default_hyperparameter(algorithm: str, name: str) -> Any:
+    """The default of hyperparameter ``name`` in ``algorithm``'s factory (None if it has none).
+
+    The factories' signatures are the one place a default is written (e.g. FedASAM's rho 0.5
+    [C22 Table 11]); the training config reads them from here.
+
+    >>> default_hyperparameter("fedasam", "rho"), default_hyperparameter("fedavg", "rho")
+    (0.5, None)
+    """
+    factory = FACTORIES.get(algorithm)
+    param = None if factory is None else inspect.signature(factory).parameters.get(name)
+    return None if param is None else param.default
 
 
 def from_config(cfg: Any) -> Algorithm:
