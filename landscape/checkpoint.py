@@ -19,6 +19,16 @@ refused before any of it runs. Plain state_dicts from other projects load too wh
 the caller names the architecture (``model=`` / ``--model``), also as ``.safetensors``
 files (read with ``safetensors.torch.load_file``, never a pickle; the metadata in their
 header is ignored: a file never names code).
+
+Checkpoints of other code wrap their state dicts: fedsam [C22] (github:debcaldarola/fedsam,
+``models/servers/fedavg_server.py::save_model``) writes ``{"model_state_dict": <global>,
+"round": r, "swa_model": <SWA>, "swa_n": n}`` (SWA entries once SWA has started, plus
+``"opt_state_dict"`` for FedOpt servers); others use ``state_dict``, ``model``, ``net``, or
+Lightning's ``state_dict`` with ``model.``-prefixed names. :func:`select_state_dict` finds
+them: the only state dict in the file is used; several are an error that lists them, and
+``state_key`` (``--state-key``) picks one by its dotted path (``swa_model``,
+``state_dict.model``). Names that every key carries from a wrapper (``module.`` of
+(Distributed)DataParallel, ``_orig_mod.`` of ``torch.compile``) are dropped.
 """
 
 from __future__ import annotations
@@ -62,6 +72,9 @@ class Checkpoint:
     #: Whether a ``package.module:factory`` model name may be imported and called: True when the
     #: name came from the user (Python, ``--model``), False when only the file says so.
     trust_factory: bool = True
+    #: Where the weights lie in a file of other code (:func:`select_state_dict`, e.g. ``"swa_model"``):
+    #: one file may hold several models. None for a landscape checkpoint or a bare state dict.
+    state_key: str | None = None
 
     def build_model(self) -> nn.Module:
         """A fresh model of the stored architecture with the stored weights, in eval mode.
@@ -111,6 +124,7 @@ class Checkpoint:
             "role": self.role,
             "client_id": self.client_id,
             "data": self.data,
+            "state_key": self.state_key,
         }
 
 
@@ -200,35 +214,137 @@ def _is_state_dict(obj: Any) -> bool:
     )
 
 
+#: How many dicts deep :func:`select_state_dict` looks for state dicts (``{"a": {"b": {"c": sd}}}``).
+SEARCH_DEPTH = 3
+#: Prefixes a wrapper gives every parameter name: (Distributed)DataParallel, ``torch.compile``.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _find(obj: Any, depth: int = SEARCH_DEPTH) -> list[tuple[list[str], dict[str, torch.Tensor]]]:
+    """The state dicts in ``obj`` with their key paths (``[]``: ``obj`` itself), through dicts with string keys."""
+    if _is_state_dict(obj):
+        return [([], obj)]
+    if not isinstance(obj, dict) or depth == 0:
+        return []
+    return [([k, *path], sd) for k, v in obj.items() if isinstance(k, str) for path, sd in _find(v, depth - 1)]
+
+
+def _quote(paths: list[str]) -> str:
+    """A few dotted paths for a one-line message (text from a file: escaped and cut short)."""
+    shown = [repr(p) if len(p) <= 40 else repr(p[:37]) + "..." for p in paths[:6]]
+    return ", ".join(shown) + (f" ... ({len(paths)} in all)" if len(paths) > 6 else "")
+
+
+def _choices(obj: Any) -> str:
+    """The fix of a wrong ``--state-key``: the state dicts the file holds."""
+    found = [".".join(path) for path, _ in _find(obj)]
+    if not found:
+        return "the file holds no state dict"
+    if found == [""]:
+        return "the file is a bare state dict: drop --state-key"
+    return f"pass {'one of ' if len(found) > 1 else ''}{_quote(found)}"
+
+
+def _unwrap(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` without the :data:`WRAPPER_PREFIXES` that every key carries."""
+    while prefix := next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None):
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def select_state_dict(obj: Any, key: str | None = None,
+                      where: object = None) -> tuple[dict[str, torch.Tensor], str | None]:
+    """The state dict in ``obj`` (the content of a file of other code) and its dotted path (None: ``obj`` itself).
+
+    ``key`` is a dotted path: each step a key of a nested dict (the longest that matches, so keys
+    holding dots work), or, once a state dict is reached, a prefix of its names (``state_dict.model``
+    takes Lightning's ``model.*`` entries, without the prefix). Without ``key``, or below a ``key``
+    that is no state dict itself, the state dict found there (up to :data:`SEARCH_DEPTH` dicts deep)
+    is used when it is the only one. Prefixes every name carries from a wrapper
+    (:data:`WRAPPER_PREFIXES`) are dropped, so the names are those of the bare model.
+
+    Raises:
+        LandscapeError: no state dict; several and no ``key`` naming one (the error lists them); a
+            ``key`` that is not in the file or leads to something other than a dict (the fix lists
+            the state dicts the file holds).
+
+    >>> sd = {"w": torch.ones(1)}
+    >>> select_state_dict({"model_state_dict": sd, "round": 3, "swa_model": {"w": torch.zeros(1)}}, "swa_model")
+    ({'w': tensor([0.])}, 'swa_model')
+    >>> select_state_dict({"epoch": 3, "net": {"module.w": torch.ones(1)}})
+    ({'w': tensor([1.])}, 'net')
+    """
+    if key is not None and (not isinstance(key, str) or "" in key.split(".")):
+        raise LandscapeError(f"the state key must be a key of the saved dict, dotted for nested ones, got {key!r}",
+                             where=where, fix="e.g. --state-key swa_model or --state-key state_dict.model")
+    node, path, parts = obj, [], key.split(".") if key else []
+    while parts:
+        if not isinstance(node, dict):
+            what = f"{_quote(['.'.join(path)])} is" if path else "the file holds"
+            raise LandscapeError(f"--state-key {_quote([key])}: {what} {type(node).__name__}, not a dict of tensors",
+                                 where=where, fix=_choices(obj))
+        if _is_state_dict(node):  # the rest is a prefix of parameter names
+            prefix = ".".join(parts) + "."
+            node = {k[len(prefix):]: v for k, v in node.items() if k.startswith(prefix)}
+            path, parts, found = [*path, *parts], [], bool(node)
+        else:
+            step = next((n for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in node), 0)
+            name, found = ".".join(parts[:step]), step > 0
+            node, path, parts = node.get(name), [*path, name], parts[step:]
+        if not found:
+            raise LandscapeError(f"--state-key {_quote([key])}: no such entry", where=where, fix=_choices(obj))
+    states = _find(node)
+    full = [".".join([*path, *tail]) for tail, _ in states]
+    if not states and key:
+        what = "no state dict" if isinstance(node, dict) else f"{type(node).__name__}, not a dict of tensors"
+        raise LandscapeError(f"--state-key {_quote([key])} holds {what}", where=where, fix=_choices(obj))
+    if not states:
+        raise LandscapeError("neither a landscape checkpoint nor a state_dict (a dict of parameter names to tensors)",
+                             where=where, fix="pass a file of torch.save(model.state_dict()) or checkpoint.save")
+    if len(states) > 1:
+        raise LandscapeError(f"the file holds {len(states)} state dicts: {_quote(full)}", where=where,
+                             fix="pick one with --state-key KEY (state_key= in Python)")
+    return _unwrap(states[0][1]), full[0] or None
+
+
 def load(
     path: str | os.PathLike,
     model: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
     trust_factory: bool = False,
+    state_key: str | None = None,
 ) -> Checkpoint:
     """Load a checkpoint, or a plain state_dict when ``model`` names its architecture.
 
     Args:
-        path: a file written by :func:`save`, or by ``torch.save(state_dict)``
-            (also ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers), or a ``.safetensors``
-            file of weights (a plain state_dict; its header metadata is ignored).
+        path: a file written by :func:`save`, or by ``torch.save(state_dict)``, or a checkpoint of
+            other code wrapping state dicts (``{"state_dict": ...}``, fedsam's ``{"model_state_dict":
+            ..., "swa_model": ...}``; see :func:`select_state_dict`), or a ``.safetensors`` file of
+            weights (a plain state_dict; its header metadata is ignored).
         model: registered model name or ``package.module:factory``; overrides the
             stored name (required for plain state_dicts).
         model_kwargs: keyword arguments for the factory; override the stored ones.
         trust_factory: import and call a ``package.module:factory`` that the file names
             (runs that code: only for files you trust). A factory named by ``model`` runs anyway.
+        state_key: the dotted path of the state dict in a file of other code (``"swa_model"``;
+            ``--state-key``); needed when it holds several. A landscape checkpoint holds one
+            model: only ``"state_dict"`` names it.
 
     Raises:
         LandscapeError: missing, truncated, malformed, non-checkpoint or code-carrying files
             (also ``.safetensors`` files that are not valid safetensors),
             factories named by the file without ``trust_factory``, plain state_dicts without
-            ``model``, weights that do not fit the model.
+            ``model``, weights that do not fit the model, files of other code with several
+            state dicts and no ``state_key``, a ``state_key`` the file does not hold.
     """
     path = Path(path)
     obj = _read(path)
     digest = sha256(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         _check_payload(obj, path)
+        if state_key not in (None, "state_dict"):
+            raise LandscapeError(f"--state-key {_quote([state_key])}: a landscape checkpoint holds one model",
+                                 where=path, fix="drop --state-key (it picks a model in files of other code)")
         if obj.get("format_version", 0) > FORMAT_VERSION:
             raise LandscapeError(
                 f"{path} uses checkpoint format {obj['format_version']}, newer than this "
@@ -248,23 +364,15 @@ def load(
             trust_factory=model is not None or trust_factory,
         )
     else:
-        state = obj
-        for key in ("state_dict", "model_state_dict", "model", "net"):
-            if isinstance(obj, dict) and _is_state_dict(obj.get(key)):
-                state = obj[key]
-                break
-        if not _is_state_dict(state):
-            raise LandscapeError(
-                f"{path} holds neither a landscape checkpoint nor a state_dict "
-                "(a dict of parameter names to tensors)"
-            )
+        state, found_at = select_state_dict(obj, state_key, path)
         if model is None:
             what = "safetensors file of weights" if path.suffix.lower() == SAFETENSORS_SUFFIX else "plain state_dict"
             raise LandscapeError(
                 f"{path} is a {what} with no model description; name its architecture "
                 "with --model NAME (see `landscape models`) or --model package.module:factory"
             )
-        ckpt = Checkpoint(model_name=model, model_kwargs=dict(model_kwargs or {}), state_dict=state)
+        ckpt = Checkpoint(model_name=model, model_kwargs=dict(model_kwargs or {}), state_dict=state,
+                          state_key=found_at)
     ckpt.path, ckpt.sha256 = path, digest
     # Validate now, so a mismatch is reported before any analysis starts.
     ckpt.build_model()

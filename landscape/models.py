@@ -8,7 +8,11 @@ buffer tricks, no fused attention kernels):
   normalization); 815,332 parameters for C = 100.
 - ``resnet18-gn``: ResNet-18 for 32x32 images with GroupNorm(2 groups) in place of
   BatchNorm, as in [C22] on CIFAR-100.
-- ``lenet5``: LeNet-5 as used by [L26].
+- ``lenet5-fednsam``: the network the FedNSAM reference code [L26] calls "LeNet-5" (its ``Lenet5``
+  class, ``--CNN lenet5``): the same layers as ``cnn`` (815,332 parameters for C = 100), ending in
+  ``log_softmax``.
+- ``lenet5``: the classic LeNet-5 layout (conv 6, conv 16, FC 120, 84, C) with ReLU and max-pooling;
+  69,656 parameters for C = 100.
 - ``vit``: a small Vision Transformer (patch 4) for 32x32 images, [L26].
 - ``mlp``: a multilayer perceptron for vector inputs (the digits data set).
 
@@ -33,11 +37,14 @@ class TwoConvNet(nn.Module):
     """Two 5x5 conv + ReLU + 2x2 max-pool blocks, then three fully connected layers.
 
     On 32x32 inputs: 32 -> conv 28 -> pool 14 -> conv 10 -> pool 5, so the first FC
-    layer sees ``channels[1] * 5 * 5`` features. ``cnn`` and ``lenet5`` are instances.
+    layer sees ``channels[1] * 5 * 5`` features. ``cnn``, ``lenet5-fednsam`` and ``lenet5``
+    are instances. The outputs are logits, or log-probabilities with ``log_probs``.
     """
 
-    def __init__(self, channels: tuple[int, int], hidden: tuple[int, int], num_classes: int, in_channels: int) -> None:
+    def __init__(self, channels: tuple[int, int], hidden: tuple[int, int], num_classes: int, in_channels: int,
+                 log_probs: bool = False) -> None:
         super().__init__()
+        self.log_probs = log_probs
         self.conv1 = nn.Conv2d(in_channels, channels[0], 5)
         self.conv2 = nn.Conv2d(channels[0], channels[1], 5)
         self.pool = nn.MaxPool2d(2)
@@ -51,7 +58,8 @@ class TwoConvNet(nn.Module):
         x = torch.flatten(x, 1)
         x = torch.relu(self.fc1(x))
         x = torch.relu(self.fc2(x))
-        return self.fc3(x)
+        x = self.fc3(x)
+        return torch.log_softmax(x, dim=1) if self.log_probs else x
 
 
 def cifar_cnn(num_classes: int = 100, in_channels: int = 3) -> TwoConvNet:
@@ -59,8 +67,28 @@ def cifar_cnn(num_classes: int = 100, in_channels: int = 3) -> TwoConvNet:
     return TwoConvNet((64, 64), (384, 192), num_classes, in_channels)
 
 
+def lenet5_fednsam(num_classes: int = 10, in_channels: int = 3) -> TwoConvNet:
+    """The "LeNet-5" of the FedNSAM reference code [L26] (github:junkangLiu0/FedNSAM,
+    ``main_FedNSAM.py``, class ``Lenet5``, "TF Tutorial for CIFAR").
+
+    Its layers are those of ``cnn`` (conv5x5 3->64, ReLU, max-pool 2; conv5x5 64->64, ReLU,
+    max-pool 2; FC 1600->384->192->C with ReLU; no padding, no normalization; the same parameter
+    names, so the two load each other's weights), but its forward ends in ``log_softmax``, as the
+    reference's does. Its training loss, ``CrossEntropyLoss`` of those outputs, equals the
+    cross-entropy of ``cnn``'s logits (log_softmax is idempotent), so losses, gradients and
+    Hessians under cross-entropy are the same as ``cnn``'s; only the outputs differ. The name
+    says whose "LeNet-5" it is: the classic 6/16/120/84 network is ``lenet5``.
+
+    The reference flattens with ``x.view(-1, 64 * 5 * 5)``, which silently regroups the batch on
+    inputs other than 32x32; this flattens per sample, so such inputs fail at ``fc1`` instead.
+    """
+    return TwoConvNet((64, 64), (384, 192), num_classes, in_channels, log_probs=True)
+
+
 def lenet5(num_classes: int = 10, in_channels: int = 3) -> TwoConvNet:
-    """LeNet-5 for 32x32 images: conv 6, conv 16, FC 120, 84, C ([L26])."""
+    """The classic LeNet-5 layout for 32x32 images (LeCun et al. 1998): conv5x5 6, conv5x5 16,
+    FC 120, 84, C; with ReLU and max-pooling in place of the original's sigmoid-like units and
+    subsampling. Not the network [L26]'s code calls LeNet-5 (that is ``lenet5-fednsam``)."""
     return TwoConvNet((6, 16), (120, 84), num_classes, in_channels)
 
 
@@ -192,6 +220,7 @@ class MLP(nn.Module):
 REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "cnn": cifar_cnn,
     "resnet18-gn": ResNet18GN,
+    "lenet5-fednsam": lenet5_fednsam,
     "lenet5": lenet5,
     "vit": ViT,
     "mlp": MLP,

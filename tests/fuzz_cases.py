@@ -1166,6 +1166,86 @@ add("fault/is-a-folder/figures-table1-csv", ["figures", "table1", "a={hessian_js
     ("{tmp}/t.md",), setup="taken_csv", note="the .md must not be left when the .csv cannot be written")
 
 
+# --- --state-key: picking the state dict in a checkpoint of other code (issue 12, point 5) -------
+# Files in fedsam's layout ({"model_state_dict": global, "swa_model": SWA, ...}, see
+# landscape.checkpoint.select_state_dict) and others, with the fixture's MLP as the weights.
+
+MLP_FLAGS = ("--model", "mlp", "--model-kwargs", '{"in_features": 16, "hidden": [4], "num_classes": 3}')
+
+
+def _fedsam_layout(tmp: Path, swa: object) -> dict:
+    state = _ckpt_dict(tmp)["state_dict"]
+    momentum = {0: {"momentum_buffer": torch.zeros(1)}}  # an optimizer's state: integer keys, not a state dict
+    return {"model_state_dict": state, "round": 2, "swa_model": swa, "swa_n": 1,
+            "opt_state_dict": {"state": momentum, "param_groups": [{"lr": 0.1, "params": [0]}]}}
+
+
+@setup
+def state_fedsam_swa(tmp: Path) -> None:
+    _save_ckpt(tmp, _fedsam_layout(tmp, {k: v + 1 for k, v in _ckpt_dict(tmp)["state_dict"].items()}))
+
+
+@setup
+def state_fedsam_swa_code(tmp: Path) -> None:
+    _save_ckpt(tmp, _fedsam_layout(tmp, Evil(_marker(tmp))))
+
+
+@setup
+def state_plain(tmp: Path) -> None:
+    _save_ckpt(tmp, _ckpt_dict(tmp)["state_dict"])
+
+
+@setup
+def state_many(tmp: Path) -> None:
+    _save_ckpt(tmp, {f"model_{i}": _ckpt_dict(tmp)["state_dict"] for i in range(50)})
+
+
+@setup
+def state_deep(tmp: Path) -> None:
+    obj: object = {"w": _ckpt_dict(tmp)["state_dict"]}
+    for _ in range(200):
+        obj = {"a": obj}
+    _save_ckpt(tmp, obj)
+
+
+@setup
+def state_long_keys(tmp: Path) -> None:
+    state = _ckpt_dict(tmp)["state_dict"]
+    _save_ckpt(tmp, {"x" * 5000: state, "line\nbreak\x1b[31m": state})
+
+
+def state_key(id: str, *extra: str, **kw) -> None:
+    hessian(f"state-key/{id}", *MLP_FLAGS, *extra, ckpt="{tmp}/bad.pt", **kw)
+
+
+state_key("ambiguous", setup="state_fedsam_swa", expect="2 state dicts: 'model_state_dict', 'swa_model'")
+state_key("missing", "--state-key", "swa", setup="state_fedsam_swa", expect="no such entry")
+state_key("int", "--state-key", "round", setup="state_fedsam_swa", expect="holds int")
+state_key("through-int", "--state-key", "round.x", setup="state_fedsam_swa", expect="'round' is int")
+state_key("optimizer", "--state-key", "opt_state_dict", setup="state_fedsam_swa", expect="no state dict")
+state_key("optimizer-state", "--state-key", "opt_state_dict.state", setup="state_fedsam_swa", expect="no state dict")
+state_key("prefix-missing", "--state-key", "swa_model.nope", setup="state_fedsam_swa", expect="no such entry")
+state_key("empty", "--state-key", "", setup="state_fedsam_swa", expect="state key must be")
+state_key("dots", "--state-key", "swa_model..fc", setup="state_fedsam_swa", expect="state key must be")
+state_key("newline", "--state-key", "swa\nmodel", setup="state_fedsam_swa", expect="no such entry")
+state_key("huge", "--state-key", "k" * 100_000, setup="state_fedsam_swa", expect="no such entry")
+state_key("wrong-model", "--state-key", "swa_model", "--model-kwargs", '{"in_features": 16, "hidden": [5]}',
+          setup="state_fedsam_swa", expect="do not match")
+state_key("code-beside", "--state-key", "model_state_dict", setup="state_fedsam_swa_code", expect="refused to load")
+state_key("bare", "--state-key", "swa_model", setup="state_plain", expect="bare state dict")
+state_key("many", setup="state_many", expect="(50 in all)")
+state_key("deep", setup="state_deep", expect="neither a landscape checkpoint nor a state_dict")
+state_key("deep-key", "--state-key", ".".join(["a"] * 250), setup="state_deep", expect="no such entry")
+state_key("long-keys", setup="state_long_keys", expect="2 state dicts")
+hessian("state-key/landscape", "--state-key", "swa_model", expect="a landscape checkpoint holds one model")
+surface("state-key/ambiguous", *MLP_FLAGS, ckpt="{tmp}/bad.pt", setup="state_fedsam_swa", expect="2 state dicts")
+surface("state-key/to-landscape", *MLP_FLAGS, "--state-key", "swa_model", "--data", "{data}", "--sources", "train",
+        "--to", "{ckpt}", ckpt="{tmp}/bad.pt", setup="state_fedsam_swa", expect="a landscape checkpoint holds one model")
+plane("state-key/missing", *MLP_FLAGS, "--state-key", "ema", models=("{tmp}/bad.pt",) * 3, setup="state_fedsam_swa",
+      expect="no such entry")
+flat("state-key/landscape", "--state-key", "net", expect="a landscape checkpoint holds one model")
+
+
 def _check() -> None:
     ids = [c.id for c in CASES]
     dup = sorted({i for i in ids if ids.count(i) > 1})

@@ -317,7 +317,7 @@ def _build_presets() -> dict[str, tuple[str, dict[str, Any]]]:
     presets["l26-cifar100-fednsam"] = (
         "[L26] reference setting: CIFAR-100 LeNet-5, 100 clients, 10 per round, lr 0.1, rho 0.05, "
         "gamma 0.85, wd 1e-3, Dirichlet 0.1 per class (= total alpha 10)",
-        {"algorithm": "fednsam", "dataset": "cifar100", "model": "lenet5", "num_clients": 100,
+        {"algorithm": "fednsam", "dataset": "cifar100", "model": "lenet5-fednsam", "num_clients": 100,
          "samples_per_client": 500, "alpha": 10.0, "clients_per_round": 10, "num_rounds": 1000,
          "lr": 0.1, "batch_size": 50, "local_epochs": 5, "weight_decay": 1e-3, "rho": 0.05, "gamma": 0.85,
          "perturbation": "global_momentum", "augment": True, "eval_every": 10, "save_every": 100},

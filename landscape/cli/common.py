@@ -20,11 +20,15 @@ from landscape.objective import LOSSES, default_forward
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """``--model`` / ``--model-kwargs`` / ``--trust-stored-factory``."""
+    """``--model`` / ``--model-kwargs`` / ``--state-key`` / ``--trust-stored-factory``."""
     p.add_argument("--model", metavar="NAME", help="architecture for plain state_dicts: a name from "
                    "`landscape models` or package.module:factory (default: the one stored in the checkpoint)")
     p.add_argument("--model-kwargs", metavar="JSON", type=parse_json_object, default=None,
                    help='keyword arguments for the model factory, e.g. \'{"num_classes": 10}\'')
+    p.add_argument("--state-key", metavar="KEY", help="the state dict to use in a checkpoint written by other "
+                   "code that holds several, by its key, dotted for nested ones: e.g. swa_model or model_state_dict "
+                   "in fedsam's, state_dict.model for Lightning's model.* weights (default: the only state dict "
+                   "in the file; several are an error that lists them)")
     p.add_argument("--trust-stored-factory", action="store_true",
                    help="import and call the package.module:factory that a checkpoint names as its model: this "
                    "RUNS CODE the file chose, so use it only for files you trust (default: only registered models "
@@ -148,7 +152,7 @@ def load_checkpoint(path: str, args: argparse.Namespace) -> checkpoint.Checkpoin
     NaN or inf weights are refused here, the same for every command.
     """
     ckpt = checkpoint.load(path, model=args.model, model_kwargs=args.model_kwargs,
-                           trust_factory=args.trust_stored_factory)
+                           trust_factory=args.trust_stored_factory, state_key=args.state_key)
     ckpt.check_finite()
     return ckpt
 

@@ -14,9 +14,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for name, kwargs in models.describe().items():
+    table = models.describe()
+    width = max(map(len, table))
+    for name, kwargs in table.items():
         params = models.num_parameters(models.build(name))
         text = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-        print(f"{name:<12} {params:>11,} params  kwargs: {text}")
+        print(f"{name:<{width}} {params:>11,} params  kwargs: {text}")
     print("or any package.module:factory on the Python path (with --model-kwargs JSON)")
     return 0
