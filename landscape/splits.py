@@ -271,8 +271,8 @@ def _fedsam_users(content: dict[str, Any], path: Path, labels: np.ndarray | None
             raise LandscapeError("a user's data must be an object {x: [image names], y: [classes]}", where=at, fix=fix)
         xs, ys = entry["x"], entry["y"]
         if not len(xs) == len(ys) == count:
-            raise LandscapeError(f"user has {len(xs)} names in x, {len(ys)} classes in y and num_samples {count}; "
-                                 "they must agree", where=at, fix=fix)
+            raise LandscapeError(f"user's x, y and num_samples disagree ({len(xs)}, {len(ys)} and {count} samples)",
+                                 where=at, fix=fix)
         if not xs:
             raise LandscapeError("user holds no images", where=at, fix="drop it from the file (every client needs data)")
         for j, (name, cls) in enumerate(zip(xs, ys)):
