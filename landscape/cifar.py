@@ -2,7 +2,9 @@
 
 CIFAR's batch files are pickles; they are read through an unpickler that rebuilds numpy
 arrays only, so nothing a tampered file names runs. The images are normalized per channel
-(:data:`CIFAR_MEAN`, :data:`CIFAR_STD`). A downloaded archive is unpacked whole or not at
+(:data:`CIFAR_MEAN`, :data:`CIFAR_STD`); their ``filenames`` are kept as the data set's
+:attr:`~landscape.data.Dataset.names` (fedsam's split files name images by them, see
+:mod:`landscape.splits`). A downloaded archive is unpacked whole or not at
 all and never outside its folder (:func:`extract_archive`). Every bad input ends in one
 :class:`~landscape.errors.LandscapeError` line that names the file.
 """
@@ -116,28 +118,37 @@ def find_cifar(name: str, root: str | os.PathLike | None) -> Path:
 def load_cifar(name: str, root: str | os.PathLike | None = None, split: str = "train") -> Dataset:
     """CIFAR-10/100 from the standard python layout, normalized per channel.
 
+    The images keep the order of the batch files (``data_batch_1`` ... ``data_batch_5`` for
+    CIFAR-10) and their ``filenames`` (decoded as UTF-8) become the data set's ``names``; a
+    folder whose batches carry no ``filenames`` gives ``names`` None.
+
     Raises:
         LandscapeError: the folder is missing, or a batch file is unreadable, damaged, or holds
-            something other than uint8 images of 3x32x32 with one label in range per image.
+            something other than uint8 images of 3x32x32 with one label in range (and, where it
+            has ``filenames``, one name) per image.
     """
     folder = find_cifar(name, root)
     label_key = "labels" if name == "cifar10" else "fine_labels"
     classes = 10 if name == "cifar10" else 100
-    xs, ys = [], []
+    xs, ys, names = [], [], []
     for fname in CIFAR_FILES[name][check_split(split)]:
-        images, labels = _cifar_batch(read_array_pickle(folder / fname), folder / fname, name, label_key, classes)
+        images, labels, batch_names = _cifar_batch(read_array_pickle(folder / fname), folder / fname, name,
+                                                   label_key, classes)
         xs.append(images)
         ys.append(labels)
+        names.append(batch_names)
     x = torch.from_numpy(np.concatenate(xs)).float().div_(255.0)
     mean = torch.tensor(CIFAR_MEAN[name]).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR_STD[name]).view(1, 3, 1, 1)
     x = (x - mean) / std
-    return Dataset(x, torch.from_numpy(np.concatenate(ys)), classes, {"dataset": name, "split": split, "dir": str(folder)})
+    return Dataset(x, torch.from_numpy(np.concatenate(ys)), classes, {"dataset": name, "split": split, "dir": str(folder)},
+                   None if any(n is None for n in names) else np.concatenate(names))
 
 
 def _cifar_batch(batch: dict[Any, Any], path: Path, name: str, label_key: str, classes: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """One batch's images ``(N, 3, 32, 32)`` uint8 and labels ``(N,)`` int64, checked."""
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """One batch's images ``(N, 3, 32, 32)`` uint8, labels ``(N,)`` int64 and names ``(N,)`` str
+    (None without ``filenames``), checked."""
     fix = f"is this {name}? {_CIFAR_FIX}"
     missing = [k for k in ("data", label_key) if k not in batch]
     if missing:
@@ -161,7 +172,20 @@ def _cifar_batch(batch: dict[Any, Any], path: Path, name: str, label_key: str, c
     if int(labels.min()) < 0 or int(labels.max()) >= classes:
         raise LandscapeError(f"CIFAR batch labels must lie in [0, {classes - 1}], found "
                              f"{int(labels.min())}..{int(labels.max())}", where=path, fix=fix)
-    return images, labels.astype(np.int64)
+    return images, labels.astype(np.int64), _batch_names(batch.get("filenames"), len(images), path, fix)
+
+
+def _batch_names(filenames: Any, count: int, path: Path, fix: str) -> np.ndarray | None:
+    """A batch's ``filenames`` (a list of byte strings) as ``count`` str, None when it has none."""
+    if filenames is None:
+        return None
+    if not isinstance(filenames, (list, tuple)) or not all(isinstance(n, (bytes, str)) for n in filenames):
+        raise LandscapeError(f"CIFAR batch 'filenames' must be a list of names, found {type(filenames).__name__}"
+                             + (" with other entries" if isinstance(filenames, (list, tuple)) else ""),
+                             where=path, fix=fix)
+    if len(filenames) != count:
+        raise LandscapeError(f"CIFAR batch has {count} images but {len(filenames)} filenames", where=path, fix=fix)
+    return np.array([n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in filenames], dtype=str)
 
 
 def download_cifar(name: str, root: str | os.PathLike) -> Path:

@@ -17,8 +17,8 @@ CIFAR itself is read by :mod:`landscape.cifar`, federated partitions are :mod:`l
 Everything read here is treated as untrusted: nothing a file says runs code (``.npz``
 without pickles, ``.pt`` with ``weights_only``), and every bad input ends in one
 :class:`~landscape.errors.LandscapeError` line that names the file and quotes at most a few
-dozen characters of it (the helpers at the end, shared with :mod:`landscape.cifar` and
-:mod:`landscape.partition`).
+dozen characters of it (the helpers at the end, shared with :mod:`landscape.cifar`,
+:mod:`landscape.partition` and :mod:`landscape.splits`).
 """
 
 from __future__ import annotations
@@ -63,13 +63,16 @@ class Dataset:
       what :func:`landscape.objective.default_forward` unpacks as ``model(**inputs)``.
 
     ``y`` holds int64 class ids ``(N,)`` with ``num_classes`` classes, or float32 regression
-    targets ``(N,)`` / ``(N, k)`` with ``num_classes`` None.
+    targets ``(N,)`` / ``(N, k)`` with ``num_classes`` None. :attr:`names` holds each sample's
+    name where the source has them (CIFAR's ``filenames``, which fedsam's split files use;
+    see :mod:`landscape.splits`), else None.
 
     Args:
         x: the inputs: a tensor (pair data) or a dict of tensors (named data).
         y: the targets, one row per sample.
         num_classes: C for class ids, None for real-valued targets.
         spec: what rebuilds the data set (the form stored in results).
+        names: one name per sample (an array of str), or None.
 
     Raises:
         LandscapeError: named inputs that are not tensors with N rows, or that use the name ``labels``.
@@ -80,7 +83,7 @@ class Dataset:
     """
 
     def __init__(self, x: torch.Tensor | Mapping[str, torch.Tensor], y: torch.Tensor, num_classes: int | None,
-                 spec: dict[str, Any] | None = None) -> None:
+                 spec: dict[str, Any] | None = None, names: np.ndarray | None = None) -> None:
         if isinstance(x, Mapping):
             x = dict(x)
             bad = [k for k, v in x.items() if not isinstance(k, str) or k == LABEL_KEY or not isinstance(v, torch.Tensor)
@@ -93,6 +96,7 @@ class Dataset:
         self.y = y
         self.num_classes = num_classes
         self.spec: dict[str, Any] = spec if spec is not None else {}
+        self.names = names
 
     @property
     def named(self) -> bool:
@@ -135,7 +139,8 @@ class Dataset:
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         inputs = ({k: v[idx] for k, v in self.inputs.items()} if isinstance(self.inputs, dict)
                   else self.inputs[idx])
-        return Dataset(inputs, self.y[idx], self.num_classes, dict(self.spec))
+        names = None if self.names is None else self.names[idx.numpy()]
+        return Dataset(inputs, self.y[idx], self.num_classes, dict(self.spec), names)
 
     def sample(self, num_samples: int | None, seed: int = 0) -> Dataset:
         """A seeded random subset of ``num_samples`` samples (all when None or larger)."""

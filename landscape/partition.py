@@ -4,7 +4,7 @@ A partition is one sorted int64 index array per client, pairwise disjoint. It is
 the Dirichlet scheme of [H19] as used by [C22] (:func:`partition`: client k's class
 proportions ``q_k ~ Dir(alpha * p)``, p uniform over the C classes, i.e. total concentration
 alpha, alpha / C per class; alpha = 0 is one class per client, alpha = inf iid) or read from a
-published split file (:func:`read_split_file`). A checkpoint records the spec that rebuilds
+published split file (:mod:`landscape.splits`). A checkpoint records the spec that rebuilds
 it (:func:`partition_from_spec`, :func:`client_data`); the default federation per data set
 follows [C22 §5] (:data:`DEFAULT_FEDERATION`).
 
@@ -14,7 +14,6 @@ References: [H19] Hsu, Qi, Brown 2019, [C22] Caldarola et al. ECCV 2022; see
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 from collections.abc import Mapping
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from landscape.data import DECIMAL_INTEGER, Dataset, checked_integer, os_error_at, quote
+from landscape.data import Dataset, checked_integer, os_error_at, quote
 from landscape.errors import LandscapeError
 
 #: Default federation per data set: (num_clients, samples_per_client). CIFAR follows [C22 §5]
@@ -215,81 +214,15 @@ def partition(
     return out
 
 
-def read_split_file(path: str | os.PathLike, labels: np.ndarray | None = None) -> list[np.ndarray]:
-    """Read a published split: CSV rows ``user_id,image_id,class`` (a header line is allowed).
-
-    Clients are numbered by sorted user id (numerically when all ids are integers). When
-    ``labels`` are given, every row's class must match ``labels[image_id]``. A message quotes
-    at most 10 characters of each offending field and nothing else of the file (it may be any
-    file, e.g. a password file given by mistake).
-
-    Raises:
-        LandscapeError: missing, unreadable or binary file, malformed rows, images out of range,
-            a sample given to two users, classes that disagree with the data set, or real-valued
-            ``labels`` (regression targets have no classes).
-    """
-    path = Path(path).expanduser()
-    labels = None if labels is None else class_ids(labels)
-    fix = "pass a CSV with rows user_id,image_id,class"
-    if path.is_dir():
-        raise LandscapeError("split file is a folder, not a file", where=path, fix=fix)
-    if not path.is_file():
-        raise LandscapeError("split file not found", where=path, fix=fix)
-    users: dict[str, list[int]] = {}
-    lineno, rows = 0, 0
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            for lineno, row in enumerate(csv.reader(f), 1):
-                if not row or all(not c.strip() for c in row):
-                    continue
-                rows += 1
-                where = f"{path}:{lineno}"
-                if len(row) < 3:  # described, not quoted: the file may be anything (a password file)
-                    raise LandscapeError(f"row has {len(row)} field{'s' if len(row) > 1 else ''}, expected 3: "
-                                         "user_id,image_id,class", where=where, fix=fix)
-                user, image, cls = (c.strip() for c in row[:3])
-                if not (DECIMAL_INTEGER.fullmatch(image) and DECIMAL_INTEGER.fullmatch(cls)):
-                    if rows == 1:  # header
-                        continue
-                    raise LandscapeError(f"image_id and class must be integers, got {quote(image, 10)}, "
-                                         f"{quote(cls, 10)}", where=where, fix=fix)
-                image_id, class_id = int(image), int(cls)
-                limit = len(labels) if labels is not None else 2**62
-                if not 0 <= image_id < limit:
-                    raise LandscapeError(f"image_id {quote(image_id, 25)} is outside the {limit} training images"
-                                         if labels is not None else f"image_id {quote(image_id, 25)} is not an index",
-                                         where=where, fix="image ids count the training images from 0; "
-                                                          "is this split for another data set?")
-                if labels is not None and int(labels[image_id]) != class_id:
-                    raise LandscapeError(f"image {image_id} has class {int(labels[image_id])} in the data set, not "
-                                         f"{quote(class_id, 25)}", where=where, fix="is this split for another data set?")
-                users.setdefault(user, []).append(image_id)
-    except LandscapeError:
-        raise
-    except UnicodeDecodeError:
-        raise LandscapeError("split file is not UTF-8 text (it holds binary data)", where=path, fix=fix) from None
-    except csv.Error as exc:  # a NUL byte, an unclosed quote, an over-long field
-        raise LandscapeError(f"split file is not a CSV ({quote(str(exc), 60)})", where=f"{path}:{lineno + 1}", fix=fix) from None
-    except OSError as exc:
-        raise os_error_at(exc, "cannot read split file", path) from None
-    if not users:
-        raise LandscapeError("split file has no rows user_id,image_id,class", where=path, fix=fix)
-    keys = sorted(users, key=lambda u: (0, int(u), "") if DECIMAL_INTEGER.fullmatch(u) else (1, 0, u))
-    parts = [np.sort(np.asarray(users[u], dtype=np.int64)) for u in keys]
-    allidx = np.concatenate(parts)
-    if len(np.unique(allidx)) != len(allidx):
-        raise LandscapeError("split file gives some images to more than one user", where=path,
-                             fix="each image may belong to one user only")
-    return parts
-
-
 _PARTITION_CACHE: dict[tuple[Any, ...], list[np.ndarray]] = {}
 
 
-def partition_from_spec(labels: np.ndarray, partition_spec: Mapping[str, Any]) -> list[np.ndarray]:
+def partition_from_spec(labels: np.ndarray, partition_spec: Mapping[str, Any],
+                        names: np.ndarray | None = None) -> list[np.ndarray]:
     """The client index arrays described by a checkpoint's ``data["partition"]`` dict.
 
-    A split file is re-read and its SHA-256 checked against ``split_sha256``; otherwise
+    A split file is re-read (:func:`landscape.splits.read_split_file`, with the training set's
+    image ``names`` that fedsam's JSON needs) and its SHA-256 checked against ``split_sha256``; otherwise
     :func:`partition` is rerun with the stored (num_clients, samples_per_client, alpha, seed).
     Results are cached per (labels, spec).
 
@@ -298,6 +231,7 @@ def partition_from_spec(labels: np.ndarray, partition_spec: Mapping[str, Any]) -
             type or range; a split file that is missing, changed or malformed.
     """
     from landscape.files import sha256
+    from landscape.splits import read_split_file  # splits builds on this module
 
     where = "the checkpoint's partition spec"
     fix = "the checkpoint's data['partition'] is damaged; pass the client's data as a file instead"
@@ -340,10 +274,11 @@ def partition_from_spec(labels: np.ndarray, partition_spec: Mapping[str, Any]) -
             checked_integer(spec["seed"], "seed", where=where, fix=fix, minimum=0),
             None if num_classes is None else checked_integer(num_classes, "num_classes", where=where, fix=fix, minimum=1),
         )
-    key = (hashlib.sha1(labels.tobytes()).hexdigest(), digest, args)
+    named = None if digest is None or names is None else hashlib.sha1(np.asarray(names).tobytes()).hexdigest()
+    key = (hashlib.sha1(labels.tobytes()).hexdigest(), digest, named, args)
     if key in _PARTITION_CACHE:
         return _PARTITION_CACHE[key]
-    parts = read_split_file(path, labels) if digest is not None else partition(labels, *args)
+    parts = read_split_file(path, labels, names).parts if digest is not None else partition(labels, *args)
     _PARTITION_CACHE[key] = parts
     return parts
 
@@ -359,7 +294,7 @@ def client_data(dataset: Dataset, partition_spec: Mapping[str, Any], client_id: 
     Raises:
         LandscapeError: client id out of range, or an unusable spec.
     """
-    parts = partition_from_spec(dataset.y.cpu().numpy(), partition_spec)
+    parts = partition_from_spec(dataset.y.cpu().numpy(), partition_spec, dataset.names)
     if isinstance(client_id, (bool, np.bool_)) or not isinstance(client_id, (int, np.integer)) \
             or not 0 <= client_id < len(parts):
         raise LandscapeError(f"client id {quote(client_id, 30)} is out of range; the partition has clients "

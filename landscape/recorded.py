@@ -109,7 +109,8 @@ class RecordedData:
     def num_clients(self, full: Dataset | None = None) -> int:
         """The number of clients of the recorded partition."""
         spec = self._partition()
-        return len(partition_from_spec((full or self.train()).y.numpy(), spec))
+        full = full or self.train()
+        return len(partition_from_spec(full.y.numpy(), spec, full.names))
 
     def client(self, client_id: int | None = None, full: Dataset | None = None) -> Dataset:
         """Client ``client_id``'s training data (default: the checkpoint's own client).

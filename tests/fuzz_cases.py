@@ -1245,6 +1245,116 @@ plane("state-key/missing", *MLP_FLAGS, "--state-key", "ema", models=("{tmp}/bad.
       expect="no such entry")
 flat("state-key/landscape", "--state-key", "net", expect="a landscape checkpoint holds one model")
 
+# --- split files in every format: fedsam's JSON, {client: [indices]} JSON, CSV (issue 12) -------
+
+SPLIT_FILES = {
+    # id: (content of {tmp}/split.json, expected message), for a run on the synthetic data (120 samples,
+    # no image names)
+    "fedsam-on-data-without-names": (b'{"users": [0], "num_samples": [1], "user_data": {"0": {"x": ["a.png"], '
+                                     b'"y": [0]}}}', "no image names"),
+    "fedsam-lacks-user-data": (b'{"users": [0], "num_samples": [1]}', "lacks 'user_data'"),
+    "object-of-numbers": (b'{"0": 1, "1": 2}', "neither fedsam's"),
+    "array-of-arrays": (b"[[0, 1], [2]]", "holds an array"),
+    "empty-object": (b"{}", "holds an empty object"),
+    "broken": (b'{"0": [1,', "not valid JSON"),
+    "key-twice": (b'{"0": [1], "0": [2]}', "twice in one object"),
+    "index-twice": (b'{"0": [1, 2], "1": [2]}', "more than one user"),
+    "index-out-of-range": (b'{"0": [120]}', "outside the 120 training images"),
+    "index-negative": (b'{"0": [-1]}', "outside the 120 training images"),
+    "index-bool": (b'{"0": [true]}', "must be integers"),
+    "index-float": (b'{"0": [1.5]}', "must be integers"),
+    "index-string": (b'{"0": ["1"]}', "must be integers"),
+    "index-5000-digits": (b'{"0": [' + b"9" * 5000 + b"]}", "too long"),
+    "nested": (b"[" * 100_000, "nested too deeply"),
+    "client-without-images": (b'{"0": [], "1": [2]}', "holds no images"),
+    "utf-16": ('{"0": [1]}'.encode("utf-16"), "not UTF-8"),
+    "secret-keys": (b'{\n"TOPSECRET-e21b-0042-client": "TOPSECRET-value-of-it"\n}\n', "neither fedsam's"),
+}
+
+
+def _split_setup(name: str, content: bytes) -> str:
+    def make(tmp: Path) -> None:
+        (tmp / "split.json").write_bytes(content)
+
+    make.__name__ = f"split_json_{name.replace('-', '_')}"
+    return setup(make).__name__
+
+
+for name, (content, expect) in SPLIT_FILES.items():
+    train(f"split-json/{name}", "--split-file", "{tmp}/split.json", setup=_split_setup(name, content), expect=expect,
+          secret="{tmp}/split.json" if name == "secret-keys" else None)
+
+#: A CIFAR-100 folder of 6 training images with filenames, and a fedsam split of them.
+CIFAR100_NAMES = [("cichlid_s_001814.png", 1), ("seal_s_001997.png", 72), ("baby_s_000333.png", 35),
+                  ("baby_s_000333.png", 2), ("bus_s_000569.png", 13), ("lizard_s_001099.png", 44)]
+CIFAR100_TRAIN = ("--dataset", "cifar100", "--data-dir", "{tmp}/cifar", "--model", "mlp", "--clients-per-round", "1",
+                  "--batch-size", "2", "--split-file", "{tmp}/split.json")
+
+
+def _fedsam_cifar(tmp: Path, users: dict[str, list[int]], filenames: object, changes: dict) -> None:
+    folder = tmp / "cifar" / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for fname in ("train", "test"):
+        batch = {b"data": np.zeros((6, 3072), np.uint8), b"fine_labels": [c for _, c in CIFAR100_NAMES]}
+        if filenames is True:
+            batch[b"filenames"] = [n.encode() for n, _ in CIFAR100_NAMES]
+        elif filenames is not None:
+            batch[b"filenames"] = filenames
+        (folder / fname).write_bytes(_pickled(batch))
+    split = {"users": [int(u) for u in users], "num_samples": [len(v) for v in users.values()],
+             "user_data": {u: {"x": [CIFAR100_NAMES[i][0] for i in v], "y": [CIFAR100_NAMES[i][1] for i in v]}
+                           for u, v in users.items()}}
+    (tmp / "split.json").write_text(json.dumps({**split, **changes}, indent=1))
+
+
+FEDSAM_CIFAR = {
+    # id: (users -> rows of CIFAR100_NAMES, filenames of the batches, changes to the split), expected message
+    "missing-name": (({"0": [0, 1], "1": [2]}, True, {"user_data": {"0": {"x": ["cichlid_s_001814.png",
+                     "TOPSECRET-not-a-cifar-image.png"], "y": [1, 72]}, "1": {"x": ["baby_s_000333.png"], "y": [35]}}}),
+                     "is not in the data set"),
+    "label-mismatch": (({"0": [0], "1": [2]}, True, {"user_data": {"0": {"x": ["cichlid_s_001814.png"], "y": [7]},
+                        "1": {"x": ["baby_s_000333.png"], "y": [35]}}}), "in the data set, not 7"),
+    "num-samples": (({"0": [0, 1], "1": [2]}, True, {"num_samples": [2, 5]}), "x, y and num_samples disagree"),
+    "users-mismatch": (({"0": [0, 1], "1": [2]}, True, {"users": [0]}), "must be one integer per user"),
+    "user-not-listed": (({"0": [0, 1], "1": [2]}, True, {"users": [0], "num_samples": [2]}), "is not in 'users'"),
+    "image-twice": (({"0": [0, 4], "1": [4]}, True, {}), "to more than one user"),
+    "no-filenames": (({"0": [0, 1], "1": [2]}, None, {}), "no image names"),
+    "filenames-count": (({"0": [0, 1], "1": [2]}, [b"a.png"], {}), "has 6 images but 1 filenames"),
+    "filenames-not-names": (({"0": [0, 1], "1": [2]}, [1, 2, 3, 4, 5, 6], {}), "'filenames' must be a list of names"),
+}
+
+
+def _fedsam_cifar_setup(name: str, users: dict[str, list[int]], filenames: object, changes: dict) -> str:
+    def make(tmp: Path) -> None:
+        _fedsam_cifar(tmp, users, filenames, changes)
+
+    make.__name__ = f"fedsam_cifar_{name.replace('-', '_')}"
+    return setup(make).__name__
+
+
+for name, ((users, filenames, changes), expect) in FEDSAM_CIFAR.items():
+    train(f"split-fedsam-cifar100/{name}", *CIFAR100_TRAIN, setup=_fedsam_cifar_setup(name, users, filenames, changes),
+          expect=expect, secret="{tmp}/split.json" if name == "missing-name" else None)
+
+
+@setup
+def ckpt_split_fedsam_without_names(tmp: Path) -> None:
+    """A checkpoint of the synthetic run whose partition was (said to be) built from a fedsam split."""
+    from landscape.files import sha256
+
+    (tmp / "split.json").write_bytes(SPLIT_FILES["fedsam-on-data-without-names"][0])
+    data = dict(_ckpt_dict(tmp)["data"])
+    data["partition"] = {"num_clients": 1, "samples_per_client": None, "alpha": None, "seed": 0,
+                         "split_file": str(tmp / "split.json"), "split_sha256": sha256(tmp / "split.json"),
+                         "split_format": "fedsam-json"}
+    _with_data(tmp, data, src="client0.pt")
+
+
+hessian("split-fedsam-without-names", "--data", "client", "--split-file", "{tmp}/split.json", ckpt="{tmp}/bad.pt",
+        setup="ckpt_split_fedsam_without_names", expect="no image names")
+surface("split-fedsam-without-names", "--sources", "clients", "--split-file", "{tmp}/split.json", ckpt="{tmp}/bad.pt",
+        setup="ckpt_split_fedsam_without_names", expect="no image names")
+
 
 def _check() -> None:
     ids = [c.id for c in CASES]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from landscape import cifar, data, partition
+from landscape import cifar, data, partition, splits
 from landscape.errors import LandscapeError
 from tests.conftest import assert_one_line
 
@@ -307,7 +307,7 @@ REAL = np.array([0.5, 1.5, 2.25, 0.0])
     lambda tmp: partition.partition(REAL, 2, 2, 0.5, seed=0),
     lambda tmp: partition.default_federation("file", REAL),
     lambda tmp: partition.default_federation("file", torch.tensor(REAL).reshape(2, 2)),
-    lambda tmp: partition.read_split_file(tmp / "split.csv", REAL),
+    lambda tmp: splits.read_split_file(tmp / "split.csv", REAL),
     lambda tmp: partition.client_data(data.Dataset(torch.zeros(4, 1), torch.tensor(REAL), None),
                                  {"num_clients": 2, "samples_per_client": 2, "alpha": 0.5, "seed": 0}, 0),
     lambda tmp: partition.partition(np.ones((4, 2)), 2, 2, 0.5, seed=0),

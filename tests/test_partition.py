@@ -1,9 +1,6 @@
-"""Federated partitions [H19, C22]: Dirichlet split statistics, alpha = 0 by capacity, split files."""
+"""Federated partitions [H19, C22]: Dirichlet split statistics, alpha = 0 by capacity, specs (split files: test_splits)."""
 
 from __future__ import annotations
-
-import errno
-import os
 
 import numpy as np
 import pytest
@@ -115,91 +112,6 @@ def test_default_federation_of_other_data_fits_alpha_zero() -> None:
 def write_split(path, rows: list[tuple[object, int, int]], header: bool = True) -> None:
     lines = (["user_id,image_id,class"] if header else []) + [f"{u},{i},{c}" for u, i, c in rows]
     path.write_text("\n".join(lines) + "\n")
-
-
-def test_split_file_round_trip(tmp_path) -> None:
-    labels = np.array([0, 1, 1, 0, 2, 2])
-    write_split(tmp_path / "split.csv", [(10, 0, 0), (2, 1, 1), (2, 2, 1), (10, 3, 0), (2, 4, 2)])
-    parts = partition.read_split_file(tmp_path / "split.csv", labels)
-    assert [p.tolist() for p in parts] == [[1, 2, 4], [0, 3]]  # users sorted numerically: 2, 10
-
-
-@pytest.mark.parametrize(
-    "rows, match",
-    [
-        ([(0, 0, 1)], "has class 0 in the data set, not 1"),
-        ([(0, 9, 0)], "outside the 6 training images"),
-        ([(0, 0, 0), (1, 0, 0)], "more than one user"),
-        ([(0, 1, 1), (0, "x", 0)], "must be integers"),
-    ],
-)
-def test_bad_split_file(tmp_path, rows: list, match: str) -> None:
-    write_split(tmp_path / "split.csv", rows, header=False)
-    with pytest.raises(LandscapeError, match=match) as exc:
-        partition.read_split_file(tmp_path / "split.csv", np.array([0, 1, 1, 0, 2, 2]))
-    assert_one_line(exc, tmp_path / "split.csv")
-
-
-BAD_SPLIT_FILES = [
-    # content (None: a folder, "missing": no file), match
-    (None, "split file is a folder, not a file"),
-    ("missing", "split file not found"),
-    (b"", "split file has no rows user_id,image_id,class"),
-    (b"\n\n  \n", "split file has no rows"),
-    (b"user_id,image_id,class\n", "split file has no rows"),
-    (bytes(range(256)) * 4, "split file is not UTF-8 text"),
-    (b"0,1,1\n\xff\xfe\x00garbage\n", r"not UTF-8 text \(it holds binary data\)"),
-    (b"0,1,1\n0,\x00,1\n", r"image_id and class must be integers, got '\\x00', '1'"),
-    (b"0,1,1\n0,1.5,1\n", "image_id and class must be integers, got '1.5', '1'"),
-    (b"0,1,1\n0,2,one\n", "image_id and class must be integers, got '2', 'one'"),
-    (b"0,1,1\n0,2\n", "row has 2 fields, expected 3: user_id,image_id,class"),
-    (b"root:x:0:0:TOPSECRET-7f3a9c:/root:/bin/bash\n", "row has 1 field, expected 3"),
-    (b"0,1,1\n0,-2,1\n", "image_id -2 is outside the 6 training images"),
-    (b"0,1,1\n0," + b"9" * 5000 + b",1\n", "image_id and class must be integers"),
-    (b'0,1,"' + b"Q" * 200_000 + b'"\n', r"split file is not a CSV \('field larger than field limit"),
-]
-
-
-@pytest.mark.parametrize("content, match", BAD_SPLIT_FILES)
-def test_bad_split_files_are_one_line(tmp_path, content, match: str) -> None:
-    path = tmp_path / "split.csv"
-    if content is None:
-        path.mkdir()
-    elif content != "missing":
-        path.write_bytes(content)
-    with pytest.raises(LandscapeError, match=match) as exc:
-        partition.read_split_file(path, np.array([0, 1, 1, 0, 2, 2]))
-    assert len(assert_one_line(exc, path)) < len(str(path)) + 200
-
-
-def test_split_file_messages_quote_only_the_offending_row(tmp_path) -> None:
-    path = tmp_path / "split.csv"
-    path.write_text("user_id,image_id,class\n0,1,1\n0,2,TOPSECRET-" + "Z" * 1000 + "\nSECRET,SECRET,SECRET\n")
-    with pytest.raises(LandscapeError, match=r"must be integers, got '2', 'TOPSEC\.\.\. \(") as exc:
-        partition.read_split_file(path)
-    text = assert_one_line(exc, f"{path}:3")
-    assert "SECRET" not in text and "Z" not in text.replace(str(path), "")
-
-
-def test_split_file_header_after_blank_lines_and_byte_order_mark(tmp_path) -> None:
-    path = tmp_path / "split.csv"
-    path.write_bytes("\ufeff\nuser_id,image_id,class\n7,1,1\n7,2,1\n".encode())
-    assert [p.tolist() for p in partition.read_split_file(path, np.array([0, 1, 1]))] == [[1, 2]]
-
-
-@pytest.mark.parametrize("code, what", [(errno.EACCES, "permission denied"), (errno.EIO, "input/output error")])
-def test_split_file_os_errors_are_one_line(tmp_path, monkeypatch, code, what) -> None:
-    # Tests run as root, which reads any file: the refusal is simulated where partition.py opens it.
-    path = tmp_path / "split.csv"
-    write_split(path, [(0, 0, 0)])
-
-    def refuse(*args, **kwargs):
-        raise OSError(code, os.strerror(code))
-
-    monkeypatch.setattr(partition, "open", refuse, raising=False)
-    with pytest.raises(LandscapeError, match=f"cannot read split file: {what}") as exc:
-        partition.read_split_file(path)
-    assert_one_line(exc, path)
 
 
 GOOD_SPEC = {"num_clients": 2, "samples_per_client": 2, "alpha": 0.5, "seed": 0}

@@ -64,7 +64,7 @@ class TrainConfig:
         num_clients, samples_per_client: the federation (None: 100 x 500 on CIFAR [C22], 20 x 65 on
             digits, 10 clients sharing the data otherwise).
         alpha: total Dirichlet concentration [H19] (0: one class per client; large: iid).
-        split_file: a published ``user_id,image_id,class`` split (overrides alpha).
+        split_file: a published split (overrides alpha), in any format of :mod:`landscape.splits`.
         clients_per_round: C, sampled uniformly without replacement each round.
         num_rounds: T.
         lr, batch_size, local_epochs, weight_decay, client_momentum: the client SGD [C22 App. C].
@@ -101,7 +101,10 @@ class TrainConfig:
         'training samples per client', None, default_text='500 on CIFAR, 65 on digits')
     alpha: float = option(
         'total Dirichlet concentration [H19] (alpha/C per class): 0 = one class per client, large = iid', 0.0)
-    split_file: str | None = option('a published split, CSV rows user_id,image_id,class (replaces --alpha)', None)
+    split_file: str | None = option(
+        "a published split (replaces --alpha), told apart by content: fedsam's JSON {users, num_samples, user_data} "
+        "naming CIFAR images by their filenames, a JSON {client: [image indices]} (e.g. from Flower's "
+        "partitioners) or a CSV with rows user_id,image_id,class", None)
     clients_per_round: int = option('clients sampled per round', 5)
     num_rounds: int = option('communication rounds T', 20000)
     lr: float = option('client learning rate', 0.01)

@@ -27,6 +27,7 @@ from landscape import data
 from landscape.errors import LandscapeError, os_error
 from landscape.files import atomic_write, is_inside, save_torch, sha256
 from landscape.run_folder import RunFolder
+from landscape.splits import SUFFIXES
 from landscape.train import swa
 from landscape.train.config import TrainConfig
 
@@ -218,7 +219,8 @@ def config_difference(a: TrainConfig, b: TrainConfig) -> list[str]:
 
 
 def keep_split_file(out: Path, spec: dict[str, Any]) -> None:
-    """Copy a run's split file into its folder (``OUT/split.EXT``) and record the copy in the
+    """Copy a run's split file into its folder (``OUT/split.csv`` or ``OUT/split.json``, by its
+    detected format, :data:`landscape.splits.SUFFIXES`) and record the copy in the
     checkpoints' data ``spec`` (its partition's ``split_file``, in place).
 
     A checkpoint only points at files inside its run folder (see ``landscape.cli.common``), so
@@ -229,7 +231,7 @@ def keep_split_file(out: Path, spec: dict[str, Any]) -> None:
     if not part.get("split_file"):
         return
     source = Path(part["split_file"])
-    copy_path = RunFolder(out).split_copy(source.suffix)
+    copy_path = RunFolder(out).split_copy(SUFFIXES[part["split_format"]])
     if not (copy_path.is_file() and sha256(copy_path) == part["split_sha256"]):
         payload = source.read_bytes()
         atomic_write(copy_path, lambda tmp: tmp.write_bytes(payload))

@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from landscape import checkpoint, data, models, partition
+from landscape import checkpoint, data, models, partition, splits
 from landscape.errors import LandscapeError, os_error, user_code
-from landscape.files import exclusive, sha256, write_json
+from landscape.files import exclusive, write_json
 from landscape.operators import resolve_device
 from landscape.run_folder import RunFolder
 from landscape.train import algorithms, folder, swa
@@ -79,10 +79,11 @@ def load_federation(cfg: TrainConfig, data_dir: str | None = None) -> tuple[Trai
     labels = train_ds.y.numpy()
     num_clients, per_client = partition.default_federation(name, labels)
     if cfg.split_file:
-        parts = partition.read_split_file(cfg.split_file, labels)
+        split = splits.read_split_file(cfg.split_file, labels, train_ds.names)
+        parts = split.parts
         pspec = {"num_clients": len(parts), "samples_per_client": None, "alpha": None, "seed": cfg.seed,
                  "split_file": str(Path(cfg.split_file).expanduser().resolve()),
-                 "split_sha256": sha256(Path(cfg.split_file).expanduser())}
+                 "split_sha256": split.sha256, "split_format": split.format}
         cfg = cfg.replace(num_clients=len(parts))
     else:
         cfg = cfg.replace(num_clients=cfg.num_clients or num_clients,

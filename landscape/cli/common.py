@@ -44,7 +44,8 @@ def add_data_args(p: argparse.ArgumentParser, default_samples: int | None = None
     p.add_argument("--data-dir", metavar="DIR", help="folder holding CIFAR in its python format (default: "
                    "$LANDSCAPE_DATA, else the folder the checkpoint names if it lies in its run folder, else ./data)")
     p.add_argument("--split-file", metavar="FILE", help="the split file the checkpoint's partition was built "
-                   "from, when it lies outside the run folder (a checkpoint only points at files in its run folder)")
+                   "from (fedsam's JSON, a JSON {client: [image indices]} or a CSV user_id,image_id,class), when "
+                   "it lies outside the run folder (a checkpoint only points at files in its run folder)")
     p.add_argument("--num-samples", type=integer(1), default=default_samples, metavar="N",
                    help=f"use a seeded random subset of N samples (default: {default_samples or 'all'})")
     p.add_argument("--batch-size", type=integer(1), default=None, metavar="B",
