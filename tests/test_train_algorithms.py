@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from landscape.train import algorithms, swa
+from landscape.train import algorithms, schedule, swa
 from landscape.train.algorithms import ClientStart, LocalState
 from landscape.train.config import TrainConfig
 from landscape.train.engine import FederatedData, SequentialEngine, sample_cohort
@@ -121,7 +121,7 @@ def run_rounds(cfg: TrainConfig, model: nn.Module, rounds: int = 3) -> object:
     state = algo.init({k: v.detach().clone() for k, v in model.state_dict().items()}, engine.param_names)
     for t in range(rounds):
         cohort = sample_cohort(cfg.seed, t, cfg.num_clients, cfg.clients_per_round)
-        state = engine.run_round(algo, state, t, cohort, swa.client_lr(cfg, t)).state
+        state = engine.run_round(algo, state, t, cohort, schedule.client_lr(cfg, t)).state
     return state
 
 
@@ -199,20 +199,111 @@ def test_fednsam_two_rounds_by_hand() -> None:
     assert float(m[0].abs().max()) > 1e-3
 
 
-def test_fednsam_reference_momentum_flag() -> None:
-    model, X, y = linear_setup(n=16, seed=1)
-    cfg = config(algorithm="fednsam", gamma=0.5, num_clients=2, clients_per_round=2, batch_size=64,
-                 fednsam_reference_momentum=True)
-    engine = SequentialEngine(model, FederatedData.build(X, y, [np.arange(6), np.arange(6, 16)], CPU, torch.float64),
-                              cfg, CPU)
+def test_fednsam_reference_recursion_three_rounds_by_hand() -> None:
+    """--fednsam-reference-momentum == main_FedNSAM.py's apply_weights_avgACG, three rounds in float64:
+    clients start at z = x + gamma m; Delta = uniform mean of u_K - z (--client-weights uniform, unequal
+    clients); m_1 = Delta_1, m_r = (1 + gamma) Delta_r; x_r = x_{r-1} + m_r. Local SAM with rho = 0 is
+    plain gradient descent, so the client side is closed-form too."""
+    model, X, y = linear_setup(n=16, seed=2)
+    parts = [np.arange(0, 5), np.arange(5, 16)]
+    gamma, lr, wd, steps = 0.6, 0.4, 0.01, 2
+    cfg = config(algorithm="fednsam", gamma=gamma, rho=0.0, perturbation="local_sam", lr=lr, weight_decay=wd,
+                 num_clients=2, clients_per_round=2, batch_size=64, local_epochs=steps,
+                 fednsam_reference_momentum=True, client_weights="uniform")
+    engine = SequentialEngine(model, FederatedData.build(X, y, parts, CPU, torch.float64), cfg, CPU)
     algo = algorithms.from_config(cfg)
-    s0 = algo.init({k: v.detach().clone() for k, v in model.state_dict().items()}, engine.param_names)
-    s1 = engine.run_round(algo, s0, 0, [0, 1], cfg.lr).state
-    s2 = engine.run_round(algo, s1, 1, [0, 1], cfg.lr).state
-    z = {k: s1.weights[k] + 0.5 * s1.momentum[k] for k in s1.momentum}
-    for k in ("weight", "bias"):
-        torch.testing.assert_close(s1.momentum[k], 1.5 * (s1.weights[k] - s0.weights[k]), rtol=0, atol=1e-14)
-        torch.testing.assert_close(s2.momentum[k], 1.5 * (s2.weights[k] - z[k]), rtol=0, atol=1e-14)
+    state = algo.init({k: v.detach().clone() for k, v in model.state_dict().items()}, engine.param_names)
+    x = [model.weight.detach().clone(), model.bias.detach().clone()]
+    m = [torch.zeros_like(x[0]), torch.zeros_like(x[1])]
+    for r in range(3):
+        z = [x[i] + gamma * m[i] for i in range(2)]
+        deltas = []
+        for p in parts:
+            u = list(z)
+            for _ in range(steps):
+                gW, gb = ce_grad(u[0], u[1], X[p], y[p])
+                u = [u[0] - lr * (gW + wd * u[0]), u[1] - lr * (gb + wd * u[1])]
+            deltas.append([u[i] - z[i] for i in range(2)])
+        delta = [(deltas[0][i] + deltas[1][i]) / 2 for i in range(2)]  # 1 / (num_workers * selection)
+        m = [delta[i] if r == 0 else (1 + gamma) * delta[i] for i in range(2)]
+        x = [x[i] + m[i] for i in range(2)]
+        state = engine.run_round(algo, state, r, [0, 1], lr).state
+        for i, k in enumerate(("weight", "bias")):
+            torch.testing.assert_close(state.momentum[k], m[i], rtol=0, atol=1e-13)
+            torch.testing.assert_close(state.weights[k], x[i], rtol=0, atol=1e-13)
+    # the recursion is not the Nesterov rule: the default run ends elsewhere
+    default = algorithms.from_config(cfg.replace(fednsam_reference_momentum=False))
+    other = default.init({k: v.detach().clone() for k, v in model.state_dict().items()}, engine.param_names)
+    for r in range(3):
+        other = engine.run_round(default, other, r, [0, 1], lr).state
+    assert float((other.weights["weight"] - state.weights["weight"]).abs().max()) > 1e-3
+
+
+def test_uniform_client_weights_are_the_plain_mean_of_unequal_clients() -> None:
+    model, X, y = linear_setup(n=16, seed=3)
+    parts = [np.arange(0, 3), np.arange(3, 16)]
+    cfg = config(num_clients=2, clients_per_round=2, batch_size=4, client_weights="uniform")
+    engine = SequentialEngine(model, FederatedData.build(X, y, parts, CPU, torch.float64), cfg, CPU)
+    algo = algorithms.from_config(cfg)
+    state = algo.init({k: v.detach().clone() for k, v in model.state_dict().items()}, engine.param_names)
+    out = engine.run_round(algo, state, 0, [0, 1], cfg.lr, keep_clients=True)
+    for k, v in out.state.weights.items():
+        torch.testing.assert_close(v, (out.client_weights[0][k] + out.client_weights[1][k]) / 2, rtol=0, atol=1e-15)
+    by_samples = SequentialEngine(model, engine.data, cfg.replace(client_weights="samples"), CPU)
+    other = by_samples.run_round(algo, state, 0, [0, 1], cfg.lr).state
+    assert float((other.weights["weight"] - out.state.weights["weight"]).abs().max()) > 1e-4
+
+
+def test_gradient_clipping_is_torch_clip_grad_norm_before_weight_decay() -> None:
+    """One plain step with --max-grad-norm c: w - lr (g min(1, c / (||g|| + 1e-6)) + wd w), ||.|| over all
+    parameters, checked against torch.nn.utils.clip_grad_norm_ + torch.optim.SGD(weight_decay) itself."""
+    cfg = config(max_grad_norm=0.05, lr=0.3, weight_decay=0.01)
+    new, W, b, X, y = one_step(cfg)
+    ref = nn.Linear(3, 2).double()
+    with torch.no_grad():
+        ref.weight.copy_(W), ref.bias.copy_(b)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.3, weight_decay=0.01)
+    nn.functional.cross_entropy(ref(X), y).backward()
+    gW, gb = ce_grad(W, b, X, y)
+    assert float(torch.sqrt((gW ** 2).sum() + (gb ** 2).sum())) > 0.05  # the clip is active
+    torch.nn.utils.clip_grad_norm_(ref.parameters(), max_norm=0.05)
+    opt.step()
+    torch.testing.assert_close(new["weight"], ref.weight.detach(), rtol=0, atol=1e-15)
+    torch.testing.assert_close(new["bias"], ref.bias.detach(), rtol=0, atol=1e-15)
+    loose, *_ = one_step(cfg.replace(max_grad_norm=1e6))  # a bound above ||g|| changes nothing
+    plain, *_ = one_step(cfg.replace(max_grad_norm=0.0))
+    torch.testing.assert_close(loose["weight"], plain["weight"], rtol=0, atol=1e-15)
+
+
+def test_cosine_schedule_and_swa_cycle_of_one() -> None:
+    """Cosine: lr (1 + cos(pi t / T)) / 2 as main_FedNSAM.py (eta_min 0, t the 0-based round); SWA c = 1:
+    eq. 8 gives gamma2 every round, fedsam's main.py keeps the client lr (it cycles only when c > 1)."""
+    import math
+
+    cfg = TrainConfig(num_rounds=10, lr=0.2, lr_schedule="cosine")
+    assert [schedule.client_lr(cfg, t) for t in range(10)] == [0.5 * 0.2 * (1 + math.cos(math.pi * t / 10))
+                                                               for t in range(10)]
+    c1 = TrainConfig(num_rounds=8, lr=0.05, swa=True, swa_start=0.5, swa_cycle=1, swa_gamma1=0.01, swa_gamma2=1e-4)
+    assert [schedule.client_lr(c1, t) for t in range(8)] == [0.05] * 4 + [1e-4] * 4
+    assert [schedule.client_lr(c1.replace(swa_c1_keeps_lr=True), t) for t in range(8)] == [0.05] * 8
+    assert [t for t in range(8) if swa.is_collection_round(c1, t)] == [4, 5, 6, 7]  # every round ends a cycle
+    # SWA's cycle overrides the cosine base schedule, which runs until t0
+    both = TrainConfig(num_rounds=8, lr=0.2, lr_schedule="cosine", swa=True, swa_start=0.5, swa_cycle=2)
+    assert schedule.client_lr(both, 3) == 0.5 * 0.2 * (1 + math.cos(math.pi * 3 / 8))
+    assert schedule.client_lr(both, 5) == both.swa_gamma2
+
+
+def test_fedsam_cohorts_are_np_random_seed_round() -> None:
+    """--cohort-sampling fedsam == fedsam's select_clients: np.random.seed(round); np.random.choice(clients, C,
+    replace=False), clients sorted by their id as strings; independent of --seed."""
+    ids = [str(k) for k in range(100)]
+    clients = sorted(ids)  # fedsam's read_dir: sorted(data.keys())
+    for r in (0, 1, 7, 123):
+        np.random.seed(r)
+        chosen = np.random.choice(clients, 10, replace=False)
+        expected = sorted(int(u) for u in chosen)
+        assert sample_cohort(0, r, 100, 10, "fedsam") == expected == sample_cohort(99, r, 100, 10, "fedsam")
+    assert sample_cohort(0, 3, 100, 10) != sample_cohort(1, 3, 100, 10)  # the default depends on the seed
 
 
 def test_fednsam_buffers_averaged_not_extrapolated() -> None:
@@ -231,7 +322,7 @@ def test_swa_learning_rate_schedule_and_collection() -> None:
     g1, g2, c, T = 1e-2, 1e-4, 4, 40
     cfg = TrainConfig(num_rounds=T, lr=0.05, swa=True, swa_start=0.75, swa_gamma1=g1, swa_gamma2=g2, swa_cycle=c)
     t0 = 30  # 75% of 40
-    lrs = [swa.client_lr(cfg, t) for t in range(T)]
+    lrs = [schedule.client_lr(cfg, t) for t in range(T)]
     assert lrs[:t0] == [0.05] * t0
     cycle = [g1 - (g1 - g2) * j / c for j in (1, 2, 3, 4)]  # eq. 8: t(i) = (mod(i, c) + 1) / c
     np.testing.assert_allclose(lrs[t0:], cycle * 2 + cycle[:2], rtol=1e-12)
@@ -240,7 +331,7 @@ def test_swa_learning_rate_schedule_and_collection() -> None:
     early = cfg.replace(swa_collect_early=True)
     assert [t for t in range(T) if swa.is_collection_round(early, t)] == [34, 38]  # i > t0, (i - t0) % c == 0
     assert not any(swa.is_collection_round(cfg.replace(swa=False), t) for t in range(T))
-    assert swa.client_lr(cfg.replace(swa=False), 35) == 0.05
+    assert schedule.client_lr(cfg.replace(swa=False), 35) == 0.05
 
 
 def test_swa_running_mean() -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 
 import numpy as np
 import pytest
 import torch
 
 from tests.test_train_algorithms import TinyNet
-from landscape.train import algorithms, augment, swa
+from landscape.train import algorithms, augment, schedule
 from landscape.train.config import TrainConfig
 from landscape.train.engine import (BatchedEngine, FederatedData, SequentialEngine, _plans_to_device, derive_seed, make_engine,
                           plan_client, sample_cohort)
@@ -31,7 +33,12 @@ CASES = [
     {"algorithm": "fednsam", "rho": 0.1, "perturbation": "local_sam"},
     {"algorithm": "fednsam", "rho": 0.1, "fednsam_reference_momentum": True, "fednsam_extrapolate_buffers": True},
     {"algorithm": "fedavg", "client_momentum": 0.9, "swa": True, "swa_start": 0.0, "swa_cycle": 2},
+    {"algorithm": "fednsam", "rho": 0.1, "perturbation": "local_sam", "max_grad_norm": 0.05,
+     "client_weights": "uniform", "lr_schedule": "cosine", "fednsam_reference_momentum": True},
+    {"algorithm": "fedasam", "rho": 0.5, "max_grad_norm": 0.05},
 ]
+#: Options added after the first release; a config written without them must resume unchanged.
+LATER_OPTIONS = ("cohort_sampling", "client_weights", "lr_schedule", "max_grad_norm", "swa_c1_keeps_lr")
 
 
 def run(engine_cls: type, cfg: TrainConfig, norm: str | None, rounds: int = 3) -> tuple[object, list[float], dict]:
@@ -47,7 +54,7 @@ def run(engine_cls: type, cfg: TrainConfig, norm: str | None, rounds: int = 3) -
     losses, clients = [], {}
     for t in range(rounds):
         cohort = sample_cohort(cfg.seed, t, cfg.num_clients, cfg.clients_per_round)
-        result = engine.run_round(algo, state, t, cohort, swa.client_lr(cfg, t), keep_clients=True)
+        result = engine.run_round(algo, state, t, cohort, schedule.client_lr(cfg, t), keep_clients=True)
         state = result.state
         losses.append(result.train_loss)
         clients = result.client_weights
@@ -251,9 +258,15 @@ def test_a_state_file_in_the_first_release_layout_resumes(tmp_path, algorithm: s
         fields[extra] = {k: v.clone() for k, v in old[extra].items()}
     fields["round"] = 2
     kind = {"fedavg": "FedAvgState", "fedavgm": "FedAvgMState", "fednsam": "FedNSAMState"}[algorithm]
-    torch.save({"format": "landscape-train-state", "round": 2, "config": saved["config"],  # the resolved config
+    first_config = {k: v for k, v in saved["config"].items() if k not in LATER_OPTIONS}  # the resolved config
+    assert len(first_config) == len(saved["config"]) - len(LATER_OPTIONS)
+    torch.save({"format": "landscape-train-state", "round": 2, "config": first_config,
                 "server": {"type": kind, "fields": fields}, "swa": {"weights": None, "num_models": 0},
                 "elapsed": 1.5}, tmp_path / "cut" / "state.pt")
+    config_json = tmp_path / "cut" / "config.json"
+    stored = json.loads(config_json.read_text())
+    stored["config"] = {k: v for k, v in stored["config"].items() if k not in LATER_OPTIONS}
+    config_json.write_text(json.dumps(stored))
     resumed = train(cfg, tmp_path / "cut", engine="sequential", resume=True)
     assert resumed.state.round == 4
     for k, v in full.state.weights.items():

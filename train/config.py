@@ -22,6 +22,9 @@ from landscape.train.algorithms.fednsam import PERTURBATIONS
 from landscape.train.sam import ASAM_VARIANTS
 
 DTYPES = ("float32", "float64")
+LR_SCHEDULES = ("constant", "cosine")
+COHORT_SAMPLINGS = ("seeded", "fedsam")
+CLIENT_WEIGHTS = ("samples", "uniform")
 
 
 def option(help: str, default: Any = dataclasses.MISSING, *, default_text: str | None = None,
@@ -66,8 +69,16 @@ class TrainConfig:
         alpha: total Dirichlet concentration [H19] (0: one class per client; large: iid).
         split_file: a published split (overrides alpha), in any format of :mod:`landscape.splits`.
         clients_per_round: C, sampled uniformly without replacement each round.
+        cohort_sampling: ``seeded`` (from (seed, round)) or ``fedsam`` (``np.random.seed(round)``
+            then ``np.random.choice``, fedsam's code; the same cohorts for every seed).
+        client_weights: aggregation weight of client k: ``samples`` (n_k [C22]) or ``uniform``
+            (1 per client, the FedNSAM code).
         num_rounds: T.
         lr, batch_size, local_epochs, weight_decay, client_momentum: the client SGD [C22 App. C].
+        lr_schedule: the client lr over rounds: ``constant`` or ``cosine``
+            (``lr_t = lr (1 + cos(pi t / T)) / 2``, 0-based t, the FedNSAM code); SWA overrides it.
+        max_grad_norm: clip each client gradient to this L2 norm before the step (0: off; 10 in
+            the FedNSAM code, as ``torch.nn.utils.clip_grad_norm_``).
         augment: random crop (padding 4) + horizontal flip on the device, for image data.
         rho, eta: SAM/ASAM neighbourhood and ASAM offset [C22 eq. 4, K21].
         asam_variant: ``kwon`` (T = |w| + eta on weights, 1 on biases) or ``davda54``.
@@ -75,12 +86,15 @@ class TrainConfig:
         server_lr, server_momentum: FedAvgM server SGD (eta_s = 1, beta = 0.9 [C22]).
         gamma: FedNSAM server momentum / Nesterov extrapolation [L26].
         perturbation: FedNSAM perturbation, ``global_momentum`` (-rho m/||m||) or ``local_sam``.
-        fednsam_reference_momentum: reproduce the reference code's m = (1 + gamma) * Delta (a defect).
+        fednsam_reference_momentum: the reference code's server recursion m_1 = Delta_1,
+            m_r = (1 + gamma) Delta_r, x_r = x_{r-1} + m_r (a defect).
         fednsam_extrapolate_buffers: extrapolate normalization buffers like parameters (reference).
         swa: server-side SWA with the cyclic client learning rate [C22 §4].
         swa_start: fraction of the rounds after which SWA starts (0.75).
         swa_gamma1, swa_gamma2, swa_cycle: the cycle's highest/lowest lr and its length c.
         swa_collect_early: collect right after the highest-lr round, as fedsam's code does.
+        swa_c1_keeps_lr: with c = 1, keep the client lr (fedsam's code cycles only when c > 1);
+            otherwise c = 1 is [C22] eq. 8's constant gamma2.
         seed: derives the partition, the initial model, the cohorts and every client stream.
         eval_every, save_every, save_clients_every: test evaluation / global checkpoint / client
             checkpoint period in rounds (0: never; the last round is always evaluated and saved).
@@ -106,12 +120,23 @@ class TrainConfig:
         "naming CIFAR images by their filenames, a JSON {client: [image indices]} (e.g. from Flower's "
         "partitioners) or a CSV with rows user_id,image_id,class", None)
     clients_per_round: int = option('clients sampled per round', 5)
+    cohort_sampling: str = option(
+        "seeded (from --seed and the round) or fedsam (np.random.seed(round), fedsam's code; ignores --seed)",
+        'seeded')
+    client_weights: str = option(
+        'aggregation weight of a client: samples (its n_k [C22]) or uniform (the FedNSAM code)', 'samples')
     num_rounds: int = option('communication rounds T', 20000)
     lr: float = option('client learning rate', 0.01)
     batch_size: int = option('client batch size', 64)
     local_epochs: int = option('local epochs E per round', 1)
     weight_decay: float = option('client weight decay', 0.0004)
     client_momentum: float = option('client SGD momentum, reset every round', 0.0)
+    lr_schedule: str = option(
+        'client lr over rounds: constant or cosine (lr (1 + cos(pi t/T)) / 2, the FedNSAM code); SWA overrides it',
+        'constant')
+    max_grad_norm: float = option(
+        'clip each client gradient to this L2 norm before the step (10 in the FedNSAM code)', 0.0,
+        default_text='0 = off')
     augment: bool = option(
         'random crop (pad 4) + horizontal flip on the device, for images', False,
         default_text='off; on in the CIFAR presets')
@@ -125,7 +150,8 @@ class TrainConfig:
     gamma: float = option('FedNSAM momentum / Nesterov extrapolation gamma', 0.85)
     perturbation: str = option('FedNSAM perturbation: global_momentum or local_sam', 'global_momentum')
     fednsam_reference_momentum: bool = option(
-        "reproduce the FedNSAM reference code's m = (1+gamma) Delta (a known defect)", False)
+        "the FedNSAM reference code's server rule m_1 = Delta_1, m_r = (1+gamma) Delta_r, x_r = x_{r-1} + m_r "
+        "(a known defect)", False)
     fednsam_extrapolate_buffers: bool = option(
         'extrapolate normalization buffers like weights (FedNSAM reference code)', False)
     swa: bool = option('server-side SWA with the cyclic client learning rate [C22]', False)
@@ -135,6 +161,8 @@ class TrainConfig:
     swa_cycle: int = option('SWA cycle length c in rounds', 20, default_text='20; 10 on CIFAR-10')
     swa_collect_early: bool = option(
         "collect the SWA model right after the highest-lr round (fedsam code's behaviour)", False)
+    swa_c1_keeps_lr: bool = option(
+        "with --swa-cycle 1 keep the client lr, as fedsam's code does (else eq. 8's constant gamma2)", False)
     seed: int = option('seed of the partition, the initial model, the cohorts and all client streams', 0)
     eval_every: int = option('evaluate on the test set every K rounds', 100, default_text='100; always at the end')
     save_every: int = option(
@@ -224,6 +252,7 @@ RANGES: dict[str, Range] = {
     "batch_size": Range(1, integer=True),
     "local_epochs": Range(1, integer=True),
     "weight_decay": Range(0),
+    "max_grad_norm": Range(0, meaning="0: no clipping"),
     "client_momentum": Range(0, 1, high_open=True),
     "rho": Range(0, optional=True),
     "eta": Range(0),
@@ -242,10 +271,11 @@ RANGES: dict[str, Range] = {
 #: The string fields and their choices (None: any string).
 CHOICES: dict[str, tuple[str, ...] | None] = {
     "algorithm": ALGORITHMS, "dataset": None, "model": None, "asam_variant": ASAM_VARIANTS,
-    "perturbation": PERTURBATIONS, "dtype": DTYPES,
+    "perturbation": PERTURBATIONS, "dtype": DTYPES, "lr_schedule": LR_SCHEDULES,
+    "cohort_sampling": COHORT_SAMPLINGS, "client_weights": CLIENT_WEIGHTS,
 }
 BOOLS = ("augment", "bn_first_pass_only", "fednsam_reference_momentum", "fednsam_extrapolate_buffers", "swa",
-         "swa_collect_early", "bf16")
+         "swa_collect_early", "swa_c1_keeps_lr", "bf16")
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -297,7 +327,7 @@ def _c22(dataset: str, alpha: float, algorithm: str, swa: bool) -> dict[str, Any
         "num_rounds": 10000 if c10 else 20000, "lr": 0.01, "batch_size": 64, "local_epochs": 1,
         "weight_decay": 4e-4, "client_momentum": 0.0, "augment": True, "eval_every": 100,
         "save_every": 1000, "swa": swa, "swa_start": 0.75, "swa_gamma1": 1e-2, "swa_gamma2": 1e-4,
-        "swa_cycle": 10 if c10 else 20,
+        "swa_cycle": 10 if c10 else 20, "cohort_sampling": "fedsam",
     }
     if algorithm == "fedsam":
         base["rho"] = sam_rho
@@ -315,15 +345,21 @@ def _build_presets() -> dict[str, tuple[str, dict[str, Any]]]:
             for algorithm in ("fedavg", "fedavgm", "fedsam", "fedasam"):
                 for swa in (False, True):
                     name = f"c22-{dataset}-a{alpha:g}-{algorithm}{'-swa' if swa else ''}"
-                    desc = f"[C22] {dataset} CNN, alpha={alpha:g}, {algorithm}{' + SWA' if swa else ''}"
+                    desc = (f"[C22] {dataset} CNN, alpha={alpha:g}, {algorithm}{' + SWA' if swa else ''}; "
+                            f"reference behaviour: fedsam's cohorts (np.random.seed(round)); pass its published "
+                            f"split with --split-file")
                     presets[name] = (desc, _c22(dataset, alpha, algorithm, swa))
     presets["l26-cifar100-fednsam"] = (
-        "[L26] reference setting: CIFAR-100 LeNet-5, 100 clients, 10 per round, lr 0.1, rho 0.05, "
-        "gamma 0.85, wd 1e-3, Dirichlet 0.1 per class (= total alpha 10)",
+        "[L26] reference setting: CIFAR-100, the FedNSAM code's 'LeNet-5' (lenet5-fednsam), 100 clients, 10 per "
+        "round, lr 0.1, rho 0.05, gamma 0.85, wd 1e-3, Dirichlet 0.1 per class (= total alpha 10); reference "
+        "behaviours: gradient clipping to 10, cosine lr decay, uniform client weights; the paper's server rule "
+        "(--fednsam-reference-momentum for the code's) and eps along the global momentum (--perturbation "
+        "local_sam for the code's local SAM step)",
         {"algorithm": "fednsam", "dataset": "cifar100", "model": "lenet5-fednsam", "num_clients": 100,
          "samples_per_client": 500, "alpha": 10.0, "clients_per_round": 10, "num_rounds": 1000,
          "lr": 0.1, "batch_size": 50, "local_epochs": 5, "weight_decay": 1e-3, "rho": 0.05, "gamma": 0.85,
-         "perturbation": "global_momentum", "augment": True, "eval_every": 10, "save_every": 100},
+         "perturbation": "global_momentum", "augment": True, "eval_every": 10, "save_every": 100,
+         "max_grad_norm": 10.0, "lr_schedule": "cosine", "client_weights": "uniform"},
     )
     presets["digits-demo"] = (
         "a minute-long demo on the offline digits data: MLP, 20 clients x 65, alpha 1, 5 per round",

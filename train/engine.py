@@ -49,14 +49,31 @@ def derive_seed(seed: int, round: int, client_id: int, stream: int) -> int:
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-def sample_cohort(seed: int, round: int, num_clients: int, clients_per_round: int) -> list[int]:
-    """C distinct clients, uniformly, from a generator seeded by (seed, round); sorted."""
+def sample_cohort(seed: int, round: int, num_clients: int, clients_per_round: int, sampling: str = "seeded"
+                  ) -> list[int]:
+    """C distinct clients of 0-based round ``round``, uniformly without replacement; sorted.
+
+    ``seeded``: from a generator seeded by (seed, round). ``fedsam``: as fedsam's
+    ``select_clients`` draws them, ``np.random.seed(round)`` then
+    ``np.random.choice(clients, C, replace=False)`` (a private ``RandomState(round)`` here, so the
+    global numpy state is left alone), the same cohorts for every seed. fedsam's ``clients`` are
+    sorted by user id as strings ("0", "1", "10", ...) while client k here is user "k" (ids sorted
+    as numbers, :mod:`landscape.splits`), so positions are drawn in fedsam's order and mapped back.
+
+    >>> sample_cohort(0, 0, 12, 3, "fedsam")  # positions [6, 11, 4] of "0", "1", "10", "11", "2", ...
+    [2, 4, 9]
+    """
     if clients_per_round > num_clients:
         raise LandscapeError(
             f"--clients-per-round {clients_per_round} is more than the {num_clients} clients; lower it"
         )
-    rng = np.random.default_rng(derive_seed(seed, round, -1, STREAM_COHORT))
-    return sorted(int(k) for k in rng.choice(num_clients, clients_per_round, replace=False))
+    if sampling == "fedsam":
+        order = sorted(range(num_clients), key=str)
+        chosen = [order[p] for p in np.random.RandomState(round).choice(num_clients, clients_per_round, replace=False)]
+    else:
+        chosen = np.random.default_rng(derive_seed(seed, round, -1, STREAM_COHORT)).choice(
+            num_clients, clients_per_round, replace=False)
+    return sorted(int(k) for k in chosen)
 
 
 @dataclass(frozen=True)
@@ -150,9 +167,10 @@ class BlockResult:
     """What one block of a round's clients produced (blocks of one round combine by adding ``sums``).
 
     Attributes:
-        sums: the sample-weighted sum of the block's client models and its total weight.
+        sums: the weighted sum of the block's client models (weights :meth:`Engine.aggregation_weight`)
+            and its total weight.
         client_losses: client id -> mean batch loss.
-        client_sizes: client id -> number of samples n_k (its weight).
+        client_sizes: client id -> number of samples n_k.
         client_weights: client id -> final local weights (only when asked for); its delta is
             ``client_weights[k] - start.weights``.
     """
@@ -192,11 +210,16 @@ class Engine:
         # What running needs of the config: the batch schedule and the forward pass's precision.
         self.seed, self.batch_size, self.local_epochs = cfg.seed, cfg.batch_size, cfg.local_epochs
         self.bf16 = bool(cfg.bf16)
+        self.uniform_weights = getattr(cfg, "client_weights", "samples") == "uniform"
         self.param_names = tuple(n for n, _ in model.named_parameters())
         self.buffer_names = tuple(n for n, _ in model.named_buffers())
         # BatchNorm cannot normalize one sample in training mode: such a last batch is left out.
         has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         self.min_batch = 2 if has_bn else 1
+
+    def aggregation_weight(self, client_id: int) -> float:
+        """Client k's weight in the mean: n_k [C22 eq. 1], or 1 with uniform client weights (FedNSAM's code)."""
+        return 1.0 if self.uniform_weights else float(self.data.num_samples(client_id))
 
     def autocast(self) -> Any:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -268,7 +291,8 @@ class SequentialEngine(Engine):
             final, losses[k] = self.train_client(algo, start, steps, lr)
             finals.append(final)
         sizes = [self.data.num_samples(k) for k in clients]
-        return BlockResult(weighted_sum(finals, sizes), losses, dict(zip(clients, sizes)),
+        return BlockResult(weighted_sum(finals, [self.aggregation_weight(k) for k in clients]), losses,
+                           dict(zip(clients, sizes)),
                            dict(zip(clients, finals)) if keep_clients else None)
 
 
@@ -386,7 +410,8 @@ class BatchedEngine(Engine):
         client_loss = (loss_sum / num_steps).cpu()
         sizes = [self.data.num_samples(k) for k in clients]
         stacked = {**local.params, **local.buffers}
-        sums = stacked_weighted_sum(stacked, torch.tensor(sizes, dtype=torch.float64, device=self.device))
+        weights = [self.aggregation_weight(k) for k in clients]
+        sums = stacked_weighted_sum(stacked, torch.tensor(weights, dtype=torch.float64, device=self.device))
         clients_out = None
         if keep_clients:
             clients_out = {k: {n: v[j].clone() for n, v in stacked.items()} for j, k in enumerate(clients)}

@@ -67,12 +67,26 @@ def _same_tensors(found: Any, expected: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
+def _same_config(stored: Any, cfg: TrainConfig) -> bool:
+    """Whether a state file's config is ``cfg``; options added since it was written take their defaults.
+
+    Every option added later defaults to the behaviour from before it existed, so a state file
+    of an older release resumes.
+    """
+    if not isinstance(stored, dict):
+        return False
+    try:
+        return TrainConfig.from_dict(stored).to_dict() == cfg.to_dict()
+    except (LandscapeError, TypeError):
+        return False
+
+
 def _state_problem(payload: dict[str, Any], cfg: TrainConfig, expected: Any) -> str | None:
     """What is wrong with a state payload for this config and model (None: nothing)."""
     r = payload.get("round")
     if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= cfg.num_rounds:
         return f"round {r!r} is not a round of this run"
-    if payload.get("config") != cfg.to_dict():
+    if not _same_config(payload.get("config"), cfg):
         return "it was written by another config"
     server = payload.get("server")
     kind = type(expected).__name__

@@ -36,7 +36,7 @@ from landscape.errors import LandscapeError, os_error, user_code
 from landscape.files import exclusive, write_json
 from landscape.operators import resolve_device
 from landscape.run_folder import RunFolder
-from landscape.train import algorithms, folder, swa
+from landscape.train import algorithms, folder, schedule, swa
 from landscape.train.config import TrainConfig
 from landscape.train.engine import STREAM_INIT, FederatedData, derive_seed, evaluate, make_engine, sample_cohort
 
@@ -347,8 +347,8 @@ def _loop(cfg: TrainConfig, out: Path, fed: Federation, fdata: FederatedData, ru
         with open(metrics_file, "a") as log:
             for t in range(start_round, T):
                 R = t + 1
-                lr = swa.client_lr(cfg, t)
-                cohort = sample_cohort(cfg.seed, t, cfg.num_clients, cfg.clients_per_round)
+                lr = schedule.client_lr(cfg, t)
+                cohort = sample_cohort(cfg.seed, t, cfg.num_clients, cfg.clients_per_round, cfg.cohort_sampling)
                 keep = cfg.save_clients_every > 0 and R % cfg.save_clients_every == 0
                 t0 = time.perf_counter()
                 result = runner.run_round(algo, state, t, cohort, lr, keep_clients=keep)

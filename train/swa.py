@@ -1,11 +1,7 @@
 """Server-side SWA with the cyclic client learning rate [C22 §4, App. A.2, Algorithm 1].
 
 From round ``t_0 = floor(swa_start * T)`` (75% of the rounds) the client learning rate cycles
-with period c: for ``i = t - t_0``,
-
-    lr_i = (1 - s) gamma1 + s gamma2,   s = ((i mod c) + 1) / c          [C22 eq. 8]
-
-so each cycle runs from just below gamma1 down to gamma2. At the end of every cycle (after the
+with period c (:func:`landscape.train.schedule.client_lr`, [C22] eq. 8). At the end of every cycle (after the
 round with ``i mod c = c - 1``, the lowest learning rate) the new global model joins the running
 mean ``w_swa <- (w_swa n + w) / (n + 1)`` [C22 eq. 9]; the first collected model has weight 1.
 fedsam's code collects right after the highest-lr round (``i mod c = 0``, from the second cycle
@@ -26,21 +22,6 @@ from landscape.train.algorithms import State
 def swa_start_round(cfg: Any) -> int:
     """``t_0 = floor(swa_start * T)``, the first 0-based round of the SWA phase."""
     return int(cfg.swa_start * cfg.num_rounds)
-
-
-def client_lr(cfg: Any, t: int) -> float:
-    """The client learning rate of 0-based round ``t``.
-
-    >>> from landscape.train.config import TrainConfig
-    >>> cfg = TrainConfig(num_rounds=100, swa=True, swa_cycle=4, swa_gamma1=1.0, swa_gamma2=0.0)
-    >>> [client_lr(cfg, t) for t in (74, 75, 76, 77, 78, 79)]
-    [0.01, 0.75, 0.5, 0.25, 0.0, 0.75]
-    """
-    t0 = swa_start_round(cfg)
-    if not cfg.swa or t < t0:
-        return float(cfg.lr)
-    s = ((t - t0) % cfg.swa_cycle + 1) / cfg.swa_cycle
-    return (1 - s) * cfg.swa_gamma1 + s * cfg.swa_gamma2
 
 
 def is_collection_round(cfg: Any, t: int) -> bool:

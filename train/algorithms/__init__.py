@@ -92,7 +92,7 @@ def from_config(cfg: Any) -> Algorithm:
     Raises:
         LandscapeError: unknown algorithm name.
     """
-    client = ClientSGD(weight_decay=cfg.weight_decay, momentum=cfg.client_momentum)
+    client = ClientSGD(weight_decay=cfg.weight_decay, momentum=cfg.client_momentum, max_grad_norm=cfg.max_grad_norm)
     rho = cfg.effective_rho
     if cfg.algorithm == "fedavg":
         return fedavg(client=client)

@@ -13,9 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
-from landscape.train.sam import asam_perturbation, sam_perturbation
+from landscape.train.sam import asam_perturbation, global_norm, sam_perturbation
+
+#: torch.nn.utils.clip_grad_norm_'s offset in ``max_norm / (total_norm + 1e-6)``.
+CLIP_EPS = 1e-6
 
 State = dict[str, Tensor]
 #: ``loss_grad(params, buffers, x, y) -> (mean batch loss, its gradient at params, buffers after the pass)``.
@@ -55,13 +59,27 @@ class LocalState(NamedTuple):
 class ClientSGD:
     """Client SGD [C22 App. C]: ``d = g + wd w``; ``buf <- mu buf + d``; ``w <- w - lr buf``.
 
+    With ``max_grad_norm = c > 0`` the (perturbed) gradient is first clipped as
+    ``torch.nn.utils.clip_grad_norm_`` does it, ``g <- g min(1, c / (||g|| + 1e-6))`` with ||.||
+    the global L2 norm over all parameters; weight decay is added after clipping, as torch's SGD
+    does (the FedNSAM code clips to 10 after SAM's second backward pass).
+
     Attributes:
         weight_decay: wd (4e-4 in [C22]), evaluated at the unperturbed w.
         momentum: mu (0 in [C22]); with mu = 0 the buffer is just d.
+        max_grad_norm: c (0: no clipping).
     """
 
     weight_decay: float = 4e-4
     momentum: float = 0.0
+    max_grad_norm: float = 0.0
+
+    def clip(self, grads: State) -> State:
+        """``g min(1, c / (||g|| + 1e-6))`` (unchanged without clipping)."""
+        if not self.max_grad_norm:
+            return grads
+        scale = torch.clamp(self.max_grad_norm / (global_norm(grads) + CLIP_EPS), max=1.0)
+        return {k: g * scale for k, g in grads.items()}
 
     def init(self, start: ClientStart, param_names: tuple[str, ...], buffer_names: tuple[str, ...]) -> LocalState:
         """Fresh local state at ``start.weights`` (copies; the start is never modified)."""
@@ -83,6 +101,7 @@ def client_step(gradient: Gradient, sgd: ClientSGD) -> Callable[..., tuple[Local
     def step(start: ClientStart, local: LocalState, x: Tensor, y: Tensor, lr: float,
              loss_grad: LossGrad) -> tuple[LocalState, Tensor]:
         loss, g, buffers = gradient(start, local.params, local.buffers, x, y, loss_grad)
+        g = sgd.clip(g)
         params, momentum = {}, {}
         for k, p in local.params.items():
             params[k], momentum[k] = sgd.update(p, g[k], local.momentum[k], lr)

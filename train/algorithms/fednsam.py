@@ -8,9 +8,14 @@ Notation: x the global model, m the server momentum (m_0 = 0), gamma = 0.85, rho
   it returns ``u_K`` (``Delta_i = u_K - z``).
 - Server (:class:`ServerSGD`, Nesterov form): ``m <- gamma m + Delta``; ``x <- z + Delta``.
 
-The reference code computes ``m = (1 + gamma) Delta`` (it drops the old momentum): a defect,
+The reference code (github:junkangLiu0/FedNSAM, ``main_FedNSAM.py``) computes ``m_1 = Delta_1``,
+``m_r = (1 + gamma) Delta_r`` (it drops the old momentum) and ``x_r = x_{r-1} + m_r``: a defect,
 reproduced only with ``reference_momentum``. Normalization buffers are averaged, not
-extrapolated, unless ``extrapolate_buffers`` (the reference treats them like weights).
+extrapolated, unless ``extrapolate_buffers`` (the reference treats every state entry like a
+weight; integer counters are averaged here even then: they only matter for BatchNorm with
+``momentum=None``). Its clients take a local SAM step (``local_sam``), clip the gradient to norm
+10 and weight clients uniformly: ``--perturbation local_sam --max-grad-norm 10
+--client-weights uniform`` (docs/algorithms.md lists every reference switch).
 ``gamma = 0`` with ``local_sam`` is FedSAM.
 """
 
@@ -55,7 +60,7 @@ def fednsam(gamma: float = 0.85, rho: float = 0.05, perturbation: str = "global_
         gamma: server momentum and look-ahead.
         rho: the neighbourhood of the clients' perturbation.
         perturbation: ``global_momentum`` (eps = -rho m / ||m||) or ``local_sam`` (a SAM step).
-        reference_momentum: the reference code's ``m = (1 + gamma) Delta``.
+        reference_momentum: the reference code's server recursion (see ``server_update``).
         extrapolate_buffers: float buffers carry momentum too (the reference code).
         bn_first_pass_only: with ``local_sam``, the first pass's normalization statistics.
         client: the client SGD.
@@ -88,11 +93,22 @@ def fednsam(gamma: float = 0.85, rho: float = 0.05, perturbation: str = "global_
         return ClientStart(z, direction)
 
     def server_update(state: FedNSAMState, mean_delta: MeanDelta) -> FedNSAMState:
-        """``m <- gamma m + Delta`` (reference: ``(1 + gamma) Delta``), ``x <- z + Delta``."""
-        z = broadcast(state).weights
-        weights, momentum = server.step(state.weights, z, mean_delta, state.momentum)
-        if reference_momentum:
-            momentum = {k: (1 + gamma) * mean_delta.delta[k] for k in state.momentum}
+        """``m <- gamma m + Delta``, ``x <- z + Delta`` (:class:`ServerSGD`, Nesterov form).
+
+        With ``reference_momentum``, the reference code's recursion instead
+        (``apply_weights_avgACG`` of ``main_FedNSAM.py``): ``m_1 = Delta_1``, then
+        ``m_r = (1 + gamma) Delta_r`` (its ``gamma * v`` multiplies the new delta, not the old
+        momentum) and ``x_r = x_{r-1} + m_r`` (a step from x, not from z).
+        """
+        if not reference_momentum:
+            z = broadcast(state).weights
+            weights, momentum = server.step(state.weights, z, mean_delta, state.momentum)
+            return FedNSAMState(weights, state.param_names, momentum, state.round + 1)
+        scale = 1.0 if state.round == 0 else 1.0 + gamma
+        momentum = {k: scale * mean_delta.delta[k] for k in state.momentum}
+        weights = dict(mean_delta.mean)
+        for k, m in momentum.items():
+            weights[k] = state.weights[k] + m
         return FedNSAMState(weights, state.param_names, momentum, state.round + 1)
 
     return Algorithm("fednsam", init, broadcast, client_step(gradient, client), server_update, FedNSAMState)
