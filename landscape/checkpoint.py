@@ -115,8 +115,9 @@ class Checkpoint:
         }
 
     def describe(self) -> dict[str, Any]:
-        """JSON-ready identification for result files."""
-        return {
+        """JSON-ready identification for result files (``state_key`` only when one was picked, so
+        the identity of a result written before ``--state-key`` existed is unchanged)."""
+        out = {
             "path": str(self.path) if self.path else None,
             "sha256": self.sha256,
             "model": {"name": self.model_name, "kwargs": self.model_kwargs},
@@ -124,8 +125,10 @@ class Checkpoint:
             "role": self.role,
             "client_id": self.client_id,
             "data": self.data,
-            "state_key": self.state_key,
         }
+        if self.state_key is not None:
+            out["state_key"] = self.state_key
+        return out
 
 
 def from_model(model: nn.Module, name: str, kwargs: dict[str, Any] | None = None, **fields: Any) -> Checkpoint:

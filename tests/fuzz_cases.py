@@ -1356,6 +1356,15 @@ surface("split-fedsam-without-names", "--sources", "clients", "--split-file", "{
         setup="ckpt_split_fedsam_without_names", expect="no image names")
 
 
+# --- reference switches of the training (issue 12, point 3) -------------------------------------
+for value in ("nan", "-1", "inf", "abc"):
+    train(f"max-grad-norm={value}", "--max-grad-norm", value)
+train("lr-schedule=bogus", "--lr-schedule", "linear", expect="choose one of constant, cosine")
+train("client-weights=bogus", "--client-weights", "equal", expect="choose one of samples, uniform")
+train("cohort-sampling=bogus", "--cohort-sampling", "leaf", expect="choose one of seeded, fedsam")
+train("swa-c1-keeps-lr=value", "--swa-c1-keeps-lr", "yes")
+
+
 def _check() -> None:
     ids = [c.id for c in CASES]
     dup = sorted({i for i in ids if ids.count(i) > 1})
