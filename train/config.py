@@ -20,6 +20,12 @@ from landscape.errors import LandscapeError
 ALGORITHMS = ("fedavg", "fedavgm", "fedsam", "fedasam", "fednsam")
 PERTURBATIONS = ("global_momentum", "local_sam")
 DTYPES = ("float32", "float64")
+#: The Dirichlet schemes, ``landscape.partition.SCHEMES`` (named here so the CLI parser needs no
+#: torch; tests/test_dirichlet.py checks the two agree).
+PARTITIONS = ("h19", "fednsam", "legacy")
+#: Fields added after runs were first stored, with the value a stored config without the field
+#: was made by: a run resumed from such a config keeps its partition.
+STORED_BEFORE = {"partition": "legacy"}
 #: rho when the user names none, per algorithm [C22 Table 11 (CIFAR-100), L26].
 DEFAULT_RHO = {"fedsam": 0.05, "fedasam": 0.5, "fednsam": 0.05}
 
@@ -64,6 +70,9 @@ class TrainConfig:
         num_clients, samples_per_client: the federation (None: 100 x 500 on CIFAR [C22], 20 x 65 on
             digits, 10 clients sharing the data otherwise).
         alpha: total Dirichlet concentration [H19] (0: one class per client; large: iid).
+        partition: the Dirichlet scheme (:func:`landscape.partition.partition`): ``h19`` as the
+            published [C22] splits were generated, ``fednsam`` as the FedNSAM code [L26] (images
+            reused), ``legacy`` the rule of runs stored before the option existed.
         split_file: a published ``user_id,image_id,class`` split (overrides alpha).
         clients_per_round: C, sampled uniformly without replacement each round.
         num_rounds: T.
@@ -101,6 +110,9 @@ class TrainConfig:
         'training samples per client', None, default_text='500 on CIFAR, 65 on digits')
     alpha: float = option(
         'total Dirichlet concentration [H19] (alpha/C per class): 0 = one class per client, large = iid', 0.0)
+    partition: str = option(
+        'Dirichlet scheme: h19 (as the published [C22] splits were generated), fednsam (the FedNSAM code: '
+        'labels sampled, images reused when a class runs out) or legacy (runs from before this option)', 'h19')
     split_file: str | None = option('a published split, CSV rows user_id,image_id,class (replaces --alpha)', None)
     clients_per_round: int = option('clients sampled per round', 5)
     num_rounds: int = option('communication rounds T', 20000)
@@ -163,6 +175,12 @@ class TrainConfig:
         if unknown:
             raise LandscapeError(f"unknown training options {unknown}; see `landscape train --help`")
         return cls(**d)
+
+    @staticmethod
+    def stored(d: Any) -> Any:
+        """A config dict as stored by an earlier version, with :data:`STORED_BEFORE` filled in
+        for the fields it predates (anything but a dict is returned as it is)."""
+        return {**STORED_BEFORE, **d} if isinstance(d, dict) else d
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated again)."""
@@ -239,7 +257,7 @@ RANGES: dict[str, Range] = {
 #: The string fields and their choices (None: any string).
 CHOICES: dict[str, tuple[str, ...] | None] = {
     "algorithm": ALGORITHMS, "dataset": None, "model": None, "asam_variant": ("kwon", "davda54"),
-    "perturbation": PERTURBATIONS, "dtype": DTYPES,
+    "perturbation": PERTURBATIONS, "dtype": DTYPES, "partition": PARTITIONS,
 }
 BOOLS = ("augment", "bn_first_pass_only", "fednsam_reference_momentum", "fednsam_extrapolate_buffers", "swa",
          "swa_collect_early", "bf16")

@@ -74,7 +74,7 @@ def _state_problem(payload: dict[str, Any], cfg: TrainConfig, expected: Any) -> 
     r = payload.get("round")
     if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= cfg.num_rounds:
         return f"round {r!r} is not a round of this run"
-    if payload.get("config") != cfg.to_dict():
+    if TrainConfig.stored(payload.get("config")) != cfg.to_dict():
         return "it was written by another config"
     server = payload.get("server")
     kind = type(expected).__name__
@@ -165,7 +165,7 @@ def read_config(out: str | Path) -> dict[str, Any]:
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise LandscapeError(f"{path} is not valid JSON ({str(exc).splitlines()[0]}); the run cannot be resumed",
                              fix="restore the file, or start a new run with another --out") from None
-    values = stored.get("config") if isinstance(stored, dict) else None
+    values = TrainConfig.stored(stored.get("config")) if isinstance(stored, dict) else None
     if not isinstance(values, dict):
         raise LandscapeError(f"{path} has no 'config' object; the run cannot be resumed",
                              fix="restore the file, or start a new run with another --out")
