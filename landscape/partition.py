@@ -1,15 +1,16 @@
 """Federated partitions [H19, C22]: which training samples each client holds.
 
-A partition is one sorted int64 index array per client, pairwise disjoint. It is drawn with
-the Dirichlet scheme of [H19] as used by [C22] (:func:`partition`: client k's class
-proportions ``q_k ~ Dir(alpha * p)``, p uniform over the C classes, i.e. total concentration
-alpha, alpha / C per class; alpha = 0 is one class per client, alpha = inf iid) or read from a
-published split file (:mod:`landscape.splits`). A checkpoint records the spec that rebuilds
-it (:func:`partition_from_spec`, :func:`client_data`); the default federation per data set
-follows [C22 §5] (:data:`DEFAULT_FEDERATION`).
+A partition is one sorted int64 index array per client. It is drawn by a Dirichlet scheme
+(:func:`partition`; :data:`SCHEMES`): ``h19`` (the default) as [H19]'s authors generated the
+published CIFAR splits that [C22] trains on, ``fednsam`` as the FedNSAM reference code [L26]
+does, or ``legacy``, this module's rule before issue 12, which rebuilds the partitions of the
+checkpoints written then. Or it is read from a published split file (:mod:`landscape.splits`).
+A checkpoint records the spec that rebuilds it (:func:`partition_from_spec`, :func:`client_data`;
+a spec naming no ``scheme`` predates them and is ``legacy``); the default federation per data
+set follows [C22 §5] (:data:`DEFAULT_FEDERATION`).
 
-References: [H19] Hsu, Qi, Brown 2019, [C22] Caldarola et al. ECCV 2022; see
-``shared/design/algorithms.md``.
+References: [H19] Hsu, Qi, Brown 2019, [C22] Caldarola et al. ECCV 2022, [L26] FedNSAM 2026;
+see ``shared/design/algorithms.md``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ from landscape.errors import LandscapeError
 #: (100 clients x 500 images); digits has only 1,437 training images (smallest class: 130), so
 #: 20 x 65, which also fits alpha = 0.
 DEFAULT_FEDERATION = {"cifar10": (100, 500), "cifar100": (100, 500), "digits": (20, 65)}
+
+#: The Dirichlet schemes of :func:`partition` (``landscape train --partition``).
+SCHEMES = ("h19", "fednsam", "legacy")
+#: The scheme of new partitions.
+DEFAULT_SCHEME = "h19"
+#: The scheme of a partition spec that names none: it was written before schemes existed.
+UNNAMED_SCHEME = "legacy"
 
 
 def class_ids(labels: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -86,7 +94,10 @@ def _is_count(value: Any, minimum: int) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= minimum
 
 
-def _check_partition_args(num_labels: int, num_clients: int, samples_per_client: int, alpha: float, seed: int) -> None:
+def _check_partition_args(num_labels: int, num_clients: int, samples_per_client: int, alpha: float, seed: int,
+                          scheme: str) -> None:
+    if not isinstance(scheme, str) or scheme not in SCHEMES:
+        raise LandscapeError(f"unknown partition scheme {quote(scheme, 30)}; choose one of {', '.join(SCHEMES)}")
     if not _is_count(num_clients, 1):
         raise LandscapeError(f"--num-clients must be a positive integer, got {quote(num_clients, 30)}")
     if not _is_count(samples_per_client, 1):
@@ -105,6 +116,57 @@ def _check_partition_args(num_labels: int, num_clients: int, samples_per_client:
         )
 
 
+def _dirichlet(rng: np.random.Generator, mask: np.ndarray, concentration: float) -> np.ndarray:
+    """``q ~ Dir(concentration * 1_A)`` on the classes ``A = mask``, zero elsewhere.
+
+    ``concentration = inf`` is the uniform distribution on A. At tiny concentrations numpy's
+    draw can underflow to zeros or NaN: then q is a vertex of the simplex, a class of A drawn
+    uniformly (the alpha -> 0 limit).
+    """
+    k = int(mask.sum())
+    if np.isinf(concentration):
+        q = mask / k
+    else:
+        q = np.zeros(len(mask))
+        q[mask] = rng.dirichlet(np.full(k, concentration))
+        if not np.all(np.isfinite(q)) or q.sum() <= 0:
+            q = np.zeros(len(mask))
+            q[rng.choice(np.flatnonzero(mask))] = 1.0
+    return q / q.sum()
+
+
+def _largest_remainder(rng: np.random.Generator, n: int, q: np.ndarray) -> np.ndarray:
+    """``n * q`` rounded to integers that sum to n (Hamilton's largest-remainder method).
+
+    Every class gets ``floor(n q_c)``; the ``n - sum`` units left go to the classes with the
+    largest fractional parts, ties broken at random (so no class index is favoured in the iid
+    limit, where all parts tie).
+    """
+    exact = n * q
+    counts = np.floor(exact).astype(np.int64)
+    order = rng.permutation(len(q))
+    order = order[np.argsort(counts[order] - exact[order], kind="stable")]
+    counts[order[: n - int(counts.sum())]] += 1
+    return counts
+
+
+def _fill(rng: np.random.Generator, available: np.ndarray, n: int, concentration, split) -> np.ndarray:
+    """One client's class counts for the disjoint schemes (``available`` is decreased in place).
+
+    Proportions ``q ~ Dir(concentration(A) * 1_A)`` over the classes A that still have images
+    are split into counts (``split(n, q)``), capped by what is left; when a class runs out, the
+    shortfall is drawn again the same way over the classes left.
+    """
+    counts = np.zeros(len(available), dtype=np.int64)
+    while n > 0:
+        mask = available > 0
+        got = np.minimum(split(n, _dirichlet(rng, mask, concentration(mask))), available)
+        counts += got
+        available -= got
+        n -= int(got.sum())
+    return counts
+
+
 def partition(
     labels: np.ndarray,
     num_clients: int,
@@ -112,42 +174,79 @@ def partition(
     alpha: float,
     seed: int,
     num_classes: int | None = None,
+    scheme: str = DEFAULT_SCHEME,
 ) -> list[np.ndarray]:
-    """Split sample indices among clients with the Dirichlet scheme of [H19] as used by [C22].
+    """Split sample indices among clients with a Dirichlet scheme [H19].
 
-    Client k draws class proportions ``q_k ~ Dir(alpha * p)`` with ``p`` the uniform prior over
-    the ``C`` classes, i.e. **total concentration alpha** (``alpha / C`` per class; "alpha = 0.5"
-    on CIFAR-100 in [C22] is 0.005 in the per-class convention of flwr-datasets/FedLab). Its
-    ``samples_per_client`` labels are drawn from ``Cat(q_k)`` and images are taken without
-    replacement from a seeded shuffle of each class; when a class runs out, the client's prior
-    is redrawn over the classes still available (``Dir(alpha / |A| * 1_A)``).
+    Client k's class proportions are ``q_k ~ Dir(alpha * p)`` with ``p`` the uniform prior over
+    the ``C`` classes: ``alpha`` is the **total concentration**, ``alpha / C`` per class, in every
+    scheme ("alpha = 0.5" on CIFAR-100 in [C22] is 0.005 in the per-class convention of
+    flwr-datasets/FedLab; FedNSAM's ``alpha_value = 0.1`` on CIFAR-100 is alpha = 10 here).
+    Clients are filled in order, images taken from a seeded shuffle of each class. The schemes
+    differ in how q_k becomes images:
 
-    ``alpha = 0`` is handled separately (numpy's Dirichlet returns zeros or NaN there): every
-    client holds exactly one class, classes assigned by capacity ``floor(n_c / samples_per_client)``
-    in a balanced round robin (CIFAR-10 100 x 500: 10 clients per class). ``alpha = inf`` is iid;
-    large finite alpha (1000 in [C22]) approaches it.
+    ``h19`` (default), as [H19]'s authors generated the published CIFAR splits of [C22]
+    (fedsam's ``federated_train_alpha_*.json``; the generator itself is unpublished). Client k
+    holds ``n q_kc`` images of class c, rounded by largest remainder (no sampling noise), without
+    replacement. The classes that have run out are left out of the prior: q_k is drawn on the
+    classes A still available, ``Dir(alpha / C * 1_A)``, per-class weight unchanged (by the
+    Dirichlet aggregation property this is ``Dir(alpha * p)`` with the emptied classes' mass
+    dropped), and a class that runs out mid-client has the shortfall drawn again that way.
+
+    ``legacy``, this module's rule until issue 12 (kept so old checkpoints rebuild their
+    clients): labels sampled i.i.d. from ``Cat(q_k)``, and the prior over the available classes
+    A renormalized to total concentration alpha, ``Dir(alpha / |A| * 1_A)``, at each client and
+    after each shortfall. The evidence that the published splits are not this (measured on
+    fedsam's JSON files; ``bench/partition_stats.py`` prints the comparison): (1) at alpha = 1000
+    on CIFAR-100 the per-client class counts of clients 0-59 (before any class runs out) have
+    variance 2.59 around 5; ``n^2 Var(q_c) = 500^2 (0.01 * 0.99) / 1001 = 2.47`` plus 1/12 of
+    rounding gives 2.55, while multinomial sampling adds ``n q (1 - q)`` for 7.4; their histogram
+    is that of rounded ``n q``. Sampling is why legacy has 95.8 classes per client there against
+    the published 98.8 (top-class share 0.028 against 0.020): noisy consumption empties classes
+    early. (2) Renormalizing the prior to total alpha over the |A| classes left makes each
+    per-class weight grow as classes run out (the last clients draw nearly uniformly over the
+    few classes left), which is why legacy has 6.25 classes per client at alpha = 0.5 against
+    the published 5.13; with the per-class weight kept at alpha / C (and n q rounded) it is 5.01
+    (seed sd 0.18). Gaps left, each about 2 seed sd: h19's top-class share there, 0.667 (sd
+    0.025) against 0.723 (legacy 0.620), and CIFAR-10 at alpha 0.5 and 10 (legacy alike). The total concentration implied by the
+    early clients' mean ``sum_c (n_kc / n)^2`` is alpha in every file (0.35 for 0.5 from its 8
+    clients before the first class runs out, 968 for 1000, 10.9 for 10, 104 for 100).
+
+    ``fednsam``, the FedNSAM reference code [L26] (``dirichlet_data.data_from_dirichlet``): q_k
+    on all classes that have images, labels sampled i.i.d. from ``Cat(q_k)``; a class that runs
+    out is reshuffled and its images are used again, so clients may share images and a client
+    may hold one image twice (its array then repeats the index). (The code draws q per client,
+    ``Dir(alpha_value * 1_C)``, not per class over clients.)
+
+    ``alpha = 0`` is one rule for every scheme (numpy's Dirichlet returns zeros or NaN there):
+    every client holds exactly one class, classes assigned by capacity
+    ``floor(n_c / samples_per_client)`` in a balanced round robin (CIFAR-10 100 x 500: 10 clients
+    per class; [C22]'s alpha = 0 files are this). ``alpha = inf`` is iid (``h19``: exactly
+    ``n / C`` of each class, up to rounding); large finite alpha (1000 in [C22]) approaches it.
 
     Args:
         labels: integer class of every sample, shape ``(N,)``.
         num_clients: number of clients K.
-        samples_per_client: samples per client; ``K * samples_per_client <= N``.
+        samples_per_client: samples per client n; ``K * n <= N``.
         alpha: total Dirichlet concentration, ``>= 0``.
         seed: seed of the partition; the same seed gives the same partition.
         num_classes: C (default ``max(labels) + 1``).
+        scheme: one of :data:`SCHEMES`.
 
     Returns:
-        One sorted int64 index array per client, pairwise disjoint, each of ``samples_per_client``.
+        One sorted int64 index array per client, each of ``samples_per_client``; pairwise
+        disjoint except with ``fednsam``.
 
     Raises:
-        LandscapeError: negative alpha, too few samples, (alpha = 0) too few classes with
-            room for a whole client, or real-valued labels (see :func:`class_ids`).
+        LandscapeError: an unknown scheme, negative alpha, too few samples, (alpha = 0) too few
+            classes with room for a whole client, or real-valued labels (see :func:`class_ids`).
 
     >>> parts = partition(np.repeat(np.arange(10), 50), 10, 50, 0.0, seed=0)
     >>> sorted(len(set(np.repeat(np.arange(10), 50)[p])) for p in parts) == [1] * 10
     True
     """
     labels = class_ids(labels)
-    _check_partition_args(len(labels), num_clients, samples_per_client, float(alpha), seed)
+    _check_partition_args(len(labels), num_clients, samples_per_client, float(alpha), seed, scheme)
     C = int(labels.max()) + 1
     if num_classes is not None:
         if not _is_count(num_classes, C):
@@ -182,34 +281,26 @@ def partition(
             taken[c] += samples_per_client
         return out
 
-    def draw_prior(mask: np.ndarray) -> np.ndarray:
-        k = int(mask.sum())
-        if np.isinf(alpha):
-            q = mask / k
-        else:
-            q = np.zeros(C)
-            q[mask] = rng.dirichlet(np.full(k, alpha / k))
-            if not np.all(np.isfinite(q)) or q.sum() <= 0:  # underflow at tiny alpha: a vertex
-                q = np.zeros(C)
-                q[rng.choice(np.flatnonzero(mask))] = 1.0
-        return q / q.sum()
-
+    present = available > 0
     for _ in range(num_clients):
-        counts = np.zeros(C, dtype=np.int64)
-        q = draw_prior(available > 0)
-        remaining = samples_per_client
-        while remaining > 0:
-            want = rng.multinomial(remaining, q)
-            got = np.minimum(want, available)
-            counts += got
-            available -= got
-            remaining -= int(got.sum())
-            if remaining > 0:  # some class ran out: redraw the prior over what is left
-                q = draw_prior(available > 0)
+        if scheme == "h19":
+            counts = _fill(rng, available, samples_per_client, lambda mask: alpha / C,
+                           lambda n, q: _largest_remainder(rng, n, q))
+        elif scheme == "legacy":
+            counts = _fill(rng, available, samples_per_client, lambda mask: alpha / int(mask.sum()), rng.multinomial)
+        else:  # fednsam: images reused, so every class with images stays in the prior
+            counts = rng.multinomial(samples_per_client, _dirichlet(rng, present, alpha / C))
         parts = []
         for c in np.flatnonzero(counts):
-            parts.append(pools[c][taken[c] : taken[c] + counts[c]])
-            taken[c] += counts[c]
+            need = int(counts[c])
+            while need > 0:
+                if taken[c] == len(pools[c]):  # fednsam only: the class is reshuffled and reused
+                    pools[c] = rng.permutation(pools[c])
+                    taken[c] = 0
+                k = min(need, len(pools[c]) - int(taken[c]))
+                parts.append(pools[c][taken[c] : taken[c] + k])
+                taken[c] += k
+                need -= k
         out.append(np.sort(np.concatenate(parts)))
     return out
 
@@ -223,8 +314,9 @@ def partition_from_spec(labels: np.ndarray, partition_spec: Mapping[str, Any],
 
     A split file is re-read (:func:`landscape.splits.read_split_file`, with the training set's
     image ``names`` that fedsam's JSON needs) and its SHA-256 checked against ``split_sha256``; otherwise
-    :func:`partition` is rerun with the stored (num_clients, samples_per_client, alpha, seed).
-    Results are cached per (labels, spec).
+    :func:`partition` is rerun with the stored (num_clients, samples_per_client, alpha, seed,
+    num_classes, scheme); a spec without ``scheme`` was written before schemes existed and is
+    rebuilt by :data:`UNNAMED_SCHEME` (``legacy``). Results are cached per (labels, spec).
 
     Raises:
         LandscapeError: a spec that is not a dict, lacks a key, or holds a value of the wrong
@@ -267,12 +359,17 @@ def partition_from_spec(labels: np.ndarray, partition_spec: Mapping[str, Any],
             raise LandscapeError(f"partition spec lacks {', '.join(missing)}", where=where,
                                  fix="it needs num_clients, samples_per_client, alpha and seed (or split_file)")
         num_classes = spec.get("num_classes")
+        scheme = spec.get("scheme", UNNAMED_SCHEME)
+        if not isinstance(scheme, str) or scheme not in SCHEMES:
+            raise LandscapeError(f"scheme must be one of {', '.join(SCHEMES)}, got {quote(scheme, 30)}",
+                                 where=where, fix=fix)
         args = (
             checked_integer(spec["num_clients"], "num_clients", where=where, fix=fix, minimum=1),
             checked_integer(spec["samples_per_client"], "samples_per_client", where=where, fix=fix, minimum=1),
             _number(spec["alpha"], "alpha", where=where, fix=fix, minimum=0.0),
             checked_integer(spec["seed"], "seed", where=where, fix=fix, minimum=0),
             None if num_classes is None else checked_integer(num_classes, "num_classes", where=where, fix=fix, minimum=1),
+            scheme,
         )
     named = None if digest is None or names is None else hashlib.sha1(np.asarray(names).tobytes()).hexdigest()
     key = (hashlib.sha1(labels.tobytes()).hexdigest(), digest, named, args)

@@ -1365,6 +1365,21 @@ train("cohort-sampling=bogus", "--cohort-sampling", "leaf", expect="choose one o
 train("swa-c1-keeps-lr=value", "--swa-c1-keeps-lr", "yes")
 
 
+# --- issue 12: the Dirichlet scheme (train --partition, a checkpoint's partition "scheme") -------
+
+@setup
+def ckpt_partition_scheme_bogus(tmp: Path) -> None:
+    data = dict(_ckpt_dict(tmp)["data"])
+    data["partition"] = {**data["partition"], "scheme": "dirichlet-per-class"}
+    _with_data(tmp, data, src="client0.pt")
+
+
+for value in ("bogus", "", "H19", "legacy "):
+    train(f"partition={value.strip() or 'empty'}{'-space' if value.endswith(' ') else ''}", "--partition", value)
+train("resume-different-partition", "--resume", "--partition", "legacy", out="{run}",
+      note="a run's partition scheme cannot change on resume")
+hessian("ckpt-partition-scheme-bogus", "--data", "client", ckpt="{tmp}/bad.pt", setup="ckpt_partition_scheme_bogus")
+
 def _check() -> None:
     ids = [c.id for c in CASES]
     dup = sorted({i for i in ids if ids.count(i) > 1})

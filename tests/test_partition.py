@@ -50,7 +50,8 @@ def test_mean_classes_grows_with_alpha() -> None:
 
 
 def test_iid_limit_has_uniform_class_counts() -> None:
-    parts = partition.partition(CIFAR10_LABELS, 100, 500, float("inf"), seed=0)
+    # The legacy scheme samples labels (h19's exact n/C is tested in test_dirichlet.py).
+    parts = partition.partition(CIFAR10_LABELS, 100, 500, float("inf"), seed=0, scheme="legacy")
     counts = np.array([np.bincount(CIFAR10_LABELS[p], minlength=10) for p in parts])
     # Multinomial(500, 1/10): mean 50, std sqrt(45) ~ 6.7 per cell.
     assert abs(counts.mean() - 50) < 1e-9
@@ -184,7 +185,7 @@ def test_client_ids_must_be_integers_in_range(client) -> None:
 def test_client_data_rebuilds_partition_from_spec() -> None:
     ds = data.make_synthetic(n=400, classes=4, shape=(1, 2, 2), seed=0)
     spec = {"num_clients": 8, "samples_per_client": 50, "alpha": 0.3, "seed": 5}
-    parts = partition.partition(ds.y.numpy(), 8, 50, 0.3, 5)
+    parts = partition.partition(ds.y.numpy(), 8, 50, 0.3, 5, scheme="legacy")  # a spec naming no scheme
     client = partition.client_data(ds, {"dataset": "synthetic", "partition": spec}, 3)
     assert torch.equal(client.x, ds.x[torch.as_tensor(parts[3])])
     assert client.spec["client_id"] == 3 and client.spec["partition"] == spec

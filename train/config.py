@@ -25,6 +25,12 @@ DTYPES = ("float32", "float64")
 LR_SCHEDULES = ("constant", "cosine")
 COHORT_SAMPLINGS = ("seeded", "fedsam")
 CLIENT_WEIGHTS = ("samples", "uniform")
+#: The Dirichlet schemes, ``landscape.partition.SCHEMES`` (named here so the CLI parser needs no
+#: torch; tests/test_dirichlet.py checks the two agree).
+PARTITIONS = ("h19", "fednsam", "legacy")
+#: Fields added after runs were first stored, with the value a stored config without the field
+#: was made by: a run resumed from such a config keeps its partition.
+STORED_BEFORE = {"partition": "legacy"}
 
 
 def option(help: str, default: Any = dataclasses.MISSING, *, default_text: str | None = None,
@@ -67,6 +73,9 @@ class TrainConfig:
         num_clients, samples_per_client: the federation (None: 100 x 500 on CIFAR [C22], 20 x 65 on
             digits, 10 clients sharing the data otherwise).
         alpha: total Dirichlet concentration [H19] (0: one class per client; large: iid).
+        partition: the Dirichlet scheme (:func:`landscape.partition.partition`): ``h19`` as the
+            published [C22] splits were generated, ``fednsam`` as the FedNSAM code [L26] (images
+            reused), ``legacy`` the rule of runs stored before the option existed.
         split_file: a published split (overrides alpha), in any format of :mod:`landscape.splits`.
         clients_per_round: C, sampled uniformly without replacement each round.
         cohort_sampling: ``seeded`` (from (seed, round)) or ``fedsam`` (``np.random.seed(round)``
@@ -115,6 +124,9 @@ class TrainConfig:
         'training samples per client', None, default_text='500 on CIFAR, 65 on digits')
     alpha: float = option(
         'total Dirichlet concentration [H19] (alpha/C per class): 0 = one class per client, large = iid', 0.0)
+    partition: str = option(
+        'Dirichlet scheme: h19 (as the published [C22] splits were generated), fednsam (the FedNSAM code: '
+        'labels sampled, images reused when a class runs out) or legacy (runs from before this option)', 'h19')
     split_file: str | None = option(
         "a published split (replaces --alpha), told apart by content: fedsam's JSON {users, num_samples, user_data} "
         "naming CIFAR images by their filenames, a JSON {client: [image indices]} (e.g. from Flower's "
@@ -195,6 +207,12 @@ class TrainConfig:
             raise LandscapeError(f"unknown training options {unknown}; see `landscape train --help`")
         return cls(**d)
 
+    @staticmethod
+    def stored(d: Any) -> Any:
+        """A config dict as stored by an earlier version, with :data:`STORED_BEFORE` filled in
+        for the fields it predates (anything but a dict is returned as it is)."""
+        return {**STORED_BEFORE, **d} if isinstance(d, dict) else d
+
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
@@ -272,7 +290,7 @@ RANGES: dict[str, Range] = {
 CHOICES: dict[str, tuple[str, ...] | None] = {
     "algorithm": ALGORITHMS, "dataset": None, "model": None, "asam_variant": ASAM_VARIANTS,
     "perturbation": PERTURBATIONS, "dtype": DTYPES, "lr_schedule": LR_SCHEDULES,
-    "cohort_sampling": COHORT_SAMPLINGS, "client_weights": CLIENT_WEIGHTS,
+    "cohort_sampling": COHORT_SAMPLINGS, "client_weights": CLIENT_WEIGHTS, "partition": PARTITIONS,
 }
 BOOLS = ("augment", "bn_first_pass_only", "fednsam_reference_momentum", "fednsam_extrapolate_buffers", "swa",
          "swa_collect_early", "swa_c1_keeps_lr", "bf16")

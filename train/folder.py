@@ -68,15 +68,14 @@ def _same_tensors(found: Any, expected: dict[str, torch.Tensor]) -> str | None:
 
 
 def _same_config(stored: Any, cfg: TrainConfig) -> bool:
-    """Whether a state file's config is ``cfg``; options added since it was written take their defaults.
-
-    Every option added later defaults to the behaviour from before it existed, so a state file
-    of an older release resumes.
+    """Whether a state file's config is ``cfg``; options added since it was written take the value
+    that reproduces the behaviour from before they existed (:meth:`TrainConfig.stored`, else the
+    option's default), so a state file of an older release resumes.
     """
     if not isinstance(stored, dict):
         return False
     try:
-        return TrainConfig.from_dict(stored).to_dict() == cfg.to_dict()
+        return TrainConfig.from_dict(TrainConfig.stored(stored)).to_dict() == cfg.to_dict()
     except (LandscapeError, TypeError):
         return False
 
@@ -175,7 +174,7 @@ def read_config(out: str | Path) -> dict[str, Any]:
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise LandscapeError(f"{path} is not valid JSON ({str(exc).splitlines()[0]}); the run cannot be resumed",
                              fix="restore the file, or start a new run with another --out") from None
-    values = stored.get("config") if isinstance(stored, dict) else None
+    values = TrainConfig.stored(stored.get("config")) if isinstance(stored, dict) else None
     if not isinstance(values, dict):
         raise LandscapeError(f"{path} has no 'config' object; the run cannot be resumed",
                              fix="restore the file, or start a new run with another --out")

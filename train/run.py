@@ -89,9 +89,10 @@ def load_federation(cfg: TrainConfig, data_dir: str | None = None) -> tuple[Trai
         cfg = cfg.replace(num_clients=cfg.num_clients or num_clients,
                           samples_per_client=cfg.samples_per_client or per_client)
         parts = partition.partition(labels, cfg.num_clients, cfg.samples_per_client, cfg.alpha, cfg.seed,
-                                    train_ds.num_classes)
+                                    train_ds.num_classes, cfg.partition)
         pspec = {"num_clients": cfg.num_clients, "samples_per_client": cfg.samples_per_client,
-                 "alpha": cfg.alpha, "seed": cfg.seed, "num_classes": train_ds.num_classes}
+                 "alpha": cfg.alpha, "seed": cfg.seed, "num_classes": train_ds.num_classes,
+                 "scheme": cfg.partition}
     if cfg.model is None:
         cfg = cfg.replace(model=models.default_for(train_ds.x.shape[1:]))
     cfg = cfg.replace(model_kwargs=_model_kwargs(cfg, train_ds))
