@@ -377,3 +377,15 @@ def test_server_states_serialize_themselves() -> None:
         assert payload["type"] == algo.state_type.__name__ and payload["fields"]["param_names"] == ["w"]
         again = algo.state_type.from_dict(payload)
         assert again.param_names == ("w",) and torch.equal(again.weights["w"], w["w"])
+
+
+def test_every_algorithm_name_has_a_factory_and_the_defaults_are_the_factories() -> None:
+    import inspect
+
+    from landscape.train import hyperparameters as hp
+
+    assert tuple(algorithms.FACTORIES) == hp.ALGORITHMS == algorithms.NAMES
+    for name, rho in hp.DEFAULT_RHO.items():
+        assert inspect.signature(algorithms.FACTORIES[name]).parameters["rho"].default == rho
+        assert TrainConfig(algorithm=name).effective_rho == rho
+    assert TrainConfig(algorithm="fedavg").effective_rho == 0.0

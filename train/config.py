@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from landscape.errors import LandscapeError
-from landscape.train.algorithms import NAMES as ALGORITHMS
-from landscape.train.algorithms import default_hyperparameter
-from landscape.train.algorithms.fednsam import PERTURBATIONS
-from landscape.train.sam import ASAM_VARIANTS
+from landscape.train.hyperparameters import (ALGORITHMS, ASAM_VARIANTS, DEFAULT_ETA, DEFAULT_GAMMA, DEFAULT_RHO,
+                                             PERTURBATIONS)
 
 DTYPES = ("float32", "float64")
 LR_SCHEDULES = ("constant", "cosine")
@@ -154,12 +152,12 @@ class TrainConfig:
         default_text='off; on in the CIFAR presets')
     rho: float | None = option(
         'SAM/ASAM/FedNSAM neighbourhood size', None, default_text='0.05 SAM, 0.5 ASAM, 0.05 FedNSAM')
-    eta: float = option('ASAM offset in T = |w| + eta', 0.2)
+    eta: float = option('ASAM offset in T = |w| + eta', DEFAULT_ETA)
     asam_variant: str = option('kwon (T = |w| + eta on weights, 1 on biases) or davda54 (T = |w| everywhere)', 'kwon')
     bn_first_pass_only: bool = option("update BatchNorm statistics only in SAM's first forward pass", False)
     server_lr: float = option('FedAvgM server learning rate eta_s', 1.0)
     server_momentum: float = option('FedAvgM server momentum beta', 0.9)
-    gamma: float = option('FedNSAM momentum / Nesterov extrapolation gamma', 0.85)
+    gamma: float = option('FedNSAM momentum / Nesterov extrapolation gamma', DEFAULT_GAMMA)
     perturbation: str = option('FedNSAM perturbation: global_momentum or local_sam', 'global_momentum')
     fednsam_reference_momentum: bool = option(
         "the FedNSAM reference code's server rule m_1 = Delta_1, m_r = (1+gamma) Delta_r, x_r = x_{r-1} + m_r "
@@ -189,8 +187,8 @@ class TrainConfig:
 
     @property
     def effective_rho(self) -> float:
-        """rho, or the algorithm factory's default when None (0 for algorithms without rho)."""
-        return float(self.rho if self.rho is not None else default_hyperparameter(self.algorithm, "rho") or 0.0)
+        """rho, or the algorithm's default when None (0 for algorithms without rho)."""
+        return float(self.rho) if self.rho is not None else DEFAULT_RHO.get(self.algorithm, 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (stored in checkpoints and config.json)."""

@@ -18,9 +18,10 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from landscape.train.hyperparameters import ASAM_VARIANTS
+
 SAM_EPS = 1e-16
 DAVDA54_EPS = 1e-12
-ASAM_VARIANTS = ("kwon", "davda54")
 
 
 def global_norm(tensors: Mapping[str, Tensor], batch_dims: int = 0) -> Tensor:

@@ -22,7 +22,6 @@ momentum and updates the server in the Nesterov form.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,12 +30,12 @@ from torch import Tensor
 
 from landscape.errors import LandscapeError
 from landscape.train.aggregate import MeanDelta
+from landscape.train.hyperparameters import ALGORITHMS
 from landscape.train.algorithms.client import ClientSGD, ClientStart, LocalState, LossGrad
 from landscape.train.algorithms.server import ServerSGD, ServerState, State
 
 __all__ = ["Algorithm", "ClientSGD", "ClientStart", "LocalState", "LossGrad", "ServerSGD", "ServerState", "State",
-           "fedavg", "fedavgm", "fedsam", "fedasam", "fednsam", "from_config", "default_hyperparameter",
-           "FACTORIES", "NAMES"]
+           "fedavg", "fedavgm", "fedsam", "fedasam", "fednsam", "from_config", "FACTORIES", "NAMES"]
 
 ClientStep = Callable[[ClientStart, LocalState, Tensor, Tensor, float, LossGrad], tuple[LocalState, Tensor]]
 
@@ -66,24 +65,11 @@ from landscape.train.algorithms.fedavg import fedavg, fedavgm  # noqa: E402 - th
 from landscape.train.algorithms.fedsam import fedasam, fedsam  # noqa: E402
 from landscape.train.algorithms.fednsam import fednsam  # noqa: E402
 
-#: The registered algorithms: adding one is its file, a line here and a branch in :func:`from_config`.
+#: The registered algorithms: adding one is its file, its name in
+#: :data:`~landscape.train.hyperparameters.ALGORITHMS`, a line here and a branch in :func:`from_config`.
 FACTORIES: dict[str, Callable[..., Algorithm]] = {"fedavg": fedavg, "fedavgm": fedavgm, "fedsam": fedsam,
                                                   "fedasam": fedasam, "fednsam": fednsam}
-NAMES = tuple(FACTORIES)
-
-
-def default_hyperparameter(algorithm: str, name: str) -> Any:
-    """The default of hyperparameter ``name`` in ``algorithm``'s factory (None if it has none).
-
-    The factories' signatures are the one place a default is written (e.g. FedASAM's rho 0.5
-    [C22 Table 11]); the training config reads them from here.
-
-    >>> default_hyperparameter("fedasam", "rho"), default_hyperparameter("fedavg", "rho")
-    (0.5, None)
-    """
-    factory = FACTORIES.get(algorithm)
-    param = None if factory is None else inspect.signature(factory).parameters.get(name)
-    return None if param is None else param.default
+NAMES = ALGORITHMS
 
 
 def from_config(cfg: Any) -> Algorithm:

@@ -29,10 +29,10 @@ from landscape.train.aggregate import MeanDelta
 from landscape.train.algorithms import Algorithm
 from landscape.train.algorithms.client import (ClientSGD, ClientStart, client_step, global_momentum_gradient,
                                                sam_eps, sam_gradient)
+from landscape.train.hyperparameters import DEFAULT_GAMMA, DEFAULT_RHO, PERTURBATIONS
 from landscape.train.algorithms.server import ServerSGD, ServerState, State
 from landscape.train.sam import global_norm
 
-PERTURBATIONS = ("global_momentum", "local_sam")
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,8 @@ class FedNSAMState(ServerState):
     round: int = 0
 
 
-def fednsam(gamma: float = 0.85, rho: float = 0.05, perturbation: str = "global_momentum",
+def fednsam(gamma: float = DEFAULT_GAMMA, rho: float = DEFAULT_RHO["fednsam"],
+            perturbation: str = "global_momentum",
             reference_momentum: bool = False, extrapolate_buffers: bool = False, bn_first_pass_only: bool = False,
             client: ClientSGD = ClientSGD()) -> Algorithm:
     """FedNSAM [L26] (gamma = 0.85, rho = 0.05 as in its reference code).

@@ -5,10 +5,11 @@ from __future__ import annotations
 from landscape.train.algorithms import Algorithm
 from landscape.train.algorithms.client import ClientSGD, asam_eps, sam_eps, sam_gradient
 from landscape.train.algorithms.fedavg import averaging
-from landscape.train.sam import ASAM_VARIANTS
+from landscape.train.hyperparameters import ASAM_VARIANTS, DEFAULT_ETA, DEFAULT_RHO
 
 
-def fedsam(rho: float = 0.05, bn_first_pass_only: bool = False, client: ClientSGD = ClientSGD()) -> Algorithm:
+def fedsam(rho: float = DEFAULT_RHO["fedsam"], bn_first_pass_only: bool = False,
+           client: ClientSGD = ClientSGD()) -> Algorithm:
     """FedSAM [C22 eq. 4]: ``e = rho g / ||g||``; rho = 0.05 on CIFAR-100 [C22 Table 11].
 
     Args:
@@ -19,7 +20,8 @@ def fedsam(rho: float = 0.05, bn_first_pass_only: bool = False, client: ClientSG
     return averaging("fedsam", sam_gradient(sam_eps(rho), bn_first_pass_only), client)
 
 
-def fedasam(rho: float = 0.5, eta: float = 0.2, variant: str = "kwon", bn_first_pass_only: bool = False,
+def fedasam(rho: float = DEFAULT_RHO["fedasam"], eta: float = DEFAULT_ETA, variant: str = "kwon",
+            bn_first_pass_only: bool = False,
             client: ClientSGD = ClientSGD()) -> Algorithm:
     """FedASAM [C22, K21]: ``e = rho T^2 g / ||T g||``; rho = 0.5, eta = 0.2 on CIFAR-100.
 
