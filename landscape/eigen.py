@@ -208,6 +208,7 @@ def lanczos(
     block_size: int = 1,
     seed: int = 0,
     progress: bool = False,
+    start: torch.Tensor | None = None,
 ) -> EigenResult:
     """The k algebraically largest eigenpairs by Lanczos with full reorthogonalization.
 
@@ -219,6 +220,8 @@ def lanczos(
         block_size: start vectors (>= the largest multiplicity to resolve).
         seed: seed of the start vectors.
         progress: show a progress bar.
+        start: a warm start, e.g. the eigenvectors of a nearby matrix (the previous round's
+            model): ``(n,)`` or ``(j, n)``; it replaces the first j random start vectors.
 
     Returns:
         An :class:`EigenResult`; ``converged`` is False for pairs that missed the
@@ -235,8 +238,11 @@ def lanczos(
                              f"({k + block_size - 1}); raise --max-iter or leave it out")
     max_iter = min(n, max(100, 8 * k)) if max_iter is None else min(max_iter, n)
     g = torch.Generator().manual_seed(seed)
-    start = torch.randn(block_size, n, generator=g, dtype=dtype).to(device)
-    basis = KrylovBasis(matvec, n, dtype, device, start, g)
+    vectors = torch.randn(block_size, n, generator=g, dtype=dtype).to(device)
+    if start is not None:
+        warm = start.reshape(-1, n).to(device=device, dtype=dtype)[:block_size]
+        vectors[: len(warm)] = warm
+    basis = KrylovBasis(matvec, n, dtype, device, vectors, g)
     bar = tqdm(total=max_iter, desc=f"lanczos top-{k}", unit="hvp", disable=not progress, leave=False)
     exact_checks = 0
     while basis.size < max_iter:
@@ -334,14 +340,15 @@ def top_eigenvalues(
     seed: int = 0,
     block_size: int = 1,
     progress: bool = False,
+    start: torch.Tensor | None = None,
 ) -> EigenResult:
-    """The top-k eigenpairs by ``method`` ("lanczos", the default, or "power").
+    """The top-k eigenpairs by ``method`` ("lanczos", the default, or "power"); ``start`` warm-starts Lanczos.
 
     Raises:
         LandscapeError: unknown method, k < 1 or k larger than the dimension.
     """
     if method == "lanczos":
-        return lanczos(A, k, tol, max_iter, block_size, seed, progress)
+        return lanczos(A, k, tol, max_iter, block_size, seed, progress, start)
     if method == "power":
         return power_iteration(A, k, tol, 100 if max_iter is None else max_iter, seed, progress)
     raise LandscapeError(f"unknown eigen method '{method}'; choose one of {', '.join(METHODS)}")

@@ -1380,6 +1380,12 @@ train("resume-different-partition", "--resume", "--partition", "legacy", out="{r
       note="a run's partition scheme cannot change on resume")
 hessian("ckpt-partition-scheme-bogus", "--data", "client", ckpt="{tmp}/bad.pt", setup="ckpt_partition_scheme_bogus")
 
+# --- curvature tracked during training (issue 13, point 1) --------------------------------------
+for value in ("-1", "abc", "1.5"):
+    train(f"track-every={value}", "--track-every", value)
+train("track-samples=0", "--track-samples", "0")
+
+
 def _check() -> None:
     ids = [c.id for c in CASES]
     dup = sorted({i for i in ids if ids.count(i) > 1})

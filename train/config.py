@@ -105,6 +105,8 @@ class TrainConfig:
         seed: derives the partition, the initial model, the cohorts and every client stream.
         eval_every, save_every, save_clients_every: test evaluation / global checkpoint / client
             checkpoint period in rounds (0: never; the last round is always evaluated and saved).
+        track_every, track_samples: curvature tracking period in rounds (0: never) and the size of
+            the global objective's subset of the pooled client data (:mod:`landscape.train.track`).
         dtype: float32 or float64 weights; bf16: bfloat16 autocast for the forward passes.
     """
 
@@ -179,6 +181,10 @@ class TrainConfig:
         'save the global (and SWA) model every K rounds', 1000, default_text='1000; always at the end')
     save_clients_every: int = option(
         'save the local models of the sampled clients every K rounds', 0, default_text='0 = never')
+    track_every: int = option(
+        'every K rounds log lambda_max of the global and the local models and their flatness distance',
+        0, default_text='0 = never')
+    track_samples: int = option('samples of the pooled client data for the global lambda_max', 512)
     dtype: str = option('weights in float32 or float64', 'float32')
     bf16: bool = option('bfloat16 autocast for the forward passes', False)
 
@@ -283,6 +289,8 @@ RANGES: dict[str, Range] = {
     "eval_every": Range(0, integer=True, meaning="0: only at the end"),
     "save_every": Range(0, integer=True, meaning="0: only at the end"),
     "save_clients_every": Range(0, integer=True, meaning="0: never"),
+    "track_every": Range(0, integer=True, meaning="0: never"),
+    "track_samples": Range(1, integer=True),
 }
 #: The string fields and their choices (None: any string).
 CHOICES: dict[str, tuple[str, ...] | None] = {

@@ -40,7 +40,7 @@ from landscape.train.algorithms import Algorithm, ClientStart, LocalState, State
 
 ENGINES = ("sequential", "batched", "auto")
 # Stream ids keep the random streams of one (seed, round, client) independent.
-STREAM_COHORT, STREAM_CLIENT, STREAM_INIT = 1, 2, 3
+STREAM_COHORT, STREAM_CLIENT, STREAM_INIT, STREAM_TRACK = 1, 2, 3, 4
 
 
 def derive_seed(seed: int, round: int, client_id: int, stream: int) -> int:

@@ -38,6 +38,7 @@ from landscape.operators import resolve_device
 from landscape.run_folder import RunFolder
 from landscape.train import algorithms, folder, schedule, swa
 from landscape.train.config import TrainConfig
+from landscape.train.track import CurvatureTracker
 from landscape.train.engine import STREAM_INIT, FederatedData, derive_seed, evaluate, make_engine, sample_cohort
 
 
@@ -338,6 +339,7 @@ def _loop(cfg: TrainConfig, out: Path, fed: Federation, fdata: FederatedData, ru
     from tqdm.auto import tqdm
 
     T = cfg.num_rounds
+    tracker = CurvatureTracker(model, fdata, cfg.track_every, cfg.track_samples, cfg.seed)
     good = (start_round, state, swa_state)
     t_start = time.perf_counter() - elapsed
     last_state_write = time.perf_counter()
@@ -351,8 +353,9 @@ def _loop(cfg: TrainConfig, out: Path, fed: Federation, fdata: FederatedData, ru
                 lr = schedule.client_lr(cfg, t)
                 cohort = sample_cohort(cfg.seed, t, cfg.num_clients, cfg.clients_per_round, cfg.cohort_sampling)
                 keep = cfg.save_clients_every > 0 and R % cfg.save_clients_every == 0
+                tracked = tracker.due(R)
                 t0 = time.perf_counter()
-                result = runner.run_round(algo, state, t, cohort, lr, keep_clients=keep)
+                result = runner.run_round(algo, state, t, cohort, lr, keep_clients=keep or tracked)
                 round_time = time.perf_counter() - t0
                 if not math.isfinite(result.train_loss) or not all(
                     bool(torch.isfinite(v).all()) for v in result.state.weights.values() if v.is_floating_point()
@@ -369,6 +372,8 @@ def _loop(cfg: TrainConfig, out: Path, fed: Federation, fdata: FederatedData, ru
                     if new_swa.weights is not None:
                         sw = recompute_batchnorm(model, new_swa.weights, _client_inputs(fdata))
                         record["swa_test_loss"], record["swa_test_acc"] = evaluate(model, sw, *test, bf16=cfg.bf16)
+                if tracked:
+                    record["curvature"] = tracker.measure(result.state.weights, result.client_weights)
                 if keep:
                     for k, w in result.client_weights.items():
                         meta = {"train_loss": result.client_losses[k], "lr": lr}

@@ -114,4 +114,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"global model: {run.global_checkpoint(result.round)}")
     if result.swa.weights is not None:
         print(f"SWA model ({result.swa.num_models} collected): {run.swa_checkpoint}")
+    tracked = [m["curvature"] for m in metrics if isinstance(m.get("curvature"), dict)]
+    if tracked and isinstance(last.get("time"), (int, float)) and last["time"] > 0:
+        seconds = sum(float(c.get("seconds", 0.0)) for c in tracked)
+        print(f"curvature tracked at {len(tracked)} rounds: {seconds:.2f} s, {100 * seconds / last['time']:.1f}% of "
+              f"the run's {last['time']:.1f} s; lambda_max of the global model now "
+              f"{tracked[-1]['global_lambda_max']:.4g}")
     return 0
