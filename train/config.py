@@ -376,14 +376,15 @@ def _build_presets() -> dict[str, tuple[str, dict[str, Any]]]:
     presets["l26-cifar100-fednsam"] = (
         "[L26] reference setting: CIFAR-100, the FedNSAM code's 'LeNet-5' (lenet5-fednsam), 100 clients, 10 per "
         "round, lr 0.1, rho 0.05, gamma 0.85, wd 1e-3, Dirichlet 0.1 per class (= total alpha 10); reference "
-        "behaviours: gradient clipping to 10, cosine lr decay, uniform client weights; the paper's server rule "
+        "behaviours: gradient clipping to 10, cosine lr decay, uniform client weights, its Dirichlet sampler "
+        "(--partition fednsam); the paper's server rule "
         "(--fednsam-reference-momentum for the code's) and eps along the global momentum (--perturbation "
         "local_sam for the code's local SAM step)",
         {"algorithm": "fednsam", "dataset": "cifar100", "model": "lenet5-fednsam", "num_clients": 100,
          "samples_per_client": 500, "alpha": 10.0, "clients_per_round": 10, "num_rounds": 1000,
          "lr": 0.1, "batch_size": 50, "local_epochs": 5, "weight_decay": 1e-3, "rho": 0.05, "gamma": 0.85,
          "perturbation": "global_momentum", "augment": True, "eval_every": 10, "save_every": 100,
-         "max_grad_norm": 10.0, "lr_schedule": "cosine", "client_weights": "uniform"},
+         "max_grad_norm": 10.0, "lr_schedule": "cosine", "client_weights": "uniform", "partition": "fednsam"},
     )
     presets["digits-demo"] = (
         "a minute-long demo on the offline digits data: MLP, 20 clients x 65, alpha 1, 5 per round",
