@@ -116,7 +116,8 @@ def test_plane_surface_passes_through_the_three_models() -> None:
     w4 = {"w": w1["w"] + 0.5 * e[0] + 1.5 * e[1] - 2 * e[2], "bias": w1["bias"]}
     plane = D.plane_through(w1, w2, w3)
     markers = S.plane_markers(plane, [("A", "global", w1), ("B", "client", w2), ("C", "client", w3), ("D", "swa", w4)])
-    axes = S.plane_axes([m["coords"] for m in markers[:3]], 7, margin=0.0)  # x: 0..3 step .5, y: 0..2 step 1/3
+    # x: 0..3 step .5, y: 0..2 step 1/3
+    axes = S.covering_axes([m["coords"] for m in markers[:3]], 7, margin=0.0, equal=True)
     res = S.evaluate(model, plane.directions, axes, {"train": label_ones()}, kind="plane", origin=plane.origin,
                      markers=markers, dtype=torch.float64, progress=False)
     loss = res["values"]["train/loss"]
