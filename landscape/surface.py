@@ -204,9 +204,9 @@ def surface_axes(coords: Sequence[Sequence[float]], resolution: int, range_: flo
         margin = MARGIN if margin is None else margin
         return covering_axes(pts, resolution, margin), {"rule": "cover", "margin": margin, "models": len(pts)}
     if margin is not None:
-        raise LandscapeError("--margin sets the grid around the models it shows; with --range, or with no "
-                             "other model than the checkpoint, there is none",
-                             fix="drop --margin, or draw a trajectory with --directions pca --trajectory CKPT...")
+        raise LandscapeError("a margin sets the grid around the models it shows; with a range, or with no "
+                             "other model than the checkpoint, there is none", where="surface grid",
+                             fix="drop the margin, or project a trajectory (--directions pca --trajectory CKPT...)")
     range_ = DEFAULT_RANGE if range_ is None else range_
     return [symmetric_axis(range_, resolution) for _ in range(pts.shape[1])], {"rule": "range", "range": range_}
 

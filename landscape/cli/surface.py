@@ -226,9 +226,11 @@ def run(args: argparse.Namespace) -> int:
         raise LandscapeError("--to (interpolation) cannot be combined with --directions-file or --trajectory")
     if args.interval is not None and not args.to:
         raise LandscapeError("--interval sets the coordinates of the --to line", fix="add --to CKPT_B or drop --interval")
-    if args.margin is not None and args.to:
-        raise LandscapeError("--margin sets the grid around a --trajectory; the --to line's coordinates are "
-                             "--interval", fix="drop --margin")
+    if args.margin is not None and (args.range is not None or args.to or args.directions_file
+                                    or args.directions != "pca"):
+        raise LandscapeError("--margin sets the grid around a --trajectory of --directions pca; with --range, "
+                             "--to or other directions there is none", where="landscape surface",
+                             fix="drop --margin (--range R sets the grid)")
     args.interval = args.interval or DEFAULT_INTERVAL
     if not args.interval[0] < args.interval[1]:
         raise LandscapeError(f"--interval must have START < STOP, got {args.interval[0]:g} {args.interval[1]:g}")
