@@ -144,6 +144,7 @@ def _point_traces(frame: Frame, drawn: tuple[bool, float], points: Sequence[Mapp
     marker = {"symbol": [s["symbol"] for s in styles], "color": [s["color"] for s in styles],
               "size": [s["size"] for s in styles], "line": {"color": "black", "width": 1}}
     common: dict[str, Any] = {"mode": mode, "showlegend": False, "connectgaps": False}
+    flat: dict[str, Any] = {}
     if text is None:
         common.update(hovertext=hovers, hoverinfo="text")
     else:  # labels in the right half of the view are written to the left of their point
@@ -154,7 +155,7 @@ def _point_traces(frame: Frame, drawn: tuple[bool, float], points: Sequence[Mapp
     return (go.Scatter3d(x=xs, y=ys, z=zs, marker=marker, line={"color": "black", "width": 2},
                          textposition="top center", **common),
             go.Scatter(x=xs, y=ys, marker={**marker, "symbol": [_flat_symbol(s) for s in marker["symbol"]]},
-                       line={"color": "black", "width": 1.5}, **common, **(flat if text is not None else {})))
+                       line={"color": "black", "width": 1.5}, **common, **flat))
 
 
 def _model_traces(frame: Frame, drawn: tuple[bool, float]) -> list[go.Scatter3d | go.Scatter]:
@@ -163,7 +164,8 @@ def _model_traces(frame: Frame, drawn: tuple[bool, float]) -> list[go.Scatter3d 
     traj = models.path(ms)
     ends = {traj[0]: PATH_ENDS["start"], traj[-1]: PATH_ENDS["end"]} if traj else {}
     others = [m for m, v in zip(ms, visible) if v and m.get("role") != models.TRAJECTORY]
-    named = [p for p in models.places(ms, visible, [float(np.ptp(frame.x)), float(np.ptp(frame.y))]) if not p.inner]
+    spans = [b - a for a, b in models.extent([frame.x, frame.y], ms, visible)]
+    named = [p for p in models.places(ms, visible, spans) if not p.inner]
     return [
         *_point_traces(frame, drawn, [ms[i] if visible[i] else None for i in traj],
                        [ends.get(i, PATH_POINT) for i in traj], "lines+markers"),

@@ -38,6 +38,7 @@ from matplotlib import rc_context
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
 from matplotlib.ticker import LogFormatterSciNotation, LogLocator
 
 from landscape.errors import LandscapeError
@@ -90,6 +91,8 @@ PATH_ENDS = {
 #: Where a model's label may sit beside its point, in order of preference: offset (points), alignment.
 LABEL_SPOTS = (((4, 4), "left", "bottom"), ((4, -4), "left", "top"), ((-4, 4), "right", "bottom"),
                ((-4, -4), "right", "top"), ((0, 8), "center", "bottom"), ((0, -8), "center", "top"))
+#: Room kept free of other labels around a model's marker (points; half the side of a square).
+MARKER_ROOM = 5
 #: A label's background: readable on the dark and the light colors of a surface.
 LABEL_BOX = {"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.75, "linewidth": 0}
 #: The gid of the text of a model's label (tests find them by it).
@@ -237,35 +240,42 @@ def draw_models(ax: Axes, markers: Sequence[Mapping[str, Any]], visible: Sequenc
 
 
 def place_labels(fig: Figure, labelled: Sequence[tuple[Axes, Sequence[models.Place]]]) -> None:
-    """Write the places' labels, each at the first spot of :data:`LABEL_SPOTS` where it covers no other.
+    """Write the places' labels, each at the best spot of :data:`LABEL_SPOTS` beside its point.
 
-    The figure is laid out first (every point at its final place on the page); a spot must
-    keep the label inside its axes and off every label written before it. A model's label
-    with no such spot takes the first spot off the other labels (or the first spot): models
-    are always named. An inner point of the training path with no free spot stays unnamed.
+    The figure is laid out first (every point at its final place on the page). A spot is
+    best when its label covers no label written before it, then no other model's marker
+    (:data:`MARKER_ROOM` around it; the path's small inner points may be covered), then
+    stays inside the axes; the first spot wins among
+    equals. A model is always named, at the best spot there is; an inner point of the
+    training path only at a spot that meets all three.
     """
     fig.draw_without_rendering()
+    room = MARKER_ROOM * fig.dpi / 72
     for ax, found in labelled:
         frame = ax.get_window_extent()
-        taken: list[Any] = []
-        for place in found:
-            candidates = []
-            for offset, ha, va in LABEL_SPOTS:
-                text = ax.annotate(place.text, place.coords[:2], xytext=offset, textcoords="offset points", ha=ha,
-                                   va=va, fontsize=MODEL_LABEL_SIZE, gid=LABEL_GID, annotation_clip=False,
-                                   bbox=LABEL_BOX)
+        anchors = ax.transData.transform([p.coords[:2] for p in found]).reshape(-1, 2)
+        markers = {n: Bbox.from_extents(x - room, y - room, x + room, y + room)
+                   for n, (p, (x, y)) in enumerate(zip(found, anchors)) if not p.inner}
+        taken: list[Bbox] = []
+        for n, place in enumerate(found):
+            spots = [ax.annotate(place.text, place.coords[:2], xytext=offset, textcoords="offset points", ha=ha,
+                                 va=va, fontsize=MODEL_LABEL_SIZE, gid=LABEL_GID, annotation_clip=False,
+                                 bbox=LABEL_BOX) for offset, ha, va in LABEL_SPOTS]
+            others = [box for k, box in markers.items() if k != n]
+
+            def faults(text: Any) -> tuple[bool, bool, bool]:
                 box = text.get_window_extent()
-                free = not any(box.overlaps(other) for other in taken)
-                candidates.append((text, box, free, free and frame.contains(box.x0, box.y0)
-                                   and frame.contains(box.x1, box.y1)))
-            inside = [c for c in candidates if c[3]]
-            chosen = inside[0] if inside else None if place.inner else next(
-                (c for c in candidates if c[2]), candidates[0])
-            for c in candidates:
-                if c is not chosen:
-                    c[0].remove()
-            if chosen is not None:
-                taken.append(chosen[1])
+                return (any(box.overlaps(b) for b in taken), any(box.overlaps(b) for b in others),
+                        not (frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)))
+
+            best = min(spots, key=faults)
+            if place.inner and any(faults(best)):
+                best = None
+            for text in spots:
+                if text is not best:
+                    text.remove()
+            if best is not None:
+                taken.append(best.get_window_extent())
 
 
 def add_path_legend(fig: Figure, ax: Axes) -> None:
