@@ -51,6 +51,7 @@ def load_surfaces(inputs: Sequence[common.Input], value: str) -> list[dict[str, 
     return results
 
 
+@static.styled
 def draw(results: Sequence[dict[str, Any]], labels: Sequence[str], value: str, path: Path) -> Path:
     """One 3D panel per surface with shared z limits and colors, one colorbar; saved by suffix."""
     levels = static.contour_levels(np.concatenate([static.finite_or_nan(r["values"][value]).ravel() for r in results]))
@@ -60,14 +61,12 @@ def draw(results: Sequence[dict[str, Any]], labels: Sequence[str], value: str, p
     for i, (result, label) in enumerate(zip(results, labels)):
         ax = fig.add_subplot(rows, columns, i + 1, projection="3d")
         x, y = (np.asarray(a, dtype=np.float64) for a in result["axes"])
-        mappable = static.draw_surface3d(ax, x, y, static.finite_or_nan(result["values"][value]), levels)
-        names = static.axis_labels(result)
-        ax.set_xlabel(names[0], fontsize=8)
-        ax.set_ylabel(names[1], fontsize=8)
-        ax.set_title(label, fontsize=10)
+        mappable = static.draw_surface3d(ax, x, y, static.finite_or_nan(result["values"][value]), levels,
+                                         [*static.axis_labels(result), value])
+        ax.set_title(label)
     log = static.use_log_scale(levels)
-    static.add_colorbar(fig, mappable, fig.axes, ("log10 " if log else "") + value, log=False)
-    fig.suptitle(f"{value} around each model", fontsize=11)
+    static.add_colorbar(fig, mappable, fig.axes, static.value_label(value, log), log=False, pad=0.1)
+    fig.suptitle(f"{static.value_label(value)} around each model")
     return static.save_figure(fig, path)
 
 

@@ -77,6 +77,7 @@ def collect(inputs: Sequence[common.Input]) -> dict[str, Panel]:
     return panels
 
 
+@static.styled
 def draw(panels: dict[str, Panel], path: Path) -> Path:
     """One panel per label (shared y axis): a line per client colored by id, the global model in black."""
     columns = min(len(panels), MAX_COLUMNS)
@@ -93,15 +94,15 @@ def draw(panels: dict[str, Panel], path: Path) -> Path:
         if panel.global_model:
             rounds, values = zip(*sorted(panel.global_model))
             ax.plot(rounds, values, marker="*", markersize=8, color="black", label="global model")
-        ax.set_title(f"{label} ({len(panel.clients)} clients)", fontsize=10)
+        ax.set_title(f"{label} ({len(panel.clients)} clients)")
         ax.set_xlabel("round")
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+            ax.legend()
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     for ax in axes[::columns]:
         ax.set_ylabel("lambda_max of the local model")
-    fig.suptitle("lambda_max of each client's local model as rounds pass", fontsize=11)
+    fig.suptitle("lambda_max of each client's local model as rounds pass")
     return static.save_figure(fig, path)
 
 

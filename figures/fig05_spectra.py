@@ -51,6 +51,7 @@ def read_density(item: common.Input) -> tuple[dict[str, Any], SpectralDensity]:
     return result, SpectralDensity(nodes, np.asarray(stored["weights"], dtype=np.float64), num_matvecs=nodes.size)
 
 
+@static.styled
 def draw(results: Sequence[dict[str, Any]], densities: Sequence[SpectralDensity], labels: Sequence[str],
          path: Path) -> Path:
     """The densities overlaid (log density axis) with each result's top eigenvalues as ticks."""
@@ -69,8 +70,8 @@ def draw(results: Sequence[dict[str, Any]], densities: Sequence[SpectralDensity]
     ax.set_ylim(bottom=floor)
     ax.set_xlabel("eigenvalue")
     ax.set_ylabel("density")
-    ax.legend(fontsize=8)
-    ax.set_title("Hessian eigenspectrum density (SLQ); ticks: top eigenvalues", fontsize=10)
+    ax.legend()
+    ax.set_title("Hessian eigenspectrum density (SLQ); ticks: top eigenvalues")
     return static.save_figure(fig, path)
 
 

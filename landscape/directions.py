@@ -65,6 +65,9 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
 )
 # Relative size below which a direction counts as zero (collinear models, empty PCA axis).
 DEGENERATE_TOL = 1e-6
+#: The unit of a coordinate along directions of each deterministic kind (random ones: see Directions.unit).
+UNITS = {"eigen": "Euclidean distance", "pca": "Euclidean distance", "plane": "Euclidean distance",
+         "interpolation": "0 = A, 1 = B"}
 
 
 @dataclass
@@ -99,6 +102,20 @@ class Directions:
     def describe(self) -> dict[str, Any]:
         """JSON-ready identification for result files."""
         return {"kind": self.kind, "seed": self.seed, "num": len(self), "sha256": self.sha256(), **self.info}
+
+    @property
+    def unit(self) -> str:
+        """What one unit of a coordinate along these directions is, for axis labels.
+
+        Unit vectors (eigenvectors, PCA, the plane) measure Euclidean distance in parameter
+        space; a filter-normalized direction moves every filter by its own norm [Li18 §4].
+
+        >>> Directions([], "random", 0, {"normalization": "filter"}).unit
+        'filter-normalized units'
+        """
+        if self.kind == "random":
+            return "filter-normalized units" if self.info.get("normalization") == "filter" else "random-direction units"
+        return UNITS.get(self.kind, "direction units")
 
 
 def trainable_parameters(model: nn.Module) -> Params:

@@ -6,10 +6,12 @@ A surface is the function
 
 evaluated at every point ``c`` of a grid whose axes are given coordinate vectors
 (symmetric ``linspace(-r, r, n)`` around the checkpoint, so the centre is a grid point
-for odd ``n`` [Li18 §4]; ``linspace(-0.5, 1.5, n)`` for the interpolation from model A
-to model B; true Euclidean units with margins for the plane through three models
-[G18 §3]). Every point is set from the base ``w0`` (no drift) on a private copy of the
-model: the caller's parameters and buffers are never touched.
+for odd ``n`` [Li18 §4]; a grid covering the models drawn on it with margins, e.g. a
+training trajectory projected onto its PCA directions [Li18 §7] (:func:`surface_axes`);
+``linspace(-0.5, 1.5, n)`` for the interpolation from model A to model B; true Euclidean
+units with margins for the plane through three models [G18 §3]). Every point is set from
+the base ``w0`` (no drift) on a private copy of the model: the caller's parameters and
+buffers are never touched.
 
 Result structure
 ----------------
@@ -20,8 +22,9 @@ interface to :mod:`landscape.plots`::
       "kind": "line" | "grid" | "volume" | "plane",
       "axes": [np.ndarray, ...],          # 1 (line), 2 (grid, plane) or 3 (volume) float64
                                           # coordinate vectors, one per direction
-      "axis_labels": ["alpha", "beta"],   # one str per axis (e.g. "alpha", "beta", "gamma",
-                                          # "interpolation", "u (Euclidean)", "v (Euclidean)")
+      "axis_labels": ["alpha (filter-normalized units)", ...],   # one str per axis, its name
+                                          # and unit (Directions.unit), e.g. "u (Euclidean
+                                          # distance)", "interpolation (0 = A, 1 = B)"
       "values": {                         # one float64 array per source and metric, shape
         "train/loss": ndarray,            # (len(axes[0]), len(axes[1]), ...), "ij" indexing:
         "train/accuracy": ndarray,        # values[k][i, j] is the point axes[0][i], axes[1][j]
@@ -37,7 +40,9 @@ interface to :mod:`landscape.plots`::
          "role": "global" | "client" | "swa" | "trajectory" | None,
          "coords": [float, ...],          # one coordinate per axis, in the axes' units
          "distance": float | None},       # off-surface (Euclidean) distance for projected
-      ],                                  # models (plane, PCA); 0.0 for models on it
+      ],                                  # models (plane, PCA); 0.0 for models on it.
+                                          # The "trajectory" markers are in round order:
+                                          # drawn as the training path.
       "metadata": {                       # JSON-ready; identifies the run
         "format": "landscape-surface", "format_version": 1,
         "version": landscape.__version__,
@@ -51,6 +56,10 @@ interface to :mod:`landscape.plots`::
         "bn": "eval" | "recalibrate", "calibration": spec dict | None,
         "dtype": "float32" | "float64", "device": "cpu" | "cuda:0" | ...,
         "points_per_batch": int, "batch_size": int | None,
+        "grid": {"extent": [[start, stop], ...],      # of every axis, as evaluated
+                 "rule": "range" | "cover" | "interval", ...},   # how it was chosen, if told:
+                                          # range R (symmetric), cover (the markers, margin M),
+                                          # interval (the --to line)
         "num_done": int, "complete": bool,
         "nonfinite": {"train/loss": count, ...},   # points whose value is NaN or inf
       },
@@ -96,6 +105,13 @@ BN_MODES = ("eval", "recalibrate")
 METRICS = ("loss", "accuracy")
 # Metadata fields that record progress, not identity: a continued run may differ in them.
 PROGRESS_FIELDS = ("num_done", "complete", "nonfinite", "device")
+# Neither are the names of the axes (they do not change a value) nor the record of the grid
+# (its axes themselves are compared exactly): a run continued by a newer version may relabel.
+NOT_IDENTITY = (*PROGRESS_FIELDS, "axis_labels", "grid")
+#: Margin of a grid covering models, as a fraction of the extent it covers (on each side).
+MARGIN = 0.2
+#: The grid of a surface around one model alone (nothing else to cover): +-1 direction units [Li18].
+DEFAULT_RANGE = 1.0
 # Memory for one stacked forward (activations of all points in it) when choosing points_per_batch:
 # on a CPU about a last-level cache (measured on 2 cores: an MLP on digits is fastest at 24-48 points
 # per forward, 1.5x faster than at 128; LeNet-5 on 512 images 2x faster at 1 point than at 15); on a
@@ -107,6 +123,8 @@ MAX_POINTS_PER_BATCH = 128
 MAX_POINTS = 10_000_000
 # Samples on which a fast path is checked against the plain forward before it is used.
 CHECK_SAMPLES = 64
+#: The margin of a covering grid is taken from at least this fraction of the models' largest spread.
+MIN_SIDE = 0.25
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -137,21 +155,60 @@ def interval_axis(start: float, stop: float, resolution: int) -> np.ndarray:
     return np.linspace(start, stop, resolution)
 
 
-def plane_axes(coords: Sequence[Sequence[float]], resolution: int, margin: float = 0.2) -> list[np.ndarray]:
-    """Axes of a plane grid covering ``coords`` with margins, in Euclidean units [G18 §3].
+def covering_axes(coords: Sequence[Sequence[float]], resolution: int, margin: float = MARGIN,
+                  equal: bool = False) -> list[np.ndarray]:
+    """Axes of a grid covering the points ``coords`` (one row per model) with margins.
 
-    Both axes extend ``margin * s`` beyond the bounding box of the points, with s the
-    larger side of the box, so the margins are equal in parameter-space distance.
+    Every axis extends ``margin * s`` beyond the bounding box of the points on both sides,
+    with s the side of the box along that axis, or with ``equal`` the larger side (a plane
+    in Euclidean units [G18 §3], drawn with equal aspect: margins equal in parameter-space
+    distance). Along an axis where the points hardly spread, s is at least ``MIN_SIDE``
+    times the larger side (a flat trajectory still gets a margin, not a sliver).
 
-    >>> [a.tolist() for a in plane_axes([[0, 0], [2, 0], [1, 1]], 3, margin=0.5)]
+    Raises:
+        LandscapeError: a negative margin, or points that all coincide (nothing to cover).
+
+    >>> [a.tolist() for a in covering_axes([[0, 0], [2, 0], [1, 1]], 3, margin=0.5, equal=True)]
     [[-1.0, 1.0, 3.0], [-1.0, 0.5, 2.0]]
+    >>> [a.tolist() for a in covering_axes([[0, 0], [2, 0], [1, 1]], 3, margin=0.5)]
+    [[-1.0, 1.0, 3.0], [-0.5, 0.5, 1.5]]
     """
     if not margin >= 0:
         raise LandscapeError(f"--margin must be at least 0, got {margin}")
     pts = np.asarray(coords, dtype=np.float64)
     lo, hi = pts.min(axis=0), pts.max(axis=0)
-    pad = margin * float((hi - lo).max())
-    return [interval_axis(float(a - pad), float(b + pad), resolution) for a, b in zip(lo, hi)]
+    largest = float((hi - lo).max())
+    if not largest > 0:
+        raise LandscapeError("the models to cover all lie at one point; give the grid a --range")
+    sides = np.full_like(lo, largest) if equal else np.maximum(hi - lo, MIN_SIDE * largest)
+    return [interval_axis(float(a - margin * s), float(b + margin * s), resolution) for a, b, s in zip(lo, hi, sides)]
+
+
+def surface_axes(coords: Sequence[Sequence[float]], resolution: int, range_: float | None = None,
+                 margin: float | None = None) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """The axes of a surface around a checkpoint, and how they were chosen (``metadata["grid"]``).
+
+    - ``range_`` given: ``linspace(-R, R, n)`` on every axis (:func:`symmetric_axis`); it wins.
+    - else, when the models ``coords`` (the checkpoint at the origin and, e.g., its training
+      trajectory projected onto the directions) spread out, the grid covers them with
+      ``margin`` (default :data:`MARGIN`) on each side (:func:`covering_axes`), so the whole
+      path is on the picture;
+    - else ``+-DEFAULT_RANGE`` [Li18].
+
+    >>> axes, grid = surface_axes([[0.0, 0.0], [-8.0, -4.0]], 3, margin=0.25)
+    >>> [a.tolist() for a in axes], grid
+    ([[-10.0, -4.0, 2.0], [-5.0, -2.0, 1.0]], {'rule': 'cover', 'margin': 0.25, 'models': 2})
+    """
+    pts = np.asarray(coords, dtype=np.float64)
+    if range_ is None and len(pts) > 1 and float(np.ptp(pts, axis=0).max()) > 0:
+        margin = MARGIN if margin is None else margin
+        return covering_axes(pts, resolution, margin), {"rule": "cover", "margin": margin, "models": len(pts)}
+    if margin is not None:
+        raise LandscapeError("a margin sets the grid around the models it shows; with a range, or with no "
+                             "other model than the checkpoint, there is none", where="surface grid",
+                             fix="drop the margin, or project a trajectory (--directions pca --trajectory CKPT...)")
+    range_ = DEFAULT_RANGE if range_ is None else range_
+    return [symmetric_axis(range_, resolution) for _ in range(pts.shape[1])], {"rule": "range", "range": range_}
 
 
 def plane_markers(
@@ -531,6 +588,7 @@ def evaluate(
         "markers": [dict(m) for m in markers],
         "device": str(device),
     }
+    meta["grid"] = {"extent": [[float(a[0]), float(a[-1])] for a in axes], **dict(meta.get("grid") or {})}
     keys = [f"{s}/{m}" for s in sources for m in meta["metrics"]]
     values = {k: np.full(coords.shape[0], np.nan) for k in keys}
     done = np.zeros(coords.shape[0], dtype=bool)
@@ -591,8 +649,8 @@ def _no_bar(progress: bool | None) -> bool | None:
 
 def _check_same_run(path: Path, previous: dict[str, Any], meta: Mapping[str, Any], axes: Sequence[np.ndarray]) -> None:
     """Refuse to continue from a result file written by a different run."""
-    old = {k: v for k, v in previous["metadata"].items() if k not in PROGRESS_FIELDS}
-    new = {k: v for k, v in meta.items() if k not in PROGRESS_FIELDS}
+    old = {k: v for k, v in previous["metadata"].items() if k not in NOT_IDENTITY}
+    new = {k: v for k, v in meta.items() if k not in NOT_IDENTITY}
     diff = _first_difference(_jsonable(old), _jsonable(new))
     if diff is None and any(a.shape != b.shape or not np.array_equal(a, b) for a, b in zip(previous["axes"], axes)):
         diff = ("axes", "other grid axes", "these")

@@ -1385,6 +1385,19 @@ for value in ("-1", "abc", "1.5"):
     train(f"track-every={value}", "--track-every", value)
 train("track-samples=0", "--track-samples", "0")
 
+# --- pictures for a paper (issue 13, point 5): the grid around a trajectory, surface --margin ------------------
+TRAJECTORY = ("--directions", "pca", "--trajectory", "{ckpt}", "{client0}", "{client1}")
+NO_MARGIN = "--margin sets the grid around a --trajectory"
+for value in ("-1", "nan", "inf", "101", "abc"):
+    surface(f"margin={value}", *TRAJECTORY, "--margin", value)
+surface("margin-with-range", *TRAJECTORY, "--range", "1", "--margin", "0.1", expect=NO_MARGIN)
+surface("margin-without-trajectory", "--margin", "0.1", expect=NO_MARGIN)
+surface("margin-with-to", "--to", "{client0}", "--margin", "0.1", expect=NO_MARGIN)
+surface("margin-with-directions-file", "--directions-file", "{dirs}", "--margin", "0.1", expect=NO_MARGIN)
+surface("png=jpg-with-trajectory", *TRAJECTORY, "--png", "{tmp}/x.jpg", outputs=("{tmp}/x.jpg",),
+        note="the image formats are .png, .pdf, .svg")
+view("png=eps", "{surface}", extra=("--png", "{tmp}/v.eps"), outputs=("{tmp}/v.eps",))
+
 
 def _check() -> None:
     ids = [c.id for c in CASES]

@@ -116,7 +116,8 @@ def test_plane_surface_passes_through_the_three_models() -> None:
     w4 = {"w": w1["w"] + 0.5 * e[0] + 1.5 * e[1] - 2 * e[2], "bias": w1["bias"]}
     plane = D.plane_through(w1, w2, w3)
     markers = S.plane_markers(plane, [("A", "global", w1), ("B", "client", w2), ("C", "client", w3), ("D", "swa", w4)])
-    axes = S.plane_axes([m["coords"] for m in markers[:3]], 7, margin=0.0)  # x: 0..3 step .5, y: 0..2 step 1/3
+    # x: 0..3 step .5, y: 0..2 step 1/3
+    axes = S.covering_axes([m["coords"] for m in markers[:3]], 7, margin=0.0, equal=True)
     res = S.evaluate(model, plane.directions, axes, {"train": label_ones()}, kind="plane", origin=plane.origin,
                      markers=markers, dtype=torch.float64, progress=False)
     loss = res["values"]["train/loss"]
@@ -453,3 +454,57 @@ def test_view_puts_several_results_on_one_slider(tmp_path, capsys):
     assert "first" in text and "second" in text and "sliders" in text
     assert main(["view", *paths, "--labels", "one"]) == 2
     assert "--labels names 1 results but 2" in capsys.readouterr().err
+
+
+def test_cli_trajectory_surface_covers_the_path_and_range_still_wins(tmp_path, capsys) -> None:
+    """A trajectory reaching 8 direction units from the final model (far beyond the old +-1 grid): the default
+    grid holds every projected checkpoint with margins, in round order, and so do the figure's axes; the PDF
+    and the HTML are written; --range R gives +-R again (the figure still shows the whole path)."""
+    from landscape.plots import static
+
+    torch.manual_seed(0)
+    model = build("mlp", hidden=[8])
+    end = {k: v.clone() for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(1)
+    d1, d2 = ({k: torch.randn(v.shape, generator=g) for k, v in end.items()} for _ in range(2))
+    paths = []
+    for t in (3, 0, 4, 1, 2):  # given out of round order
+        a, b = -2.0 * (4 - t), math.sin(t)  # alpha -8..0, beta wiggles
+        state = {k: end[k] + a * d1[k] / 20 + b * d2[k] / 20 for k in end}
+        model.load_state_dict(state)
+        ckpt = checkpoint.from_model(model, "mlp", {"hidden": [8]}, role="global", round=10 * t,
+                                     data={"dataset": "digits"})
+        paths.append(str(checkpoint.save(ckpt, tmp_path / f"global_r{10 * t}.pt")))
+    final = str(tmp_path / "global_r40.pt")
+    out, pdf, html = tmp_path / "s.npz", tmp_path / "s.pdf", tmp_path / "s.html"
+    argv = ["surface", final, "--directions", "pca", "--trajectory", *paths, *FAST]
+    assert main([*argv, "--resolution", "5", "--out", str(out), "--png", str(pdf), "--html", str(html)]) == 0
+    assert "grid: " in capsys.readouterr().out
+    res = S.load_result(out)
+    traj = [m for m in res["markers"] if m["role"] == "trajectory"]
+    assert [m["label"] for m in traj] == [f"round {10 * t}" for t in range(5)]
+    coords = np.array([m["coords"] for m in res["markers"]])
+    spread = np.ptp(coords, axis=0)
+    assert spread[0] > 2.0  # the old +-1 grid could not hold it
+    for k, axis in enumerate(res["axes"]):
+        assert axis[0] <= coords[:, k].min() - 0.15 * spread[k] and axis[-1] >= coords[:, k].max() + 0.15 * spread[k]
+        assert axis[-1] - axis[0] <= 2 * spread[k] + 1e-9  # margins, not a grid of empty space
+    assert res["metadata"]["grid"] == {"extent": [[a[0], a[-1]] for a in res["axes"]], "rule": "cover",
+                                       "margin": S.MARGIN, "models": 6}
+    assert all(label.endswith("(Euclidean distance)") for label in res["axis_labels"])
+    fig = static.surface_figure(res, styles=["filled"])
+    (x0, x1), (y0, y1) = fig.axes[0].get_xlim(), fig.axes[0].get_ylim()
+    assert (x0, x1, y0, y1) == (res["axes"][0][0], res["axes"][0][-1], res["axes"][1][0], res["axes"][1][-1])
+    assert ((x0 <= coords[:, 0]) & (coords[:, 0] <= x1) & (y0 <= coords[:, 1]) & (coords[:, 1] <= y1)).all()
+    assert pdf.read_bytes().startswith(b"%PDF") and 'class="plotly-graph-div"' in html.read_text()
+
+    assert main([*argv, "--range", "0.5", "--out", str(tmp_path / "r.npz")]) == 0
+    ranged = S.load_result(tmp_path / "r.npz")
+    assert [a.tolist() for a in ranged["axes"]] == [[-0.5, 0.0, 0.5]] * 2
+    assert ranged["metadata"]["grid"]["rule"] == "range" and ranged["metadata"]["grid"]["range"] == 0.5
+    ax = static.surface_figure(ranged, styles=["filled"]).axes[0]
+    assert ax.get_xlim()[0] < coords[:, 0].min() and ax.get_ylim()[1] > coords[:, 1].max()
+    capsys.readouterr()
+    assert main([*argv, "--range", "0.5", "--margin", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --margin sets the grid around a --trajectory")

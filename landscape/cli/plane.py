@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from landscape import directions, surface
-from landscape.cli.common import load_same_architecture, marker_label, number
-from landscape.cli.surface import RESOLUTION, add_evaluation_args, check_outputs, evaluate, load_sources, writing
+from landscape.cli.common import load_same_architecture, marker_label
+from landscape.cli.surface import (MARGIN, RESOLUTION, add_evaluation_args, axis_labels, check_outputs, evaluate,
+                                   load_sources, writing)
 from landscape.operators import resolve_device
 
 
@@ -23,8 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("models", nargs=3, metavar="CKPT", help="the three models A, B, C spanning the plane")
     p.add_argument("--project", nargs="+", default=[], metavar="CKPT", help="more models to project onto the plane")
     p.add_argument("--resolution", type=RESOLUTION, default=21, metavar="N", help="points per axis (default: 21, [C22])")
-    p.add_argument("--margin", type=number(0, 100), default=0.2, metavar="M",
-                   help="grid margin beyond the models, as a fraction of their larger extent (default: 0.2)")
+    p.add_argument("--margin", type=MARGIN, default=surface.MARGIN, metavar="M",
+                   help=f"grid margin beyond the models, as a fraction of their larger extent (default: {surface.MARGIN})")
     add_evaluation_args(p)
     p.set_defaults(run=run)
 
@@ -41,9 +42,10 @@ def _run(args: argparse.Namespace) -> int:
     params = [directions.trainable_parameters(c.build_model()) for c in ckpts]
     plane = directions.plane_through(*params[:3])
     markers = surface.plane_markers(plane, [(marker_label(c), c.role, p) for c, p in zip(ckpts, params)])
-    axes = surface.plane_axes([m["coords"] for m in markers], args.resolution, args.margin)
+    axes = surface.covering_axes([m["coords"] for m in markers], args.resolution, args.margin, equal=True)
     for m in markers[3:]:
         print(f"{m['label']:<12} at ({m['coords'][0]:.4g}, {m['coords'][1]:.4g}), {m['distance']:.4g} off the plane")
     sources, full = load_sources(args, ckpts[0])
     return evaluate(args, ckpts[0], plane.directions, axes, "plane", plane.origin, markers,
-                    ["u (Euclidean)", "v (Euclidean)"], ckpts, sources, full)
+                    axis_labels(["u", "v"], plane.directions), ckpts, sources, full,
+                    {"rule": "cover", "margin": args.margin, "models": len(markers), "equal": True})

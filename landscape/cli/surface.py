@@ -26,6 +26,8 @@ DEFAULT_INTERVAL = (-0.5, 1.5)
 MAX_COORDINATE = 1e4
 #: Points per axis: at least 2 (a line needs two ends), at most 10,000.
 RESOLUTION = common.integer(2, 10_000)
+#: Grid margins beyond the models, as a fraction of the extent they cover.
+MARGIN = common.number(0, 100)
 KIND_OF_DIM = {1: "line", 2: "grid", 3: "volume"}
 
 
@@ -41,8 +43,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="checkpoint file (or plain state_dict with --model): the centre")
     p.add_argument("--dim", type=int, choices=[1, 2, 3], default=2, help="1 line, 2 grid, 3 volume (default: 2)")
     p.add_argument("--resolution", type=RESOLUTION, default=21, metavar="N", help="points per axis (default: 21, [C22])")
-    p.add_argument("--range", type=common.number(0, MAX_COORDINATE, low_open=True), default=1.0, metavar="R",
-                   help="each axis is linspace(-R, R, N) in direction units (default: 1.0)")
+    p.add_argument("--range", type=common.number(0, MAX_COORDINATE, low_open=True), default=None, metavar="R",
+                   help="each axis is linspace(-R, R, N) in direction units (default: a grid covering the "
+                   "--trajectory with --margin on each side, else R = 1.0)")
+    p.add_argument("--margin", type=MARGIN, default=None, metavar="M",
+                   help="the default grid's margin beyond the --trajectory on each side, as a fraction of its "
+                   f"extent along each axis (default: {surface.MARGIN})")
     p.add_argument("--directions", choices=["random", "eigen", "pca"], default="random",
                    help="random: Gaussian, filter-normalized [Li18]; eigen: top Hessian eigenvectors (unit); "
                    "pca: principal directions of --trajectory (default: random)")
@@ -83,7 +89,8 @@ def add_evaluation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="start over even if --out exists (the old file is "
                    "replaced only once the new result is complete)")
     p.add_argument("--html", metavar="HTML", help="write an interactive (offline) HTML view")
-    p.add_argument("--png", metavar="PNG", help="write a static plot (.png or .pdf)")
+    p.add_argument("--png", metavar="IMAGE", help="write a static plot, its format by suffix: .png, or vector "
+                   ".pdf / .svg for a paper")
     common.add_objective_args(p, params=False)
     common.add_data_args(p, default_samples=None)
     common.add_compute_args(p)
@@ -132,15 +139,19 @@ def evaluate(
     checkpoints: list[Checkpoint],
     sources: dict[str, data.Dataset],
     full: data.Dataset,
+    grid: dict[str, Any],
 ) -> int:
-    """Run the evaluation with the shared flags, print a summary, draw what was asked."""
+    """Run the evaluation with the shared flags, print a summary, draw what was asked.
+
+    ``grid`` says how the axes were chosen (recorded as ``metadata["grid"]``).
+    """
     start = time.perf_counter()
     result = surface.evaluate(
         ckpt.build_model(), dirs, axes, sources, kind=kind, origin=origin, axis_labels=axis_labels, markers=markers,
         bn=args.bn, calibration=full.sample(args.bn_samples, args.seed) if args.bn == "recalibrate" else None,
         batch_size=args.batch_size, points_per_batch=args.points_per_batch, dtype=resolve_dtype(args.dtype),
         device=resolve_device(args.device), out=args.out, overwrite=args.overwrite,
-        metadata={"checkpoints": [c.describe() for c in checkpoints]}, progress=sys.stderr.isatty(),
+        metadata={"checkpoints": [c.describe() for c in checkpoints], "grid": grid}, progress=sys.stderr.isatty(),
         loss=common.loss_of(args), ignore_index=args.ignore_index,
     )
     print(format_summary(result, time.perf_counter() - start))
@@ -154,8 +165,13 @@ def evaluate(
     return 0
 
 
+def axis_labels(names: list[str], dirs: directions.Directions) -> list[str]:
+    """Axis labels that say their unit: ``"alpha (filter-normalized units)"``, ``"u (Euclidean distance)"``."""
+    return [f"{name} ({dirs.unit})" for name in names]
+
+
 def draw(result: dict[str, Any], html: str | None, png: str | None) -> None:
-    """Write the HTML and PNG views (the drawing lives in :mod:`landscape.plots`)."""
+    """Write the HTML and static views (the drawing lives in :mod:`landscape.plots`)."""
     if html:
         from landscape.plots.interactive import write_html
 
@@ -169,21 +185,22 @@ def draw(result: dict[str, Any], html: str | None, png: str | None) -> None:
 
 
 def format_summary(result: dict[str, Any], seconds: float) -> str:
-    """Per source: the value at the centre of the grid and the range over it."""
+    """Per source: the value at the grid point nearest the origin (the checkpoint; model A of a line or
+    plane) and the range over the grid."""
     meta = result["metadata"]
     shape = "x".join(str(n) for n in meta["shape"])
     lines = [
         f"{result['kind']} {shape} ({meta['directions']['kind']} directions, {meta['num_done']} of "
         f"{int(np.prod(meta['shape']))} points, {meta['points_per_batch']} per forward, {seconds:.1f} s)",
-        f"{'source':<12} {'centre loss':>12} {'min loss':>10} {'max loss':>10} {'centre acc':>10}",
+        f"{'source':<12} {'loss at 0':>12} {'min loss':>10} {'max loss':>10} {'acc at 0':>10}",
     ]
-    centre = tuple(n // 2 for n in meta["shape"])
+    origin = tuple(int(np.argmin(np.abs(a))) for a in result["axes"])
     for source in meta["sources"]:
         loss, acc = result["values"][f"{source}/loss"], result["values"].get(f"{source}/accuracy")
         finite = loss[np.isfinite(loss)]
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (float("nan"), float("nan"))
-        shown = f"{acc[centre]:>10.3f}" if acc is not None else f"{'-':>10}"
-        lines.append(f"{source:<12} {loss[centre]:>12.4f} {lo:>10.4f} {hi:>10.4f} {shown}")
+        shown = f"{acc[origin]:>10.3f}" if acc is not None else f"{'-':>10}"
+        lines.append(f"{source:<12} {loss[origin]:>12.4f} {lo:>10.4f} {hi:>10.4f} {shown}")
     return "\n".join(lines)
 
 
@@ -209,6 +226,11 @@ def run(args: argparse.Namespace) -> int:
         raise LandscapeError("--to (interpolation) cannot be combined with --directions-file or --trajectory")
     if args.interval is not None and not args.to:
         raise LandscapeError("--interval sets the coordinates of the --to line", fix="add --to CKPT_B or drop --interval")
+    if args.margin is not None and (args.range is not None or args.to or args.directions_file
+                                    or args.directions != "pca"):
+        raise LandscapeError("--margin sets the grid around a --trajectory of --directions pca; with --range, "
+                             "--to or other directions there is none", where="landscape surface",
+                             fix="drop --margin (--range R sets the grid)")
     args.interval = args.interval or DEFAULT_INTERVAL
     if not args.interval[0] < args.interval[1]:
         raise LandscapeError(f"--interval must have START < STOP, got {args.interval[0]:g} {args.interval[1]:g}")
@@ -231,9 +253,9 @@ def _run(args: argparse.Namespace) -> int:
             {"label": f"A: {common.marker_label(ckpt_a)}", "role": ckpt_a.role, "coords": [0.0], "distance": 0.0},
             {"label": f"B: {common.marker_label(ckpt_b)}", "role": ckpt_b.role, "coords": [1.0], "distance": 0.0},
         ]
-        return evaluate(args, ckpt, dirs, axes, "line", None, markers, ["interpolation"], [ckpt_a, ckpt_b],
-                        sources, full)
-    axes = [surface.symmetric_axis(args.range, args.resolution)] * args.dim
+        return evaluate(args, ckpt, dirs, axes, "line", None, markers, axis_labels(["interpolation"], dirs),
+                        [ckpt_a, ckpt_b], sources, full, {"rule": "interval"})
+    names = ["alpha", "beta", "gamma"][: args.dim]
     if args.directions_file:
         dirs = directions.load_directions(args.directions_file, params)
         if len(dirs) < args.dim:
@@ -258,6 +280,8 @@ def _run(args: argparse.Namespace) -> int:
         if not args.trajectory:
             raise LandscapeError("--directions pca needs --trajectory CKPT... (checkpoints along training)")
         traj = common.load_same_architecture([args.checkpoint, *args.trajectory], args)[1:]
+        if all(c.round is not None for c in traj):  # the path is drawn in this order
+            traj.sort(key=lambda c: c.round)
         dirs, projected = directions.pca_directions(
             params, [directions.trainable_parameters(c.build_model()) for c in traj], num=args.dim
         )
@@ -268,11 +292,16 @@ def _run(args: argparse.Namespace) -> int:
             for c, (coords, distance) in zip(traj, projected)
         ]
         print("explained variance: " + ", ".join(f"{e:.3f}" for e in dirs.info["explained_variance"]))
+        names = [f"PC {i + 1}, {100 * e:.1f}% of variance" for i, e in enumerate(dirs.info["explained_variance"])]
     else:
         raise LandscapeError(f"unknown --directions {args.directions!r}")
     markers[0]["coords"] = [0.0] * args.dim
+    axes, grid = surface.surface_axes([m["coords"] for m in markers], args.resolution, args.range, args.margin)
+    if grid["rule"] == "cover":
+        print("grid: " + " x ".join(f"{a[0]:.4g}..{a[-1]:.4g}" for a in axes)
+              + f" (covers the {len(markers)} models with margin {grid['margin']:g}; --range R sets +-R)")
     if args.save_directions:
         directions.save_directions(args.save_directions, dirs, {"name": ckpt.model_name, "kwargs": ckpt.model_kwargs})
         print(f"wrote {args.save_directions}")
-    labels = ["alpha", "beta", "gamma"][: args.dim]
-    return evaluate(args, ckpt, dirs, axes, KIND_OF_DIM[args.dim], None, markers, labels, checkpoints, sources, full)
+    return evaluate(args, ckpt, dirs, axes, KIND_OF_DIM[args.dim], None, markers, axis_labels(names, dirs),
+                    checkpoints, sources, full, grid)

@@ -15,17 +15,18 @@ from landscape.plots import IMAGE_SUFFIXES
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "view",
-        help="turn saved surface results into HTML and PNG",
+        help="turn saved surface results into HTML and static images (PNG, PDF, SVG)",
         description="Draw result files of `landscape surface` / `landscape plane` (complete or partial). "
         "Without --html/--png both are written next to the (first) RESULT. Several results of one kind "
-        "(rounds, algorithms) share one HTML page with a slider; the PNG shows the first. "
+        "(rounds, algorithms) share one HTML page with a slider; the static image shows the first. "
         "Example: landscape view fedavg.npz fedsam.npz --labels FedAvg FedSAM --html surfaces.html",
     )
     p.add_argument("results", nargs="+", metavar="RESULT", help=".npz result files")
     p.add_argument("--labels", nargs="+", metavar="LABEL", help="slider labels, one per result "
                    "(default: the round, else the checkpoint name)")
     p.add_argument("--html", metavar="HTML", help="interactive offline HTML view")
-    p.add_argument("--png", metavar="PNG", help="static plot of the first result (.png or .pdf)")
+    p.add_argument("--png", metavar="IMAGE", help="static plot of the first result, its format by suffix: .png, "
+                   "or vector .pdf / .svg for a paper")
     p.set_defaults(run=run)
 
 

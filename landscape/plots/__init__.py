@@ -4,6 +4,8 @@
   surfaces, curves, Hessian spectral densities and flatness metrics.
 - :mod:`landscape.plots.interactive`: self-contained plotly HTML (plotly.js inside
   the file, works offline) of surfaces with the models as markers.
+- :mod:`landscape.plots.markers`: what both draw of the models: the training path,
+  which models a volume's slice shows, one label per place.
 
 The surface input is the dict of :func:`landscape.surface.load_result` (its structure
 is documented in :mod:`landscape.surface`).
