@@ -38,9 +38,9 @@ ALGORITHMS: dict[str, tuple[str, ...]] = {
     "fedsam": ("--algorithm", "fedsam"),
     "fedasam": ("--algorithm", "fedasam"),
     "fednsam": ("--algorithm", "fednsam"),
-    # SWA's cycle runs from the preset's client lr down to a hundredth of it, as in [C22] (gamma1 = lr)
-    "fedasam+swa": ("--algorithm", "fedasam", "--swa", "--swa-cycle", "5", "--swa-gamma1", "0.1",
-                    "--swa-gamma2", "0.001"),
+    # SWA's cycle runs from the preset's client lr down to a hundredth of it, as in [C22] (gamma1 = lr);
+    # its length (--swa-cycle) is set per run: 5 cycles in the last quarter of the rounds
+    "fedasam+swa": ("--algorithm", "fedasam", "--swa", "--swa-gamma1", "0.1", "--swa-gamma2", "0.001"),
 }
 #: setting -> its Dirichlet concentration: one class per client, and iid in all but name.
 SETTINGS = {"heterogeneous": "0", "homogeneous": "1000"}
@@ -103,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
             run_dir = out / "runs" / setting / name.replace("+", "_")
             folder = RunFolder(run_dir)
             resume = ["--resume"] if folder.is_run() else []  # a rerun continues, not repeats
+            if "--swa" in flags:
+                flags = (*flags, "--swa-cycle", str(max(1, args.rounds // 20)))
             tour.run(["train", "--preset", "digits-demo", *flags, "--alpha", alpha, "--rounds", R,
                       "--save-clients-every", R, "--track-every", str(TRACK_EVERY), "--out", str(run_dir),
                       "--no-progress", *resume, *device], title=f"train {name}, {setting}")
