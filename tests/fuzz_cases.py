@@ -1385,6 +1385,10 @@ for value in ("-1", "abc", "1.5"):
     train(f"track-every={value}", "--track-every", value)
 train("track-samples=0", "--track-samples", "0")
 
+# --- training under torchrun (issue 14, points 2 and 4): the collective timeout -----------------
+for value in ("0", "-5", "nan", "inf", "abc", "1e9"):
+    train(f"collective-timeout={value}", "--collective-timeout", value)
+
 
 def _check() -> None:
     ids = [c.id for c in CASES]
