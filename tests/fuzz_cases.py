@@ -1398,6 +1398,10 @@ surface("png=jpg-with-trajectory", *TRAJECTORY, "--png", "{tmp}/x.jpg", outputs=
         note="the image formats are .png, .pdf, .svg")
 view("png=eps", "{surface}", extra=("--png", "{tmp}/v.eps"), outputs=("{tmp}/v.eps",))
 
+# --- training under torchrun (issue 14, points 2 and 4): the collective timeout -----------------
+for value in ("0", "-5", "nan", "inf", "abc", "1e9"):
+    train(f"collective-timeout={value}", "--collective-timeout", value)
+
 
 def _check() -> None:
     ids = [c.id for c in CASES]

@@ -16,6 +16,7 @@ Layout (a federated algorithm = a client update + a server update, FedJAX/optax 
 - :mod:`landscape.train.config`: the frozen :class:`~landscape.train.config.TrainConfig` and the paper presets.
 - :mod:`landscape.train.folder`: the run folder: its layout, config.json, state.pt, metrics.jsonl.
 - :mod:`landscape.train.run`: the training loop: set-up, rounds, checkpoints, resume.
+- :mod:`landscape.train.distributed`: the same loop under torchrun, each rank training a block of every cohort.
 
 ``train`` imports ``landscape``; ``landscape`` never imports ``train``.
 """

@@ -11,7 +11,8 @@ One process writes a run folder at a time (``OUT/.lock``, see :func:`landscape.f
 Everything that can refuse a config (the data, the partition, the model and one forward pass on
 one sample) runs before the folder is touched. A folder whose first round never completed is
 started again as if it were new (:func:`landscape.train.folder.never_completed`); a killed run is
-continued with ``resume``.
+continued with ``resume``. Under torchrun (``WORLD_SIZE > 1``) the ranks split every round's cohort and
+rank 0 alone writes and prints (:mod:`landscape.train.distributed`); one process joins no process group.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from landscape.errors import LandscapeError, os_error, user_code
 from landscape.files import exclusive, write_json
 from landscape.operators import resolve_device
 from landscape.run_folder import RunFolder
-from landscape.train import algorithms, folder, schedule, swa
+from landscape.train import algorithms, distributed, folder, schedule, swa
 from landscape.train.config import TrainConfig
 from landscape.train.track import CurvatureTracker
 from landscape.train.engine import STREAM_INIT, FederatedData, derive_seed, evaluate, make_engine, sample_cohort
@@ -61,6 +62,7 @@ class RunResult:
     state: Any
     swa: swa.SWAState
     config: TrainConfig
+    writer: bool = True  # under torchrun only rank 0 writes (the others' swa is empty)
 
 
 def load_federation(cfg: TrainConfig, data_dir: str | None = None) -> tuple[TrainConfig, Federation]:
@@ -212,6 +214,7 @@ def train(
     resume: bool = False,
     progress: bool = False,
     on_round: Callable[[int, dict[str, Any]], None] | None = None,
+    collective_timeout: float = 1800.0,
 ) -> RunResult:
     """Train ``cfg`` into the run folder ``out`` (see :mod:`landscape.train.folder` for its layout).
 
@@ -223,7 +226,8 @@ def train(
         engine: ``sequential``, ``batched`` or ``auto`` (batched on CUDA, sequential on CPU).
         resume: continue the run in ``out``; ``cfg`` must equal the stored config.
         progress: show a tqdm progress bar with ETA.
-        on_round: called as ``on_round(round, metrics)`` after every round (for tests and tools).
+        on_round: called as ``on_round(round, metrics)`` after every round (for tests and tools; on rank 0).
+        collective_timeout: under torchrun, the seconds a rank waits for the others at an exchange.
 
     Raises:
         LandscapeError: bad settings or data, a model that does not fit the data (all before
@@ -231,10 +235,27 @@ def train(
             ``resume`` (a run whose first round never completed is started again instead); with
             ``resume``, such a run, a config that differs from the stored one, or a damaged
             ``state.pt``; a diverging run (NaN / inf loss: the last good model stays saved).
+            Under torchrun also a lost rank or SIGTERM (the last completed round stays saved).
         OSError: a failed write (full disk, ...); the folder stays resumable.
     """
     out = Path(out)
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    kwargs = dict(data_dir=data_dir, device=device, engine=engine, resume=resume, progress=progress, on_round=on_round)
+    if distributed.world_size() <= 1:
+        return _train(cfg, out, **kwargs)
+    ranks = distributed.join(collective_timeout)
+    with ranks.session():
+        return _train(cfg, out, **kwargs, ranks=ranks)
+
+
+def _train(cfg: TrainConfig, out: Path, *, data_dir: str | None, device: str | torch.device | None, engine: str,
+           resume: bool, progress: bool, on_round: Callable[[int, dict[str, Any]], None] | None,
+           ranks: Any = None) -> RunResult:
+    """:func:`train` in one process (``ranks`` None) or on one rank of several."""
+    if ranks is not None:
+        dev = ranks.connect(device)
+    else:
+        dev = device if isinstance(device, torch.device) else resolve_device(device)
+    writer = ranks is None or ranks.writer
     # Everything that can refuse the config, before the folder is touched: the data and the
     # partition, the model and one forward pass on one sample, the engine.
     cfg, fed = load_federation(cfg, data_dir)
@@ -244,6 +265,8 @@ def train(
     fdata = FederatedData.build(fed.train.x, fed.train.y, fed.parts, dev, dtype, cfg.augment,
                                 data.black_pixel(fed.train))
     runner = make_engine(engine, model, fdata, cfg, dev)
+    if ranks is not None:
+        runner = distributed.DistributedEngine(runner, ranks, dev)
     algo = algorithms.from_config(cfg)
     weights = {k: v.detach().to(dev).clone() for k, v in model.state_dict().items()}
     initial = algo.init(weights, runner.param_names)
@@ -252,34 +275,38 @@ def train(
     if out.exists() and not out.is_dir():
         raise LandscapeError("--out is a file, not a folder", where=out, fix="give a folder for the run")
 
-    # One writer per run folder: what it holds is read and decided on under the lock. A folder
-    # this call creates is removed again if the run cannot even be set up in it (a full disk).
+    # One writer per run folder (rank 0 under torchrun): what it holds is read and decided on under
+    # the lock. A folder this call creates is removed again if the run cannot even be set up in it.
     new = [p for p in (out, *out.parents) if not p.exists()]
+    state, swa_state, start_round, elapsed = initial, swa.SWAState(), 0, 0.0
     with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(exclusive(out, folder=True))
-        except OSError as exc:
-            folder.remove_new_folders(new)
-            if exc.filename is None:
-                exc.filename = str(out / ".lock")
-            raise os_error(exc, "cannot create or lock the run folder") from None
-        folder.remove_partial_writes(out)
-        folder.keep_split_file(out, fed.spec)
-        if resume:
-            start_round, state, swa_state, elapsed = _resume(out, cfg, dev, initial)
-        else:
+        if writer:
             try:
-                _start(out, cfg, fed, runner, dev, initial)
-            except BaseException:
+                stack.enter_context(exclusive(out, folder=True))
+            except OSError as exc:
                 folder.remove_new_folders(new)
-                raise
-            state, swa_state, start_round, elapsed = initial, swa.SWAState(), 0, 0.0
+                if exc.filename is None:
+                    exc.filename = str(out / ".lock")
+                raise os_error(exc, "cannot create or lock the run folder") from None
+            folder.remove_partial_writes(out)
+            folder.keep_split_file(out, fed.spec)
+            if resume:
+                start_round, state, swa_state, elapsed = _resume(out, cfg, dev, initial)
+            else:
+                try:
+                    _start(out, cfg, fed, runner, dev, initial)
+                except BaseException:
+                    folder.remove_new_folders(new)
+                    raise
+        if ranks is not None:  # the round and server state to start from, as rank 0 read them
+            start_round, server = ranks.from_writer((start_round, state.to_dict()), dev)
+            state = type(initial).from_dict(server)
         test = None
-        if fed.test is not None:
+        if fed.test is not None and writer:
             test = (fed.test.x.to(device=dev, dtype=dtype), fed.test.y.to(dev))
         state, swa_state = _loop(cfg, out, fed, fdata, runner, algo, model, test, start_round, state, swa_state,
-                                 elapsed, progress, on_round)
-    return RunResult(out, cfg.num_rounds, state, swa_state, cfg)
+                                 elapsed, progress, on_round, ranks)
+    return RunResult(out, cfg.num_rounds, state, swa_state, cfg, writer)
 
 
 def _start(out: Path, cfg: TrainConfig, fed: Federation, runner: Any, dev: torch.device, initial: Any) -> None:
@@ -334,9 +361,17 @@ def _due(period: int, r: int, last: int) -> bool:
 def _loop(cfg: TrainConfig, out: Path, fed: Federation, fdata: FederatedData, runner: Any, algo: Any,
           model: nn.Module, test: tuple[torch.Tensor, torch.Tensor] | None, start_round: int, state: Any,
           swa_state: swa.SWAState, elapsed: float, progress: bool,
-          on_round: Callable[[int, dict[str, Any]], None] | None) -> tuple[Any, swa.SWAState]:
-    """One iteration per round; (round, state, swa) is only advanced once a round is fully logged."""
+          on_round: Callable[[int, dict[str, Any]], None] | None, ranks: Any = None) -> tuple[Any, swa.SWAState]:
+    """One iteration per round; (round, state, swa) is only advanced once a round is fully logged.
+
+    Under torchrun (``ranks``) every rank trains, rank 0 alone checks, logs and saves the round.
+    """
     from tqdm.auto import tqdm
+
+    writer = ranks is None or ranks.writer
+    stops: tuple[type[BaseException], ...] = (KeyboardInterrupt,)
+    if ranks is not None:
+        stops += distributed.FAILURES
 
     T = cfg.num_rounds
     tracker = CurvatureTracker(model, fdata, cfg.track_every, cfg.track_samples, cfg.seed)
@@ -344,10 +379,10 @@ def _loop(cfg: TrainConfig, out: Path, fed: Federation, fdata: FederatedData, ru
     t_start = time.perf_counter() - elapsed
     last_state_write = time.perf_counter()
     metrics_file = RunFolder(out).metrics_file
-    bar = tqdm(total=T, initial=start_round, disable=not progress, unit="round", dynamic_ncols=True,
+    bar = tqdm(total=T, initial=start_round, disable=not (progress and writer), unit="round", dynamic_ncols=True,
                desc=f"{cfg.algorithm}")
     try:
-        with open(metrics_file, "a") as log:
+        with open(metrics_file, "a") if writer else contextlib.nullcontext() as log:
             for t in range(start_round, T):
                 R = t + 1
                 lr = schedule.client_lr(cfg, t)
@@ -357,6 +392,9 @@ def _loop(cfg: TrainConfig, out: Path, fed: Federation, fdata: FederatedData, ru
                 t0 = time.perf_counter()
                 result = runner.run_round(algo, state, t, cohort, lr, keep_clients=keep or tracked)
                 round_time = time.perf_counter() - t0
+                if not writer:  # the other ranks only train: rank 0 checks, logs and saves the round
+                    state = result.state
+                    continue
                 if not math.isfinite(result.train_loss) or not all(
                     bool(torch.isfinite(v).all()) for v in result.state.weights.values() if v.is_floating_point()
                 ):
@@ -391,9 +429,10 @@ def _loop(cfg: TrainConfig, out: Path, fed: Federation, fdata: FederatedData, ru
                 bar.set_postfix({k: f"{record[k]:.4g}" for k in ("train_loss", "test_acc") if k in record})
                 if on_round is not None:
                     on_round(R, record)
-    except KeyboardInterrupt:
-        R, s, w = good
-        folder.save_state(out, cfg, R, s, w, time.perf_counter() - t_start)
+    except stops:  # Ctrl-C, or under torchrun a lost rank or SIGTERM: the last completed round is kept
+        if writer:
+            R, s, w = good
+            folder.save_state(out, cfg, R, s, w, time.perf_counter() - t_start)
         bar.close()
         raise
     bar.close()

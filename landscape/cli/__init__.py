@@ -11,6 +11,11 @@ line ``error: <what> (<where>): <how to fix>`` and exit status 2, never a traceb
 - argparse's own complaints (a wrong type, an unknown flag with the closest real one);
 - anything else is a bug of ours: one line that says so and how to see the traceback
   (``LANDSCAPE_DEBUG=1``), so a user is never left with a screen of torch internals.
+
+Under torchrun (``WORLD_SIZE > 1``) every rank runs the command, and still one line is printed:
+``landscape.train.distributed`` marks a failure of a distributed run with the rank that reports
+it (``error: rank R of N: ...``) or as reported by another rank (exit 2, silent); what no rank
+marked (a bad flag, an unreadable config) every rank hits alike, and rank 0 reports it.
 """
 
 from __future__ import annotations
@@ -35,10 +40,18 @@ class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose complaints are one ``error:`` line (exit 2), with the closest flag."""
 
     def error(self, message: str) -> NoReturn:
+        if _other_rank():
+            self.exit(2)
         if message.startswith("unrecognized arguments:"):
             message += _suggestion(self, message)
         error = LandscapeError(message, where=self.prog, fix=f"see `{self.prog} --help`")
         self.exit(2, f"error: {error}\n")
+
+
+def _other_rank() -> bool:
+    """Whether this process is a rank other than 0 of a torchrun job (rank 0 reports what all ranks hit alike)."""
+    env = os.environ
+    return env.get("WORLD_SIZE", "1").strip() not in ("", "0", "1") and env.get("RANK", "0").strip() not in ("", "0")
 
 
 def _suggestion(parser: argparse.ArgumentParser, message: str) -> str:
@@ -98,14 +111,24 @@ def _main(argv: Sequence[str] | None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         return int(args.run(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        if _reports(exc):
+            print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the one place that turns failures into one line
         if os.environ.get("LANDSCAPE_DEBUG"):
             raise
-        print(f"error: {describe(exc, args.command)}", file=sys.stderr)
+        if _reports(exc):
+            rank = getattr(exc, "rank_label", None)
+            print(f"error: {rank + ': ' if rank else ''}{describe(exc, args.command)}", file=sys.stderr)
         return 2
+
+
+def _reports(exc: BaseException) -> bool:
+    """Whether this process prints ``exc`` (under torchrun one rank does, see the module docstring)."""
+    if getattr(exc, "reported_by_another_rank", False):
+        return False
+    return getattr(exc, "rank_label", None) is not None or not _other_rank()
 
 
 def describe(exc: Exception, command: str) -> LandscapeError:

@@ -53,6 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "CUDA, and on CPU for models without convolutions (default: auto)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar with ETA (default: when stderr is a terminal)")
+    p.add_argument("--collective-timeout", type=common.number(0, 7 * 86400, low_open=True), default=1800.0,
+                   metavar="SECONDS", help="under torchrun: how long a rank waits for the others at a round's "
+                   "exchange before the job stops (rank 0 evaluates and saves meanwhile; default: 1800)")
     g = p.add_argument_group("training configuration (stored in every checkpoint)")
     for f in _fields():
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_of(f.name)}
@@ -100,11 +103,14 @@ def run(args: argparse.Namespace) -> int:
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
         result = train(cfg, out, data_dir=args.data_dir, device=args.device, engine=args.engine,
-                       resume=args.resume, progress=progress)
-    except KeyboardInterrupt:
-        print(f"interrupted: the last completed round is saved; continue with "
-              f"`landscape train --out {out} --resume`", file=sys.stderr)
+                       resume=args.resume, progress=progress, collective_timeout=args.collective_timeout)
+    except KeyboardInterrupt as exc:
+        if not getattr(exc, "reported_by_another_rank", False):  # under torchrun: one rank says it
+            print(f"interrupted: the last completed round is saved; continue with "
+                  f"`landscape train --out {out} --resume`", file=sys.stderr)
         raise
+    if not result.writer:  # under torchrun rank 0 prints the summary
+        return 0
     run = RunFolder(out)
     metrics = run.metrics()
     last = metrics[-1] if metrics else {}
