@@ -126,6 +126,7 @@ def format_table(result: dict[str, Any], global_path: str) -> str:
     """The human-readable summary printed to the terminal."""
     m = result["metrics"]
     pd, sg, lm, dist = m["perturbation_distance"], m["sharpness_gap"], m["lambda_max"], m["parameter_distances"]
+    lp, ls = m["local_perturbation_distance"], m["sharpness_local_global"]
     s = result["metadata"]["settings"]
     steps = sg["num_ascent_steps"]
     lines = [
@@ -149,6 +150,15 @@ def format_table(result: dict[str, Any], global_path: str) -> str:
         f"gap mean_i S(f_i) - S(f) = {sg['gap_first_order']:.5g} (first-order), {sg['gap_ascent']:.5g} (ascent)",
         f"lambda_max of f at the global model x = {lm['global_at_global']:.5g}"
         + ("" if lm["converged"] else f"  (WARNING: not every eigenvalue met tol {lm['tol']:g})"),
+        "between the client models x_i and the global model x:",
+        f"  local perturbation distance D_loc = mean_i ||eps_i(x_i) - eps(x)|| = {lp['distance']:.5g}  "
+        f"(D_loc/rho = {lp['distance'] / lp['rho']:.4f}); mean_i cos(grad f_i(x_i), grad f(x)) = "
+        f"{lp['mean_cosine']:.4f}",
+        f"  sharpness S_f(x) - mean_i S(f_i at x_i) = {ls['difference_first_order']:.5g} (first-order), "
+        f"{ls['difference_ascent']:.5g} (ascent); S_f(x) / mean_i S(f_i at x_i) = {ls['ratio_first_order']:.4g} "
+        f"(first-order), {ls['ratio_ascent']:.4g} (ascent)",
+        f"  lambda_max f at x - mean_i lambda_max f_i at x_i = {lm['global_minus_local']:.5g}; "
+        f"ratio {lm['global_over_local']:.4g}",
         f"losses at x: global f {sg['global_loss']:.5g}, clients {', '.join(f'{v:.4g}' for v in sg['client_losses'])}",
         f"{result['metadata']['seconds']:.2f} s",
     ]
