@@ -19,9 +19,21 @@ abstract of [L26] was available, so every metric here is a documented
   x_i against lambda_max of f at x_i and at x.
 - :func:`parameter_distances`: ||x_i - x|| and ||x_i - x|| / ||x||.
 
-:func:`flatness_metrics` computes all four. Every function works on a private copy of
-each model (through :class:`~landscape.objective.Objective`): the caller's models are
-never touched. Results are dataclasses; ``FlatnessMetrics.to_dict()`` is JSON-ready.
+The first two look at the global model x only; between the trained client models x_i
+and the global model x:
+
+- :func:`local_perturbation_distance`: D_loc = mean_i ||eps_i(x_i) - eps(x)||, each
+  client's SAM perturbation at its own model against the global one at x, with cosines.
+- :func:`sharpness_local_global`: S_f(x) against mean_i S_{f_i}(x_i), difference and ratio.
+- :func:`lambda_max_local_global` also gives lambda_max(f at x) against
+  mean_i lambda_max(f_i at x_i), difference and ratio.
+
+The default flatness distance (:func:`flatness_distance`, ``FlatnessMetrics.flatness_distance``)
+is that last ratio: on the digits federation it is the candidate that tells FedAvg,
+FedSAM, FedASAM and FedNSAM apart beyond the seed spread (docs/flatness.md has the
+evidence). :func:`flatness_metrics` computes them all. Every function works on a private
+copy of each model (through :class:`~landscape.objective.Objective`): the caller's models
+are never touched. Results are dataclasses; ``FlatnessMetrics.to_dict()`` is JSON-ready.
 
 References: [L26] FedNSAM (arXiv 2602.23827), [C22] Caldarola et al. ECCV 2022,
 [K21] ASAM; see ``shared/design/algorithms.md``.
@@ -54,6 +66,8 @@ NUM_ASCENT_STEPS = 5
 """Default number of projected-gradient-ascent steps of the sharpness estimate."""
 NORM_EPS = 1e-16
 """Added to gradient norms, as in the SAM step e = rho g / (||g|| + 1e-16) [C22 eq. 4]."""
+DEFAULT_METRIC = "lambda_max.global_over_local"
+"""Where the default flatness distance lives in :meth:`FlatnessMetrics.to_dict` (docs/flatness.md says why)."""
 
 
 @dataclass
@@ -177,6 +191,7 @@ class LambdaMaxComparison:
             mean is positive).
         converged: whether every eigenvalue met the solver tolerance.
         tol: relative residual tolerance of the eigensolver.
+        num_matvecs: the curvature-matrix-vector products (Hessian-vector products) of all the runs.
     """
 
     local_at_client: list[float]
@@ -186,6 +201,7 @@ class LambdaMaxComparison:
     global_over_local: float
     converged: bool
     tol: float
+    num_matvecs: int
 
 
 @dataclass
@@ -205,7 +221,11 @@ class ParameterDistances:
 
 @dataclass
 class FlatnessMetrics:
-    """All flatness-distance metrics of one global model and its clients."""
+    """All flatness-distance metrics of one global model and its clients.
+
+    The headline, :attr:`flatness_distance`, is the default of :func:`flatness_distance`:
+    ``lambda_max.global_over_local``.
+    """
 
     perturbation_distance: PerturbationDistance
     sharpness_gap: SharpnessGap
@@ -214,9 +234,14 @@ class FlatnessMetrics:
     local_perturbation_distance: LocalPerturbationDistance
     sharpness_local_global: LocalGlobalSharpness
 
+    @property
+    def flatness_distance(self) -> float:
+        """lambda_max(grad^2 f(x)) / mean_i lambda_max(grad^2 f_i(x_i)) (:data:`DEFAULT_METRIC`)."""
+        return self.lambda_max.global_over_local
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict: one sub-dict per metric."""
-        return asdict(self)
+        """JSON-ready dict: one sub-dict per metric, and ``flatness_distance``: ``{"metric", "value"}``."""
+        return {**asdict(self), "flatness_distance": {"metric": DEFAULT_METRIC, "value": self.flatness_distance}}
 
 
 def client_weights(objectives: Sequence[Objective]) -> list[float]:
@@ -534,6 +559,7 @@ def lambda_max_local_global(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     curvature: str = "hessian",
+    global_at_clients: bool = True,
     **objective: Any,
 ) -> LambdaMaxComparison:
     """Local against global curvature of the trained client models.
@@ -554,7 +580,8 @@ def lambda_max_local_global(
     Eigenvalues are the algebraically largest, by Lanczos
     (:func:`landscape.eigen.top_eigenvalues`), the method of [C22 §5] being power
     iteration; lambda_max of a client loss at its own model is [C22 Fig. 4]. Cost: 2M + 1
-    Lanczos runs (tens of Hessian-vector products each, to ``tol``).
+    Lanczos runs (M + 1 without ``global_at_clients``), each some tens of Hessian-vector
+    products to ``tol`` (``num_matvecs`` counts them).
 
     Args:
         global_model: x (not modified).
@@ -565,21 +592,24 @@ def lambda_max_local_global(
         dtype: computation precision.
         device: where to compute.
         curvature: the matrix whose lambda_max is compared: ``hessian`` (as in [C22, L26]), ``ggn`` or ``fisher``.
+        global_at_clients: also lambda_max(grad^2 f(x_i)) (else ``global_at_client`` is empty).
         objective: the loss, forward and ignore_index of every objective
             (:class:`~landscape.objective.Objective`; default: mean cross-entropy of (x, y) batches).
     """
     _check_federation(global_model, client_models, client_batches)
     pooled = [b for batches in client_batches for b in batches]
     converged: list[bool] = []
+    matvecs: list[int] = []
 
     def top(model: nn.Module, batches: Sequence[Batch]) -> float:
         res = top_eigenvalues(make_operator(Objective(model, batches, dtype, device, **objective), curvature), k=1,
                               tol=tol, seed=seed)
         converged.append(all(res.converged))
+        matvecs.append(res.num_matvecs)
         return float(res.eigenvalues[0])
 
     local = [top(m, b) for m, b in zip(client_models, client_batches)]
-    global_at_client = [top(m, pooled) for m in client_models]
+    global_at_client = [top(m, pooled) for m in client_models] if global_at_clients else []
     global_at_global = top(global_model, pooled)
     return LambdaMaxComparison(
         local_at_client=local,
@@ -589,7 +619,55 @@ def lambda_max_local_global(
         global_over_local=_ratio(global_at_global, float(np.mean(local))),
         converged=all(converged),
         tol=tol,
+        num_matvecs=sum(matvecs),
     )
+
+
+def flatness_distance(
+    global_model: nn.Module,
+    client_models: Sequence[nn.Module],
+    client_batches: Sequence[Sequence[Batch]],
+    *,
+    tol: float = 1e-3,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    curvature: str = "hessian",
+    **objective: Any,
+) -> LambdaMaxComparison:
+    """The default flatness distance between the trained client models and the global model.
+
+    The curvature ratio of :func:`lambda_max_local_global` (a reconstruction of [L26]),
+
+        flatness distance = lambda_max(grad^2 f(x)) / ((1/M) sum_i lambda_max(grad^2 f_i(x_i))),
+
+    ``global_over_local`` of the result: how much sharper the aggregate x is on the
+    federation's loss f = sum_i w_i f_i than the clients' trained models x_i are on their
+    own losses f_i (1: local flatness carried over to the global model). It is the
+    candidate that told FedAvg, FedSAM, FedASAM and FedNSAM apart beyond the seed spread
+    under heterogeneity (docs/flatness.md). Meant for a training loop every K rounds with
+    the round's cohort: M + 1 Lanczos runs (one per client on its own data at x_i, one
+    on the cohort's pooled data at x), each some tens of Hessian-vector products to
+    ``tol`` (``num_matvecs`` counts them); no gradients beyond those. lambda_max of f at
+    the client models is skipped (``global_at_client`` is empty).
+
+    Args:
+        global_model: x (not modified).
+        client_models: x_i, one per client, same architecture (not modified).
+        client_batches: each client's fixed batches, in the order of ``client_models``.
+        tol: relative residual tolerance of the eigensolver.
+        seed: start vector seed.
+        dtype: computation precision.
+        device: where to compute.
+        curvature: ``hessian`` (default), ``ggn`` or ``fisher``.
+        objective: the loss, forward and ignore_index of every objective
+            (:class:`~landscape.objective.Objective`; default: mean cross-entropy of (x, y) batches).
+
+    Returns:
+        The comparison; its ``global_over_local`` is the flatness distance.
+    """
+    return lambda_max_local_global(global_model, client_models, client_batches, tol=tol, seed=seed, dtype=dtype,
+                                   device=device, curvature=curvature, global_at_clients=False, **objective)
 
 
 def parameter_distances(global_model: nn.Module, client_models: Sequence[nn.Module]) -> ParameterDistances:

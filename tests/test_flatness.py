@@ -16,6 +16,7 @@ from torch import nn
 import landscape
 from landscape import checkpoint, data, flatness, models
 from landscape.cli import main
+from landscape.eigen import top_eigenvalues
 from landscape.errors import LandscapeError
 from landscape.objective import Objective
 from landscape.partition import client_data
@@ -325,6 +326,37 @@ def test_local_global_metrics_against_dense_hessians() -> None:
     np.testing.assert_allclose(pd.client_distances, expected, rtol=1e-9)
 
 
+def test_flatness_distance_is_the_curvature_ratio_at_m_plus_one_lanczos_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training-loop function: lambda_max(f at x) / mean_i lambda_max(f_i at x_i) = 2.5 / ((5 + 3)/2), from
+    M + 1 = 3 eigensolves and no gradient, and the headline of flatness_metrics is the same number."""
+    a1, a2 = [1.0, 5.0, 2.0], [3.0, 0.5, 1.0]
+    batches = [quadratic_client([0.0, 0.0, 0.0], a1, 1), quadratic_client([1.0, 1.0, 1.0], a2, 3)]
+    global_model = DiagonalQuadratic([0.5, 0.5, 0.5])
+    clients = [DiagonalQuadratic([0.1, 0.0, -0.1]), DiagonalQuadratic([0.9, 1.2, 1.0])]
+    solves: list[int] = []
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        res = top_eigenvalues(*args, **kwargs)
+        solves.append(res.num_matvecs)
+        return res
+
+    def no_gradient(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the flatness distance needs no gradient")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(flatness, "top_eigenvalues", counting)
+        patch.setattr(Objective, "gradient", no_gradient)
+        res = flatness.flatness_distance(global_model, clients, batches, tol=1e-8, dtype=F64)
+    assert len(solves) == 3 and res.num_matvecs == sum(solves) > 0
+    assert res.global_over_local == pytest.approx(2.5 / 4.0, rel=1e-8)
+    assert res.global_at_client == [] and res.converged
+    metrics = flatness.flatness_metrics(global_model, clients, batches, num_ascent_steps=1, tol=1e-8, dtype=F64)
+    assert metrics.flatness_distance == pytest.approx(res.global_over_local, rel=1e-8)
+    headline = metrics.to_dict()["flatness_distance"]
+    assert headline["metric"] == flatness.DEFAULT_METRIC == "lambda_max.global_over_local"
+    assert headline["value"] == metrics.lambda_max.global_over_local
+
+
 def test_parameter_distances_exact() -> None:
     torch.manual_seed(0)
     global_model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
@@ -412,6 +444,7 @@ def test_cli_rebuilds_client_data_from_the_partition(tmp_path: Path, capsys: pyt
     printed = capsys.readouterr().out
     assert "client 2" in printed and "perturbation distance D" in printed
     assert "local perturbation distance D_loc" in printed and "S_f(x) - mean_i S(f_i at x_i)" in printed
+    assert "flatness distance lambda_max(f at x) / mean_i lambda_max(f_i at x_i)" in printed
     result = json.loads(out.read_text())
     full = data.load({**SYNTHETIC, "split": "train"})
     own = [client_data(full, {"partition": PARTITION}, cid) for cid in (0, 2)]
@@ -424,6 +457,8 @@ def test_cli_rebuilds_client_data_from_the_partition(tmp_path: Path, capsys: pyt
         expected["local_perturbation_distance"]["cosines"], rel=1e-10)
     assert result["metrics"]["sharpness_local_global"]["difference_ascent"] == pytest.approx(
         expected["sharpness_local_global"]["difference_ascent"], rel=1e-9)
+    assert result["metrics"]["flatness_distance"]["value"] == pytest.approx(
+        expected["lambda_max"]["global_over_local"], rel=1e-6)
     assert [c["num_samples"] for c in result["clients"]] == [len(d) for d in own]
     meta = result["metadata"]
     assert meta["checkpoints"]["global"]["sha256"] == checkpoint.load(global_path).sha256
