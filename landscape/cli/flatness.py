@@ -23,8 +23,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "flatness",
         help="flatness distance, sharpness gap and local vs global lambda_max of a global model and its clients",
         description="Flatness-distance metrics (reconstructions of FedNSAM [L26]) at a global model x with client "
-        "losses f_i on each client's own train data and f = sum_i (n_i/N) f_i: the perturbation distance "
-        "mean_i ||eps_i - eps|| with per-client cosines, the sharpness gap (first-order and ascent), lambda_max of "
+        "losses f_i on each client's own train data and f = sum_i (n_i/N) f_i: the flatness distance (default: "
+        "lambda_max of f at x over the mean of lambda_max of f_i at the client model x_i), the perturbation distance "
+        "mean_i ||eps_i - eps|| at x and mean_i ||eps_i(x_i) - eps(x)|| with per-client cosines, the sharpness gap "
+        "at x and the sharpness of f at x against f_i at x_i (first-order and ascent), lambda_max of "
         "f_i at x_i against f at x_i and at x, and ||x_i - x||. Each client's data is rebuilt from the partition "
         "its checkpoint records, or read from --client-data; --num-samples takes a seeded subset of each client's "
         "data (the clients are then weighted by the samples used). Example: landscape flatness run/global.pt "
@@ -126,6 +128,7 @@ def format_table(result: dict[str, Any], global_path: str) -> str:
     """The human-readable summary printed to the terminal."""
     m = result["metrics"]
     pd, sg, lm, dist = m["perturbation_distance"], m["sharpness_gap"], m["lambda_max"], m["parameter_distances"]
+    lp, ls = m["local_perturbation_distance"], m["sharpness_local_global"]
     s = result["metadata"]["settings"]
     steps = sg["num_ascent_steps"]
     lines = [
@@ -142,6 +145,8 @@ def format_table(result: dict[str, Any], global_path: str) -> str:
             f"{dist['relative'][i]:>6.2%}"
         )
     lines += [
+        f"flatness distance lambda_max(f at x) / mean_i lambda_max(f_i at x_i) = {m['flatness_distance']['value']:.5g}"
+        "  (1: local flatness carried over to the global model; the default, see docs/flatness.md)",
         f"perturbation distance D = mean_i ||eps_i - eps|| = {pd['distance']:.5g}  "
         f"(D/rho = {pd['distance'] / pd['rho']:.4f}, 0: aligned, 2: opposite)",
         f"sharpness at x: global f {sg['global_first_order']:.5g} (first-order), "
@@ -149,6 +154,14 @@ def format_table(result: dict[str, Any], global_path: str) -> str:
         f"gap mean_i S(f_i) - S(f) = {sg['gap_first_order']:.5g} (first-order), {sg['gap_ascent']:.5g} (ascent)",
         f"lambda_max of f at the global model x = {lm['global_at_global']:.5g}"
         + ("" if lm["converged"] else f"  (WARNING: not every eigenvalue met tol {lm['tol']:g})"),
+        "between the client models x_i and the global model x:",
+        f"  local perturbation distance D_loc = mean_i ||eps_i(x_i) - eps(x)|| = {lp['distance']:.5g}  "
+        f"(D_loc/rho = {lp['distance'] / lp['rho']:.4f}); mean_i cos(grad f_i(x_i), grad f(x)) = "
+        f"{lp['mean_cosine']:.4f}",
+        f"  sharpness S_f(x) - mean_i S(f_i at x_i) = {ls['difference_first_order']:.5g} (first-order), "
+        f"{ls['difference_ascent']:.5g} (ascent); S_f(x) / mean_i S(f_i at x_i) = {ls['ratio_first_order']:.4g} "
+        f"(first-order), {ls['ratio_ascent']:.4g} (ascent)",
+        f"  lambda_max f at x - mean_i lambda_max f_i at x_i = {lm['global_minus_local']:.5g}",
         f"losses at x: global f {sg['global_loss']:.5g}, clients {', '.join(f'{v:.4g}' for v in sg['client_losses'])}",
         f"{result['metadata']['seconds']:.2f} s",
     ]
