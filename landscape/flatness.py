@@ -279,6 +279,16 @@ def _check_rho(rho: float) -> None:
         raise LandscapeError(f"--rho must be positive, got {rho}")
 
 
+def global_over_local(global_lambda_max: float, local_lambda_max: Sequence[float]) -> float:
+    """The default flatness distance (:data:`DEFAULT_METRIC`, a reconstruction of [L26]):
+    ``lambda_max(f at x) / ((1/M) sum_i lambda_max(f_i at x_i))`` from the M+1 eigenvalues.
+
+    >>> global_over_local(4.0, [1.0, 3.0])
+    2.0
+    """
+    return _ratio(global_lambda_max, float(np.mean(local_lambda_max)))
+
+
 def _ratio(numerator: float, denominator: float) -> float:
     """numerator / denominator, NaN unless the denominator is positive (a ratio of flatness needs a scale)."""
     return numerator / denominator if denominator > 0 else math.nan
@@ -616,7 +626,7 @@ def lambda_max_local_global(
         global_at_client=global_at_client,
         global_at_global=global_at_global,
         global_minus_local=global_at_global - float(np.mean(local)),
-        global_over_local=_ratio(global_at_global, float(np.mean(local))),
+        global_over_local=global_over_local(global_at_global, local),
         converged=all(converged),
         tol=tol,
         num_matvecs=sum(matvecs),

@@ -68,6 +68,8 @@ def test_tracked_lambda_max_equals_dense_hessians_of_the_saved_checkpoints(track
             local = dense_lambda_max(client, own.x, own.y)
             assert cur["client_lambda_max"][str(client.client_id)] == pytest.approx(local, rel=TOL)
         assert cur["hvps"] >= 1 + len(record["clients"]) and cur["seconds"] >= 0
+        local = list(cur["client_lambda_max"].values())
+        assert cur["flatness_distance"] == pytest.approx(cur["global_lambda_max"] / (sum(local) / len(local)))
     values = [r["curvature"]["global_lambda_max"] for r in records]
     assert values[0] != values[1]  # the models moved: not one number repeated
 

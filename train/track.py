@@ -4,12 +4,15 @@ Every K rounds (``--track-every K``) the round's record in ``metrics.jsonl`` gai
 
     "curvature": {"global_lambda_max": lambda_max(grad^2 f(x)),
                   "client_lambda_max": {"k": lambda_max(grad^2 f_k(x_k)), ...},
+                  "flatness_distance": global_lambda_max / mean_k client_lambda_max,
                   "hvps": products, "seconds": wall time}
 
 with x the new global model, x_k the local model client k of the round's cohort trained, f_k
 the mean cross-entropy of client k's own training data and f the mean loss over a fixed subset
 of the pooled client data (``--track-samples`` samples, seeded by the run's seed; all of it when
-it is smaller). lambda_max of a local model on its own data is [C22] Fig. 4.
+it is smaller). lambda_max of a local model on its own data is [C22] Fig. 4; their ratio is the
+default flatness distance of :mod:`landscape.flatness` (a reconstruction of [L26], chosen in
+docs/flatness.md because it separates the algorithms), here at no extra cost.
 
 Cost. Each lambda_max is a Lanczos run (:func:`landscape.eigen.lanczos`) to a relative residual
 of ``TOL`` (5e-2: the eigenvalue's error is of the order residual^2 / gap, within 0.4% of a 1e-2
@@ -31,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from landscape.eigen import lanczos
+from landscape.flatness import global_over_local
 from landscape.objective import Objective
 from landscape.operators import make_operator
 from landscape.train.engine import STREAM_TRACK, FederatedData, derive_seed
@@ -93,6 +97,8 @@ class CurvatureTracker:
         out["client_lambda_max"] = {
             str(k): self.lambda_max(w, self.data.client_indices[k], ("client", k), "global")
             for k, w in sorted(client_weights.items())}
+        local = list(out["client_lambda_max"].values())
+        out["flatness_distance"] = global_over_local(out["global_lambda_max"], local)
         seconds = time.perf_counter() - t0
         self.seconds += seconds
         out.update(hvps=self.hvps - hvps0, seconds=round(seconds, 4))

@@ -165,8 +165,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def flatness_distance(result: dict[str, Any]) -> float:
-    """The headline flatness distance of a ``landscape flatness`` result."""
-    return result["metrics"]["perturbation_distance"]["distance"]
+    """The headline flatness distance of a ``landscape flatness`` result (:data:`landscape.flatness.DEFAULT_METRIC`)."""
+    return result["metrics"]["flatness_distance"]["value"]
 
 
 def plot_curvature(out: Path, summary: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
