@@ -43,10 +43,60 @@ def make_parser(doc: str, prog: str | None) -> argparse.ArgumentParser:
 
 
 def add_inputs(parser: argparse.ArgumentParser, what: str) -> None:
-    """The positional ``LABEL=PATH ...`` argument, with ``what`` saying which files."""
-    parser.add_argument("inputs", nargs="+", metavar="LABEL=PATH",
+    """The positional ``LABEL=PATH ...`` argument, with ``what`` saying which files, and the
+    options that make the inputs instead (:func:`add_make_args`)."""
+    parser.add_argument("inputs", nargs="*", metavar="LABEL=PATH",
                         help=f"{what}, as LABEL=PATH or PATH (labelled by its name); PATH may be a glob "
-                        "pattern such as 'fedavg=dir/*.json' (quote it)")
+                        "pattern such as 'fedavg=dir/*.json' (quote it); none with --quick or --paper")
+    add_make_args(parser)
+
+
+def add_make_args(parser: argparse.ArgumentParser) -> None:
+    """``--quick`` / ``--paper`` / ``--work``: make the inputs (train, analyse) before drawing."""
+    from landscape.figures import make
+
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_const", const="quick", dest="mode",
+                      help="make the inputs first: train (or reuse) tiny digits runs on the CPU and compute their "
+                      "results, then draw; a minute or two (the same as `landscape figures all --quick --only NAME`)")
+    mode.add_argument("--paper", action="store_const", const="paper", dest="mode",
+                      help="make the inputs on the papers' presets instead: CIFAR from --data-dir, on the GPU "
+                      "(days of training)")
+    parser.add_argument("--work", metavar="DIR", help="with --quick/--paper: the folder of the runs, results, "
+                        f"outputs and {make.MANIFEST} (default: {make.DEFAULT_OUT['quick']} or "
+                        f"{make.DEFAULT_OUT['paper']})")
+    parser.add_argument("--data-dir", metavar="DIR", help="folder holding CIFAR in its python format (for --paper, "
+                        "and for run folders on CIFAR)")
+    parser.add_argument("--device", default=None, help="where models run (with --quick/--paper, and in the scripts "
+                        "that evaluate models): cpu, cuda or cuda:N (default: cpu with --quick, else cuda when "
+                        "available)")
+
+
+def made(args: argparse.Namespace, module: str) -> int | None:
+    """With ``--quick`` / ``--paper``: make this script's outputs (:mod:`landscape.figures.make`) and
+    return the exit status; None when the inputs were given.
+
+    Raises:
+        LandscapeError: inputs given together with a mode, no inputs without one, or ``--work``
+            without a mode.
+    """
+    from landscape.figures import SCRIPTS, make
+
+    name = next(n for n, m in SCRIPTS.items() if f"landscape.figures.{m}" == module)
+    given = [a for a in ("inputs", "plane") if getattr(args, a, None)]
+    named = [f"--{a}" for a in ("out", "html") if getattr(args, a, None) is not None]
+    if args.mode is None:
+        if args.work is not None:
+            raise LandscapeError("--work only applies with --quick or --paper", fix="add one, or drop --work")
+        if not given:
+            raise LandscapeError(f"no inputs (landscape figures {name})",
+                                 fix="give result files as LABEL=PATH, or pass --quick to make them")
+        return None
+    if given or named:
+        dropped = " and ".join(named + ["the inputs"] * bool(given))
+        raise LandscapeError(f"--{args.mode} makes the inputs and names the outputs itself (landscape figures "
+                             f"{name})", fix=f"drop {dropped}, or drop --{args.mode}")
+    return make.make(args.mode, [name], work=args.work, data_dir=args.data_dir, device=args.device, out_flag="--work")
 
 
 def _matches(pattern: str) -> list[Path]:
@@ -104,6 +154,65 @@ def check_suffix(path: str | os.PathLike, suffixes: Sequence[str], flag: str,
     return path
 
 
+def add_image_outputs(parser: argparse.ArgumentParser, stem: str) -> None:
+    """``--out IMAGE [IMAGE ...]``: the figure in every format named (default: ``stem`` as PNG and vector PDF)."""
+    parser.add_argument("--out", nargs="+", metavar="IMAGE",
+                        help=f"image files, each .png, .pdf or .svg (default: {stem}.png {stem}.pdf)")
+
+
+def image_outputs(outs: Sequence[str] | None, stem: str, inputs: Sequence[Input] = ()) -> list[Path]:
+    """The ``--out`` images (default: ``stem`` .png and .pdf), checked before any work.
+
+    Raises:
+        LandscapeError: a suffix other than .png, .pdf, .svg; an output that is an input; two on one file.
+    """
+    from landscape.plots import IMAGE_SUFFIXES
+
+    paths = [Path(p) for p in (outs or [f"{stem}.png", f"{stem}.pdf"])]
+    for path in paths:
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise LandscapeError(f"--out {path}: use a file ending in {', '.join(IMAGE_SUFFIXES)}")
+    check_outputs({f"--out {p}": (p, list(IMAGE_SUFFIXES)) for p in paths}, [item.path for item in inputs])
+    return paths
+
+
+def save_images(fig: Any, paths: Sequence[Path]) -> list[Path]:
+    """Write ``fig`` to every path, its format by suffix (inside the caller's :func:`~landscape.files.writing`)."""
+    from landscape.plots import static
+
+    return [static.save_figure(fig, path) for path in paths]
+
+
+def figure_main(argv: Sequence[str] | None, prog: str | None, doc: str, module: str, what: str, stem: str,
+                figure: Callable[[list[Input], argparse.Namespace], Any],
+                options: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+    """The command line of a script that draws one figure from ``LABEL=PATH`` inputs.
+
+    Args:
+        doc, module: the script's docstring (its ``--help``) and module name.
+        what: which files the inputs are; ``stem``: the default image name.
+        figure: ``figure(inputs, args) -> matplotlib Figure``.
+        options: adds the script's own options to the parser.
+    """
+    parser = make_parser(doc, prog)
+    add_inputs(parser, what)
+    add_image_outputs(parser, stem)
+    if options is not None:
+        options(parser)
+    args = parser.parse_args(argv)
+    code = made(args, module)
+    if code is not None:
+        return code
+    inputs = parse_inputs(args.inputs)
+    outs = image_outputs(args.out, stem, inputs)
+    fig = figure(inputs, args)
+    with writing(*outs):
+        written = save_images(fig, outs)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from a file.
 
@@ -119,6 +228,66 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise LandscapeError(f"{path} holds a JSON {type(value).__name__}, not an object")
     return value
+
+
+def by_label(inputs: Sequence[Input], read: Callable[[Input], Any]) -> dict[str, Any]:
+    """``read(item)`` of every input, by label, for scripts that draw one thing per label.
+
+    Raises:
+        LandscapeError: a label given to more than one input (e.g. by a glob pattern).
+    """
+    labels = [item.label for item in inputs]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise LandscapeError(f"the label {twice[0]!r} names {labels.count(twice[0])} inputs",
+                             fix="give each run its own LABEL=PATH")
+    return {item.label: read(item) for item in inputs}
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """The curvature ``landscape train --track-every K`` logged at one round (``curvature`` in
+    metrics.jsonl); ``flatness_distance`` is None in records that do not hold it."""
+
+    round: int
+    global_lambda_max: float
+    client_lambda_max: dict[int, float]
+    flatness_distance: float | None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_tracked(item: Input) -> list[Tracked]:
+    """The tracked curvature of a run folder, by round.
+
+    Raises:
+        LandscapeError: not a run folder, no ``curvature`` record, or one without its numbers.
+    """
+    from landscape.run_folder import RunFolder
+
+    run = RunFolder(item.path)
+    if not run.is_run():
+        raise LandscapeError(f"{item.label}: {item.path} is not a run folder of `landscape train` (no config.json)")
+    tracked = []
+    for record in run.metrics():
+        c = record.get("curvature")
+        if not isinstance(c, dict):
+            continue
+        clients, distance = c.get("client_lambda_max"), c.get("flatness_distance")
+        if not (_is_number(c.get("global_lambda_max")) and isinstance(clients, dict)
+                and all(str(k).isdigit() and _is_number(v) for k, v in clients.items())
+                and (distance is None or _is_number(distance))):
+            raise LandscapeError(f"{item.label}: the curvature of round {record['round']} in {run.metrics_file} lacks "
+                                 "a number global_lambda_max or client_lambda_max {client id: number}")
+        tracked.append(Tracked(record["round"], float(c["global_lambda_max"]),
+                               {int(k): float(v) for k, v in clients.items()},
+                               None if distance is None else float(distance)))
+    if not tracked:
+        raise LandscapeError(f"{item.label}: {run.metrics_file} holds no tracked curvature",
+                             fix="train the run with --track-every K")
+    return tracked
 
 
 def checkpoint_of(result: dict[str, Any]) -> dict[str, Any]:

@@ -7,9 +7,9 @@ of filter-normalized random directions [Li18]), one per algorithm (and alpha)::
     landscape surface runs/fedasam/checkpoints/global_r020000.pt --dim 2 --resolution 21 --out s_fedasam.npz
     landscape figures fig01 FedAvg=s_fedavg.npz FedASAM=s_fedasam.npz --out fig01.png
 
-Writes one image (PNG, PDF or SVG by suffix) with a 3D surface per input, all on the same z
-range and color scale (log10 when the values span more than a factor 100, as in
-:mod:`landscape.plots.static`), and an interactive HTML with the surfaces on a slider
+Writes an image in every ``--out`` format (PNG and vector PDF by default) with a 3D surface per
+input, all on the same z range and color scale (log10 when the values span more than a factor
+100, as in :mod:`landscape.plots.static`), and an interactive HTML with the surfaces on a slider
 (same color scale). ``--value`` picks what is drawn, e.g. ``test/loss`` when the surfaces were
 evaluated with ``--sources train,test``.
 """
@@ -17,19 +17,21 @@ evaluated with ``--sources train,test``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from landscape.figures import common
+from landscape.figures import common, make, runs
 from landscape import surface
 from landscape.errors import LandscapeError
 from landscape.files import writing
 from landscape.plots import interactive, static
 
 MAX_COLUMNS = 4
+STEM = "fig01_surfaces"
+#: The algorithms of the made figure (alpha = 0), by label.
+ALGORITHMS = {"FedAvg": "fedavg", "FedSAM": "fedsam", "FedASAM": "fedasam"}
 
 
 def load_surfaces(inputs: Sequence[common.Input], value: str) -> list[dict[str, Any]]:
@@ -52,7 +54,7 @@ def load_surfaces(inputs: Sequence[common.Input], value: str) -> list[dict[str, 
 
 
 @static.styled
-def draw(results: Sequence[dict[str, Any]], labels: Sequence[str], value: str, path: Path) -> Path:
+def draw(results: Sequence[dict[str, Any]], labels: Sequence[str], value: str) -> Figure:
     """One 3D panel per surface with shared z limits and colors, one colorbar; saved by suffix."""
     levels = static.contour_levels(np.concatenate([static.finite_or_nan(r["values"][value]).ravel() for r in results]))
     columns = min(len(results), MAX_COLUMNS)
@@ -67,26 +69,40 @@ def draw(results: Sequence[dict[str, Any]], labels: Sequence[str], value: str, p
     log = static.use_log_scale(levels)
     static.add_colorbar(fig, mappable, fig.axes, static.value_label(value, log), log=False, pad=0.1)
     fig.suptitle(f"{static.value_label(value)} around each model")
-    return static.save_figure(fig, path)
+    return fig
+
+
+def outputs(plan: make.Plan) -> list[make.Output]:
+    """The train loss around FedAvg's, FedSAM's and FedASAM's global models at alpha = 0."""
+    specs = {label: runs.c22(plan.mode, algorithm) for label, algorithm in ALGORITHMS.items()}
+    results = {label: plan.result(f"surface_{s.name}.npz") for label, s in specs.items()}
+    steps = tuple(("surface", plan.final(s), "--dim", "2", "--sources", "train", "--out", results[label], "--overwrite",
+                   *plan.surface()) for label, s in specs.items())
+    files = (*plan.files(STEM), plan.out / f"{STEM}.html")
+    args = (*(make.Labeled(label, r) for label, r in results.items()), "--out", *files[:2], "--html", files[2])
+    return [make.Output("fig01", "fig01", tuple(specs.values()), steps, args, files)]
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Draw the figure; see the module docstring."""
     parser = common.make_parser(__doc__, prog)
     common.add_inputs(parser, "2D results of `landscape surface --dim 2 --out`, labelled by algorithm")
-    parser.add_argument("--out", default="fig01_surfaces.png", metavar="IMAGE",
-                        help="image file, .png, .pdf or .svg (default: fig01_surfaces.png)")
-    parser.add_argument("--html", metavar="HTML", help="interactive view with a slider (default: --out as .html)")
+    common.add_image_outputs(parser, STEM)
+    parser.add_argument("--html", metavar="HTML", help="interactive view with a slider (default: the first --out "
+                        "as .html)")
     parser.add_argument("--value", default="train/loss", help="the value to draw (default: train/loss)")
     args = parser.parse_args(argv)
+    code = common.made(args, __name__)
+    if code is not None:
+        return code
     inputs = common.parse_inputs(args.inputs)
-    out = common.check_suffix(args.out, static.SUFFIXES, "--out", inputs)
-    html = common.check_suffix(args.html or out.with_suffix(".html"), (".html",), "--html", inputs)
+    outs = common.image_outputs(args.out, STEM, inputs)
+    html = common.check_suffix(args.html or outs[0].with_suffix(".html"), (".html",), "--html", inputs)
     results = load_surfaces(inputs, args.value)
     labels = [item.label for item in inputs]
-    with writing(out, html):
-        written = [draw(results, labels, args.value, out), interactive.write_html(results, html, value=args.value,
-                                                                                  labels=labels)]
+    with writing(*outs, html):
+        written = [*common.save_images(draw(results, labels, args.value), outs),
+                   interactive.write_html(results, html, value=args.value, labels=labels)]
     for path in written:
         print(f"wrote {path}")
     return 0

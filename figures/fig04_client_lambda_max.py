@@ -16,6 +16,16 @@ drawn as a black line, to compare the clients' curvature with the global model's
 [C22] computes each client's lambda_max on that client's own data: ``--data client`` rebuilds
 it from the partition the client checkpoint records (without it, ``landscape hessian`` uses the
 checkpoint's whole training set).
+
+An input may also be a run folder of ``landscape train --track-every K``: the curvature tracked
+during training (``curvature`` in every K-th record of ``metrics.jsonl``) holds lambda_max of each
+sampled client's local model on its own data and of the global model, with no checkpoint saved::
+
+    landscape train --preset c22-cifar100-a0-fedavg --track-every 500 --data-dir ~/data --out runs/fedavg
+    landscape figures fig04 "FedAvg=runs/fedavg" "FedASAM=runs/fedasam" --out fig04.png fig04.pdf
+
+The made figure (``--quick``, ``landscape figures all``) has [C22]'s four panels: FedAvg and
+FedASAM at alpha = 0 and 1000, from tracked runs.
 """
 
 from __future__ import annotations
@@ -23,16 +33,19 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from landscape.figures import common
+from landscape.figures import common, make, runs
 from landscape.hessian import load_result
 from landscape.errors import LandscapeError
 from landscape.plots import static
 
+STEM = "fig04_client_lambda_max"
+#: The panels of the made figure: (algorithm, alpha) by label.
+PANELS = {"FedAvg, alpha=0": ("fedavg", 0.0), "FedASAM, alpha=0": ("fedasam", 0.0),
+          "FedAvg, alpha=1000": ("fedavg", 1000.0), "FedASAM, alpha=1000": ("fedasam", 1000.0)}
 MAX_COLUMNS = 4
 #: Clients are colored by id from this qualitative colormap (ids beyond 20 reuse colors).
 CLIENT_COLORS = colormaps["tab20"]
@@ -49,14 +62,21 @@ class Panel:
 
 
 def collect(inputs: Sequence[common.Input]) -> dict[str, Panel]:
-    """Group the results by label (panel) and by client id, in input order.
+    """Group the results (and tracked runs) by label (panel) and by client id, in input order.
 
     Raises:
         LandscapeError: a file that is not a Hessian result, or whose checkpoint records no round
-            or no client id.
+            or no client id; a folder that is not a tracked run.
     """
     panels: dict[str, Panel] = {}
     for item in inputs:
+        if item.path.is_dir():
+            panel = panels.setdefault(item.label, Panel())
+            for point in common.read_tracked(item):
+                for client_id, value in point.client_lambda_max.items():
+                    panel.clients[client_id].append((point.round, value))
+                panel.global_model.append((point.round, point.global_lambda_max))
+            continue
         result = load_result(item.path)
         ckpt = common.checkpoint_of(result)
         role, round_ = ckpt.get("role"), ckpt.get("round")
@@ -73,12 +93,13 @@ def collect(inputs: Sequence[common.Input]) -> dict[str, Panel]:
     empty = [label for label, panel in panels.items() if not panel.clients]
     if empty:
         raise LandscapeError(f"no client checkpoint among the results labelled {', '.join(empty)}; Fig. 4 needs "
-                             "`landscape hessian` of runs/NAME/clients/rNNNNNN_cNNNN.pt")
+                             "`landscape hessian` of runs/NAME/clients/rNNNNNN_cNNNN.pt, or a run tracked with "
+                             "--track-every K")
     return panels
 
 
 @static.styled
-def draw(panels: dict[str, Panel], path: Path) -> Path:
+def draw(panels: dict[str, Panel]) -> Figure:
     """One panel per label (shared y axis): a line per client colored by id, the global model in black."""
     columns = min(len(panels), MAX_COLUMNS)
     rows = -(-len(panels) // columns)
@@ -103,20 +124,22 @@ def draw(panels: dict[str, Panel], path: Path) -> Path:
     for ax in axes[::columns]:
         ax.set_ylabel("lambda_max of the local model")
     fig.suptitle("lambda_max of each client's local model as rounds pass")
-    return static.save_figure(fig, path)
+    return fig
+
+
+def outputs(plan: make.Plan) -> list[make.Output]:
+    """[C22] Fig. 4's panels from tracked runs."""
+    specs = {label: runs.c22(plan.mode, algorithm, alpha) for label, (algorithm, alpha) in PANELS.items()}
+    files = plan.files(STEM)
+    args = (*(make.Labeled(label, plan.run(s)) for label, s in specs.items()), "--out", *files)
+    return [make.Output("fig04", "fig04", tuple(specs.values()), (), args, files)]
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Draw the figure; see the module docstring."""
-    parser = common.make_parser(__doc__, prog)
-    common.add_inputs(parser, "results of `landscape hessian --out` on client checkpoints, labelled by panel")
-    parser.add_argument("--out", default="fig04_client_lambda_max.png", metavar="IMAGE",
-                        help="image file, .png, .pdf or .svg (default: fig04_client_lambda_max.png)")
-    args = parser.parse_args(argv)
-    inputs = common.parse_inputs(args.inputs)
-    out = common.check_suffix(args.out, static.SUFFIXES, "--out", inputs)
-    print(f"wrote {draw(collect(inputs), out)}")
-    return 0
+    return common.figure_main(argv, prog, __doc__, __name__, "results of `landscape hessian --out` on client "
+                              "checkpoints, or run folders of `landscape train --track-every K`, labelled by panel",
+                              STEM, lambda inputs, _: draw(collect(inputs)))
 
 
 if __name__ == "__main__":

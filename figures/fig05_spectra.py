@@ -19,19 +19,19 @@ so that the gaps between separated outliers stay visible as a baseline.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from landscape.figures import common
+from landscape.figures import common, make, runs
 from landscape.hessian import load_result
 from landscape.errors import LandscapeError
 from landscape.hessian import density_curve
 from landscape.plots import static
 from landscape.spectrum import SpectralDensity
 
+STEM = "fig05_spectra"
 #: Lowest density drawn, relative to the highest peak of all curves (8 decades).
 FLOOR = 1e-8
 
@@ -52,8 +52,7 @@ def read_density(item: common.Input) -> tuple[dict[str, Any], SpectralDensity]:
 
 
 @static.styled
-def draw(results: Sequence[dict[str, Any]], densities: Sequence[SpectralDensity], labels: Sequence[str],
-         path: Path) -> Path:
+def draw(results: Sequence[dict[str, Any]], densities: Sequence[SpectralDensity], labels: Sequence[str]) -> Figure:
     """The densities overlaid (log density axis) with each result's top eigenvalues as ticks."""
     curves = [density_curve(d) for d in densities]
     floor = FLOOR * max(float(np.nanmax(dens)) for _, dens in curves)
@@ -72,21 +71,28 @@ def draw(results: Sequence[dict[str, Any]], densities: Sequence[SpectralDensity]
     ax.set_ylabel("density")
     ax.legend()
     ax.set_title("Hessian eigenspectrum density (SLQ); ticks: top eigenvalues")
-    return static.save_figure(fig, path)
+    return fig
+
+
+def outputs(plan: make.Plan) -> list[make.Output]:
+    """The spectra of FedAvg's global models at alpha = 0 and 1000 [C22 Fig. 5]."""
+    specs = {"alpha=0": runs.c22(plan.mode, "fedavg", 0.0), "alpha=1000": runs.c22(plan.mode, "fedavg", 1000.0)}
+    steps = {label: plan.hessian(spec) for label, spec in specs.items()}
+    files = plan.files(STEM)
+    args = (*(make.Labeled(label, result) for label, (_, result) in steps.items()), "--out", *files)
+    return [make.Output("fig05", "fig05", tuple(specs.values()), tuple(step for step, _ in steps.values()), args,
+                        files)]
+
+
+def figure(inputs: list[common.Input], _: object) -> Figure:
+    results, densities = zip(*(read_density(item) for item in inputs))
+    return draw(results, densities, [item.label for item in inputs])
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Draw the figure; see the module docstring."""
-    parser = common.make_parser(__doc__, prog)
-    common.add_inputs(parser, "results of `landscape hessian --density --out`")
-    parser.add_argument("--out", default="fig05_spectra.png", metavar="IMAGE",
-                        help="image file, .png, .pdf or .svg (default: fig05_spectra.png)")
-    args = parser.parse_args(argv)
-    inputs = common.parse_inputs(args.inputs)
-    out = common.check_suffix(args.out, static.SUFFIXES, "--out", inputs)
-    results, densities = zip(*(read_density(item) for item in inputs))
-    print(f"wrote {draw(results, densities, [item.label for item in inputs], out)}")
-    return 0
+    return common.figure_main(argv, prog, __doc__, __name__, "results of `landscape hessian --density --out`", STEM,
+                              figure)
 
 
 if __name__ == "__main__":

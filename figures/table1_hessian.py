@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from landscape.figures import common
+from landscape.figures import common, make, runs
 from landscape.hessian import load_result
 from landscape.errors import LandscapeError
 
@@ -78,12 +78,26 @@ def table_rows(inputs: Sequence[common.Input]) -> tuple[list[list[common.Cell]],
     return rows, warnings
 
 
+def outputs(plan: make.Plan) -> list[make.Output]:
+    """The Hessians of FedAvg, FedSAM and FedASAM with and without SWA at alpha = 0 (Table 1's rows)."""
+    specs = {f"{a}{'-swa' if swa else ''}": (runs.c22(plan.mode, a, swa=swa), swa)
+             for swa in (False, True) for a in ("fedavg", "fedsam", "fedasam")}
+    steps = {label: plan.hessian(spec, swa) for label, (spec, swa) in specs.items()}
+    files = plan.files("table1_hessian", (".md", ".csv"))
+    args = (*(make.Labeled(label, result) for label, (_, result) in steps.items()), "--out", files[0])
+    return [make.Output("table1", "table1", tuple(spec for spec, _ in specs.values()),
+                        tuple(step for step, _ in steps.values()), args, files)]
+
+
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Print (and with ``--out`` write) the table; see the module docstring."""
     parser = common.make_parser(__doc__, prog)
     common.add_inputs(parser, "results of `landscape hessian --top-k 5 --out`, labelled by algorithm")
     parser.add_argument("--out", metavar="TABLE.md", help="write the table to TABLE.md and TABLE.csv")
     args = parser.parse_args(argv)
+    code = common.made(args, __name__)
+    if code is not None:
+        return code
     inputs = common.parse_inputs(args.inputs)
     out = common.check_suffix(args.out, (".md", ".csv"), "--out", inputs, (".md", ".csv")) if args.out else None
     rows, warnings = table_rows(inputs)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from landscape.figures import common
+from landscape.figures import common, make, runs
 from landscape.errors import LandscapeError
 from landscape.run_folder import RunFolder
 
@@ -99,12 +99,23 @@ def table_row(item: common.Input) -> list[common.Cell]:
             paper_value(config, dataset, alpha)]
 
 
+def outputs(plan: make.Plan) -> list[make.Output]:
+    """FedAvg, FedSAM and FedASAM with and without SWA at alpha = 0, FedAvg and FedASAM at alpha = 1000."""
+    specs = [runs.c22(plan.mode, a, swa=swa) for swa in (False, True) for a in ("fedavg", "fedsam", "fedasam")]
+    specs += [runs.c22(plan.mode, a, 1000.0) for a in ("fedavg", "fedasam")]
+    files = plan.files("table2_accuracy", (".md", ".csv"))
+    return [make.Output("table2", "table2", tuple(specs), (), (*map(plan.run, specs), "--out", files[0]), files)]
+
+
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Print (and with ``--out`` write) the table; see the module docstring."""
     parser = common.make_parser(__doc__, prog)
     common.add_inputs(parser, "run folders of `landscape train`")
     parser.add_argument("--out", metavar="TABLE.md", help="write the table to TABLE.md and TABLE.csv")
     args = parser.parse_args(argv)
+    code = common.made(args, __name__)
+    if code is not None:
+        return code
     inputs = common.parse_inputs(args.inputs)
     out = common.check_suffix(args.out, (".md", ".csv"), "--out", inputs, (".md", ".csv")) if args.out else None
     rows = [table_row(item) for item in inputs]

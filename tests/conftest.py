@@ -59,3 +59,14 @@ def assert_one_line(exc: pytest.ExceptionInfo, *names: object) -> str:
 def image_batch() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     return torch.randn(12, 1, 4, 4, generator=g), torch.randint(0, 3, (12,), generator=g)
+
+
+@pytest.fixture(scope="session")
+def quick_figures(tmp_path_factory: pytest.TempPathFactory):
+    """``landscape figures all --quick`` once for the session: its output folder (runs/, results/,
+    every figure and table, manifest.json), shared by the figure tests."""
+    from landscape.cli import main
+
+    out = tmp_path_factory.mktemp("figures-quick")
+    assert main(["figures", "all", "--quick", "--out", str(out)]) == 0
+    return out

@@ -1403,6 +1403,69 @@ for value in ("0", "-5", "nan", "inf", "abc", "1e9"):
     train(f"collective-timeout={value}", "--collective-timeout", value)
 
 
+# --- issue 13, point 4: figures made from runs (figures all, each script's --quick, new scripts) ---
+
+@setup
+def runs_of_another_config(tmp: Path) -> None:
+    """The fuzz run (synthetic data) where `figures all --quick` expects its digits run fedavg-a0."""
+    import shutil
+
+    shutil.copytree(tmp / "run", tmp / "runs" / "fedavg-a0")
+
+
+@setup
+def run_curvature_without_numbers(tmp: Path) -> None:
+    path = tmp / "run" / "metrics.jsonl"
+    path.write_text(path.read_text() + json.dumps({"round": 3, "curvature": {"global_lambda_max": "big",
+                                                                              "client_lambda_max": {}}}) + "\n")
+
+
+FIG = ("{tmp}/f.png", "{tmp}/f.pdf")
+ALL_OUT = ("{tmp}/o",)
+add("figures/list-unknown-flag", ["figures", "--list", "--bogus"])
+add("figures/all-no-mode", ["figures", "all", "--out", "{tmp}/o"], ALL_OUT, expect="--quick --paper is required")
+add("figures/all-two-modes", ["figures", "all", "--quick", "--paper", "--out", "{tmp}/o"], ALL_OUT)
+add("figures/all-only-unknown", ["figures", "all", "--quick", "--out", "{tmp}/o", "--only", "fig99"], ALL_OUT,
+    expect="no figure or table named fig99")
+add("figures/all-only-empty", ["figures", "all", "--quick", "--out", "{tmp}/o", "--only", ","], ALL_OUT,
+    expect="names no figure or table")
+add("figures/all-out-is-a-file", ["figures", "all", "--quick", "--out", "{ckpt}", "--only", "table2"],
+    expect="is a file")
+add("figures/all-runs-is-a-file", ["figures", "all", "--quick", "--out", "{tmp}/o", "--runs", "{ckpt}", "--only",
+                                   "table2"], ALL_OUT, expect="is a file")
+add("figures/all-device-bogus", ["figures", "all", "--quick", "--out", "{tmp}/o", "--device", "tpu", "--only",
+                                 "table2"], ALL_OUT, expect="device")
+add("figures/all-paper-without-cifar", ["figures", "all", "--paper", "--out", "{tmp}/o", "--data-dir", "{tmp}/nodata",
+                                        "--only", "table2", "--dry-run"], ALL_OUT, expect="cifar")
+add("figures/all-run-of-another-config", ["figures", "all", "--quick", "--out", "{tmp}/o", "--runs", "{tmp}/runs",
+                                          "--only", "fig02"], ALL_OUT, setup="runs_of_another_config",
+    expect="holds a run of another config", note="never trained over, never reused")
+add("figures/fig03-quick-with-inputs", ["figures", "fig03", "--quick", "a={run}", "--work", "{tmp}/w"], ("{tmp}/w",),
+    expect="makes the inputs")
+add("figures/fig03-quick-and-paper", ["figures", "fig03", "--quick", "--paper", "--work", "{tmp}/w"], ("{tmp}/w",))
+add("figures/fig03-quick-out", ["figures", "fig03", "--quick", "--out", "{tmp}/f.png"], ("{tmp}/f.png",),
+    expect="drop --out")
+add("figures/fig10-work-without-mode", ["figures", "fig10", "a={run}", "--work", "{tmp}/w"], ("{tmp}/w",),
+    expect="--work only applies")
+add("figures/fig05-paper-without-cifar", ["figures", "fig05", "--paper", "--work", "{tmp}/w", "--data-dir",
+                                          "{tmp}/nodata"], ("{tmp}/w",), expect="cifar")
+add("figures/fig03-not-a-run", ["figures", "fig03", "a={ckpt}", "--out", *FIG], FIG, expect="not a run folder")
+add("figures/fig07-out-suffix", ["figures", "fig07", "a={run}", "--out", "{tmp}/f.jpg"], ("{tmp}/f.jpg",),
+    expect="use a file ending in")
+add("figures/fig07-device-bogus", ["figures", "fig07", "a={run}", "--device", "tpu", "--out", *FIG], FIG,
+    expect="device")
+add("figures/fig10-no-test-accuracy", ["figures", "fig10", "a={run}", "--out", *FIG], FIG, setup="run_metrics_cut",
+    expect="holds no test accuracy yet")
+add("figures/fig10-label-twice", ["figures", "fig10", "a={run}", "a={run}", "--out", *FIG], FIG,
+    expect="names 2 inputs")
+add("figures/fig10-no-inputs", ["figures", "fig10", "--out", *FIG], FIG, expect="no inputs")
+add("figures/l26-untracked", ["figures", "l26", "a={run}", "--out", *FIG], FIG, expect="holds no tracked curvature")
+add("figures/l26-curvature-without-numbers", ["figures", "l26", "a={run}", "--out", *FIG], FIG,
+    setup="run_curvature_without_numbers", expect="lacks a number global_lambda_max")
+add("figures/fig04-untracked-run", ["figures", "fig04", "a={run}", "--out", *FIG], FIG,
+    expect="holds no tracked curvature")
+
+
 def _check() -> None:
     ids = [c.id for c in CASES]
     dup = sorted({i for i in ids if ids.count(i) > 1})
