@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--margin", type=number(0, 100), default=0.2, metavar="M",
                    help="grid margin beyond the models, as a fraction of their larger extent (default: 0.2)")
     add_evaluation_args(p)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, data_parallel=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from landscape import data, directions, files, surface
+from landscape import data, directions, distributed, files, surface
 from landscape.checkpoint import Checkpoint
 from landscape.cli import common
 from landscape.errors import LandscapeError
@@ -62,7 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="orthogonalize random directions (the cosines are reported either way)")
     p.add_argument("--eigen-tol", type=common.TOLERANCE, default=1e-3, help="eigen directions: solver tolerance (default: 1e-3)")
     add_evaluation_args(p)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, data_parallel=True)
 
 
 def add_evaluation_args(p: argparse.ArgumentParser) -> None:
@@ -143,6 +143,8 @@ def evaluate(
         metadata={"checkpoints": [c.describe() for c in checkpoints]}, progress=sys.stderr.isatty(),
         loss=common.loss_of(args), ignore_index=args.ignore_index,
     )
+    if not distributed.is_main():  # rank 0 prints and writes for all
+        return 0
     print(format_summary(result, time.perf_counter() - start))
     for key, count in result["metadata"]["nonfinite"].items():
         if count:
@@ -195,8 +197,12 @@ def check_outputs(args: argparse.Namespace, extra: dict[str, tuple[str | None, l
 
 @contextmanager
 def writing(args: argparse.Namespace, *more: str | None) -> Iterator[None]:
-    """Lock ``--out`` (kept when interrupted: it is resumable) and write the other outputs as one."""
+    """Lock ``--out`` (kept when interrupted: it is resumable) and write the other outputs as one
+    (rank 0 alone under torchrun)."""
     with ExitStack() as stack:
+        if not distributed.is_main():
+            yield
+            return
         if args.out:
             stack.enter_context(files.exclusive(args.out))
         stack.enter_context(files.writing(args.html, args.png, *more))
@@ -271,7 +277,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         raise LandscapeError(f"unknown --directions {args.directions!r}")
     markers[0]["coords"] = [0.0] * args.dim
-    if args.save_directions:
+    if args.save_directions and distributed.is_main():
         directions.save_directions(args.save_directions, dirs, {"name": ckpt.model_name, "kwargs": ckpt.model_kwargs})
         print(f"wrote {args.save_directions}")
     labels = ["alpha", "beta", "gamma"][: args.dim]
