@@ -179,6 +179,7 @@ def analyze(
         "trace_method": trace_method if trace else None, "density": density, "per_layer": per_layer,
         "batch_size": batch_size, "dtype": str(dtype).replace("torch.", ""), "device": str(device), "seed": seed,
         "hvp_mode": op.mode, "params": params if isinstance(params, (str, type(None))) else list(params),
+        "num_processes": objective.world.size if objective.world is not None else 1,
     }
     return HessianReport(value, objective.num_params, eigen, trace_result, dens, products,
                          time.perf_counter() - start, objective.shapes, settings, objective.describe(), layers)

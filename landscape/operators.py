@@ -15,7 +15,8 @@ through :meth:`CurvatureOperator.to_scipy`) work on it or on a dense matrix.
 
 Every operator shares :class:`CurvatureOperator`: ``op @ v``/``matvec``, ``shape``, ``dtype``,
 ``device``, ``num_matvecs``, ``dense()``, ``to_scipy()`` and a determinism check on the first
-product. Build one by name with :func:`make_operator`.
+product. Build one by name with :func:`make_operator`. Under a process group each product is
+this rank's sum over its batches, all-reduced in ``matvec`` (:mod:`landscape.distributed`).
 
 Hessian-vector products come in two exact modes:
 
@@ -27,9 +28,10 @@ Hessian-vector products come in two exact modes:
 - ``"forward"`` (forward-over-reverse through torch.func): ``Hv = jvp(grad f, w; v)``,
   recomputed per product, constant memory (2.4-2.9 gradients per product).
 
-``"auto"`` keeps the graph when the data holds at most ``CACHE_MAX_SAMPLES`` samples. The
-GGN has one mode (``"forward"``: a jvp and a backward pass per batch, constant memory); the
-Fisher keeps its per-sample gradients (``"cached"``) when they fit in ``FISHER_CACHE_BYTES``.
+``"auto"`` keeps the graph when the data (this rank's, under torchrun) holds at most
+``CACHE_MAX_SAMPLES`` samples. The GGN has one mode (``"forward"``: a jvp and a backward pass
+per batch, constant memory); the Fisher keeps its per-sample gradients (``"cached"``) when
+they fit in ``FISHER_CACHE_BYTES``.
 """
 
 from __future__ import annotations
@@ -160,6 +162,8 @@ class CurvatureOperator:
 
     def _counted(self, v: torch.Tensor) -> torch.Tensor:
         out = self._product(v)
+        if self.objective.world is not None:  # this rank's batches -> all of them
+            self.objective.world.sum_(out)
         self.num_matvecs += 1
         return out
 
@@ -186,6 +190,8 @@ class CurvatureOperator:
                 f"the loss or its {self.title}-vector products are not deterministic (relative difference "
                 f"{max(errors):.1e}); remove dropout/noise from the model's eval forward pass"
             )
+        if self.objective.world is not None:  # the solvers on every rank must see the same vectors
+            self.objective.world.check_same(out, f"{self.title}-vector products")
         self._checked = True
 
     def __matmul__(self, v: torch.Tensor) -> torch.Tensor:
@@ -230,7 +236,8 @@ class HessianOperator(CurvatureOperator):
         super().__init__(objective, mode, check_determinism)
 
     def _auto_mode(self) -> str:
-        return "cached" if self.objective.num_samples <= CACHE_MAX_SAMPLES else "forward"
+        # the graph kept is of this rank's samples
+        return "cached" if self.objective.local_samples <= CACHE_MAX_SAMPLES else "forward"
 
     def _cached_graph(self) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Leaves and the flat gradient with its graph, built once (the PyHessian trick, exact)."""

@@ -68,6 +68,23 @@ interface to :mod:`landscape.plots`::
 On disk the result is one ``.npz`` (``allow_pickle=False`` readable): arrays
 ``axis0``, ``axis1``, ..., ``done``, ``values/<source>/<metric>`` and a JSON string
 ``metadata`` that also holds ``axis_labels`` and ``markers``.
+
+Under torchrun
+--------------
+With several ranks (:mod:`landscape.distributed`) the grid points are shared out and each
+rank evaluates whole points on all the data: round r gives chunk ``r * size + rank`` of the
+pending chunks to each rank, and one all-gather of a few numbers per point hands every
+rank the values of the round. The other split, every point on a shard of the data with
+its loss all-reduced (what the Hessian does), would pay one collective per point and per
+batch and keep every rank waiting on the slowest at each one; a point costs a forward
+pass over the data and nothing couples two points, so whole points per rank need no
+communication while they run, and the ranks only meet once per round. (A single point
+too large for one device is the workload where sharding the data would win; a surface of
+such a model is better run with ``--batch-size``.) The chunks are the single-process
+chunks (fixed starts, ``points_per_batch`` points, the smallest every rank can afford), so
+each value is computed exactly as one process computes it, and a result file continues
+with any number of ranks. Rank 0 alone reads the file to continue (and hands it to the
+others) and writes it.
 """
 
 from __future__ import annotations
@@ -90,6 +107,7 @@ from torch.func import functional_call, vmap
 from tqdm import tqdm
 
 import landscape
+from landscape import distributed
 from landscape.chain import LinearChain, find_chain
 from landscape.data import Dataset
 from landscape.directions import Directions, Plane, project
@@ -104,7 +122,7 @@ KINDS = {"line": 1, "grid": 2, "volume": 3, "plane": 2}
 BN_MODES = ("eval", "recalibrate")
 METRICS = ("loss", "accuracy")
 # Metadata fields that record progress, not identity: a continued run may differ in them.
-PROGRESS_FIELDS = ("num_done", "complete", "nonfinite", "device")
+PROGRESS_FIELDS = ("num_done", "complete", "nonfinite", "device", "num_processes")
 # Neither are the names of the axes (they do not change a value) nor the record of the grid
 # (its axes themselves are compared exactly): a run continued by a newer version may relabel.
 NOT_IDENTITY = (*PROGRESS_FIELDS, "axis_labels", "grid")
@@ -480,7 +498,9 @@ def evaluate(
     The point with coordinates c is w0 + sum_i c_i d_i (``w0 = origin``), set from w0
     every time. Points are evaluated ``points_per_batch`` at a time, in a fixed order
     (row-major over the grid) and in fixed chunks, so a run continued from its result
-    file computes exactly what an uninterrupted run computes.
+    file computes exactly what an uninterrupted run computes. Under torchrun the chunks
+    are shared out across the ranks, whole points on all the data per rank (see "Under
+    torchrun" in the module docstring); every rank returns the whole result.
 
     Args:
         model: the network (architecture, non-moving parameters, buffers). Deep-copied;
@@ -548,12 +568,20 @@ def evaluate(
     if list(directions.vectors[0]) != list(base):
         raise LandscapeError("the directions do not cover the same parameters as the base point")
     out = Path(out) if out is not None else None
-    previous = load_result(out) if out is not None and out.exists() and not overwrite else None
+    world = distributed.current()
+    main = world is None or world.rank == 0
+    size = 1 if world is None else world.size
+
+    def read_previous() -> dict[str, Any] | None:
+        return load_result(out) if out is not None and out.exists() and not overwrite else None
+
+    previous = read_previous() if world is None else world.from_first(read_previous)
     target, out = out, (out.parent / f".{out.name}.new" if overwrite and out is not None else out)
-    if out is not None and overwrite:
+    if out is not None and overwrite and main:
         out.unlink(missing_ok=True)  # an earlier --overwrite that was interrupted
+    # every rank evaluates whole points on all the data (data_parallel=False): see "Under torchrun"
     objectives = {s: Objective(model, ds.batches(batch_size) if isinstance(ds, Dataset) else ds, dtype, device,
-                               list(base), loss=loss, forward=forward, ignore_index=ignore_index)
+                               list(base), loss=loss, forward=forward, ignore_index=ignore_index, data_parallel=False)
                   for s, ds in sources.items()} if generic else {}
     if generic:
         points_per_batch = 1
@@ -565,6 +593,8 @@ def evaluate(
             per_forward = len(first) if batch_size is None else min(batch_size, len(first))
             num = sum(t.numel() for t in base.values())
             points_per_batch = auto_points_per_batch(model, first.x, per_forward, num, dtype, device)
+            if world is not None:  # one chunking for all ranks (free GPU memory may differ)
+                points_per_batch = world.min_int(points_per_batch)
     meta: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -587,6 +617,7 @@ def evaluate(
         "axis_labels": list(axis_labels or ["alpha", "beta", "gamma"][: len(axes)]),
         "markers": [dict(m) for m in markers],
         "device": str(device),
+        "num_processes": size,
     }
     meta["grid"] = {"extent": [[float(a[0]), float(a[-1])] for a in axes], **dict(meta.get("grid") or {})}
     keys = [f"{s}/{m}" for s in sources for m in meta["metrics"]]
@@ -619,27 +650,55 @@ def evaluate(
             {s: ds.batches(batch_size) for s, ds in sources.items()},
             bn, calibration.batches(batch_size) if calibration is not None else [], dtype, device,
         )
-        bar = tqdm(total=len(coords), initial=int(done.sum()), unit="pt", desc=kind, disable=_no_bar(progress))
+        bar = tqdm(total=len(coords), initial=int(done.sum()), unit="pt", desc=kind,
+                   disable=_no_bar(progress) if main else True)
         last_save = time.monotonic()
         try:
-            for start in pending:
-                chunk = slice(start, start + points_per_batch)
-                for k, v in evaluator(coords[chunk]).items():
-                    values[k][chunk] = v
-                done[chunk] = True
-                bar.update(int(coords[chunk].shape[0]))
-                if out is not None and time.monotonic() - last_save >= save_every:
-                    save_result(out, result())
+            for first in range(0, len(pending), size):
+                for index, got in _round(evaluator, coords, pending[first:first + size], points_per_batch, keys, world):
+                    for k, v in got.items():
+                        values[k][index] = v
+                    done[index] = True
+                    bar.update(len(index))
+                if out is not None and main and time.monotonic() - last_save >= save_every:
+                    with distributed.uninterrupted():
+                        save_result(out, result())
                     last_save = time.monotonic()
         finally:
             bar.close()
-            if out is not None:
-                save_result(out, result())
-    elif out is not None and previous is None:
+            if out is not None and main:
+                with distributed.uninterrupted():
+                    save_result(out, result())
+    elif out is not None and previous is None and main:
         save_result(out, result())
-    if overwrite and out is not None and done.all():
+    if overwrite and out is not None and done.all() and main:
         os.replace(out, target)
     return result()
+
+
+def _round(evaluator: Callable[[np.ndarray], dict[str, np.ndarray]], coords: np.ndarray, starts: Sequence[int],
+           per_chunk: int, keys: Sequence[str], world: distributed.World | None
+           ) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """``(point indices, values)`` of one round of chunks: chunk ``starts[rank]`` evaluated on
+    each rank (one process: the one chunk), then gathered so every rank has them all."""
+    rank = 0 if world is None else world.rank
+    mine = np.arange(starts[rank], min(starts[rank] + per_chunk, len(coords))) if rank < len(starts) else None
+    got = evaluator(coords[mine]) if mine is not None else {}
+    if world is None:
+        return [(mine, got)]
+    # one row per point (padded to a full chunk): its index (-1: padding), then its values
+    table = torch.full((per_chunk, 1 + len(keys)), math.nan, dtype=torch.float64)
+    table[:, 0] = -1
+    if mine is not None:
+        table[: len(mine), 0] = torch.from_numpy(mine).double()
+        for j, k in enumerate(keys):
+            table[: len(mine), 1 + j] = torch.as_tensor(np.asarray(got[k], dtype=np.float64))
+    rounds = []
+    for t in world.gather(table):
+        t = t[t[:, 0] >= 0]
+        if len(t):
+            rounds.append((t[:, 0].long().numpy(), {k: t[:, 1 + j].numpy() for j, k in enumerate(keys)}))
+    return rounds
 
 
 def _no_bar(progress: bool | None) -> bool | None:

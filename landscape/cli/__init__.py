@@ -12,15 +12,22 @@ line ``error: <what> (<where>): <how to fix>`` and exit status 2, never a traceb
 - anything else is a bug of ours: one line that says so and how to see the traceback
   (``LANDSCAPE_DEBUG=1``), so a user is never left with a screen of torch internals.
 
-Under torchrun (``WORLD_SIZE > 1``) every rank runs the command, and still one line is printed:
+``landscape train`` under torchrun (``WORLD_SIZE > 1``): every rank runs it, and still one line is printed:
 ``landscape.train.distributed`` marks a failure of a distributed run with the rank that reports
 it (``error: rank R of N: ...``) or as reported by another rank (exit 2, silent); what no rank
 marked (a bad flag, an unreadable config) every rank hits alike, and rank 0 reports it.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) the analysis commands (``hessian``, ``surface``,
+``plane``, ``flatness``) join the process group first (:func:`landscape.distributed.start`)
+and run data parallel; rank 0 alone prints (the other ranks' output goes nowhere, their
+failures reach rank 0 through torchrun's store) and exits 1 with one line naming the rank
+when another rank fails or dies.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import importlib
 import os
@@ -105,10 +112,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    from landscape import distributed
+
+    rank = distributed.launch_rank()
     try:
-        args = parse(argv)
+        with _only_rank0_prints(rank):
+            args = parse(argv)
     except SystemExit as exc:  # --help, --version, or a bad flag already reported in one line
         return exc.code if isinstance(exc.code, int) else 2
+    if getattr(args, "data_parallel", False):
+        with _only_rank0_prints(rank):
+            return _run_data_parallel(args)
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt as exc:
@@ -119,9 +133,48 @@ def _main(argv: Sequence[str] | None) -> int:
         if os.environ.get("LANDSCAPE_DEBUG"):
             raise
         if _reports(exc):
-            rank = getattr(exc, "rank_label", None)
-            print(f"error: {rank + ': ' if rank else ''}{describe(exc, args.command)}", file=sys.stderr)
+            rank_label = getattr(exc, "rank_label", None)
+            print(f"error: {rank_label + ': ' if rank_label else ''}{describe(exc, args.command)}", file=sys.stderr)
         return 2
+
+
+def _run_data_parallel(args: argparse.Namespace) -> int:
+    """An analysis command (``hessian``, ``surface``, ``plane``, ``flatness``), data parallel under torchrun."""
+    from landscape import distributed
+
+    try:
+        if distributed.launched():
+            from landscape.operators import resolve_device
+
+            distributed.start(resolve_device(args.device))
+        code = int(args.run(args) or 0)
+        distributed.stop()
+        return code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (Exception, distributed.Stopped) as exc:  # noqa: BLE001 - the one place that turns failures into one line
+        if os.environ.get("LANDSCAPE_DEBUG"):
+            raise
+        if distributed.current() is not None and distributed.is_peer_failure(exc):
+            if distributed.is_main():  # another rank failed or died: say which
+                print(f"error: {distributed.describe_failure(exc, args.command)}", file=sys.stderr)
+            return 1
+        message = describe(exc, args.command)
+        if not distributed.is_main():
+            distributed.post_failure(str(message))
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+@contextlib.contextmanager
+def _only_rank0_prints(rank: int):
+    """Ranks other than 0 print nothing (unless ``LANDSCAPE_DEBUG``): rank 0 speaks for the job."""
+    if rank == 0 or os.environ.get("LANDSCAPE_DEBUG"):
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        yield
 
 
 def _reports(exc: BaseException) -> bool:

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from landscape import checkpoint, data, directions
+from landscape import checkpoint, data, directions, distributed, files
 from landscape.checkpoint import Checkpoint
 from landscape.errors import LandscapeError, user_code
 from landscape.recorded import RecordedData
 from landscape.imports import import_callable
 from landscape.objective import LOSSES, default_forward
+
+
+def rank0_writing(*paths: str | None) -> AbstractContextManager[None]:
+    """:func:`landscape.files.writing` of a command's outputs on the rank that writes them (the
+    only process, or rank 0 under torchrun); nothing on the other ranks, which neither lock nor write."""
+    return files.writing(*paths) if distributed.is_main() else contextlib.nullcontext()
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

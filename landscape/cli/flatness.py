@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 
-from landscape import data, flatness
+from landscape import data, distributed, flatness
 from landscape.checkpoint import Checkpoint
 from landscape.cli import common
 from landscape.cli.common import load_same_architecture, marker_label
 from landscape.errors import LandscapeError
-from landscape.files import check_outputs, writing
+from landscape.files import check_outputs
 from landscape.operators import CURVATURES, resolve_device, resolve_dtype
 from landscape.plots import IMAGE_SUFFIXES
 
@@ -51,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     common.add_model_args(p)
     p.add_argument("--out", metavar="JSON", help="write the metrics and their metadata as JSON")
     p.add_argument("--png", metavar="PNG", help="draw the per-client bar charts (.png or .pdf)")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, data_parallel=True)
 
 
 def load_client_data(args: argparse.Namespace, clients: list[Checkpoint]) -> list[data.Dataset]:
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             f"--client-data names {len(args.client_data)} data sets for {len(args.clients)} --clients; give one per client"
         )
     check_outputs({"--out": (args.out, [".json"]), "--png": (args.png, list(IMAGE_SUFFIXES))}, common.inputs(args))
-    with writing(args.out, args.png):
+    with common.rank0_writing(args.out, args.png):
         return _measure(args, device, dtype)
 
 
@@ -98,6 +98,8 @@ def _measure(args: argparse.Namespace, device: torch.device, dtype: torch.dtype)
         rho=args.rho, num_ascent_steps=args.ascent_steps, tol=args.tol, seed=args.seed, dtype=dtype, device=device,
         loss=common.loss_of(args), ignore_index=args.ignore_index, params=args.params, curvature=args.curvature,
     )
+    if not distributed.is_main():  # rank 0 prints and writes for all
+        return 0
     labels = [marker_label(c) for c in clients]
     report = flatness.FlatnessResult(
         metrics=metrics,
@@ -108,7 +110,7 @@ def _measure(args: argparse.Namespace, device: torch.device, dtype: torch.dtype)
                   "dtype": args.dtype, "device": str(device), "batch_size": args.batch_size,
                   "num_samples": args.num_samples, "data": args.data, "client_data": args.client_data,
                   "loss": args.loss, "ignore_index": args.ignore_index, "params": args.params,
-                  "curvature": args.curvature},
+                  "curvature": args.curvature, "num_processes": getattr(distributed.current(), "size", 1)},
         seconds=time.perf_counter() - start,
     )
     result = report.to_json()

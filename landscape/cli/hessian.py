@@ -7,11 +7,11 @@ import sys
 
 import torch
 
-from landscape import hessian
+from landscape import distributed, hessian
 from landscape.cli import common
 from landscape.checkpoint import Checkpoint
 from landscape.data import Dataset
-from landscape.files import check_outputs, writing
+from landscape.files import check_outputs
 from landscape.plots import IMAGE_SUFFIXES
 from landscape.operators import CURVATURES, resolve_device, resolve_dtype
 
@@ -51,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-eigenvectors", metavar="PT",
                    help="save the eigenvectors (named tensors) for `landscape surface --directions-file`")
     p.add_argument("--plot", metavar="PNG", help="draw the spectral density (implies --density)")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, data_parallel=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     loss = common.loss_of(args)
     dataset = common.load_data(args.data, ckpt, args, args.num_samples)
     model = ckpt.build_model()
-    with writing(args.out, args.save_eigenvectors, args.plot):
+    with common.rank0_writing(args.out, args.save_eigenvectors, args.plot):
         return _analyze(args, ckpt, dataset, model, device, dtype, loss)
 
 
@@ -78,6 +78,8 @@ def _analyze(args: argparse.Namespace, ckpt: Checkpoint, dataset: Dataset, model
         seed=args.seed, progress=sys.stderr.isatty(), loss=loss, curvature=args.curvature,
         params=args.params, ignore_index=args.ignore_index, per_layer=args.per_layer,
     )
+    if not distributed.is_main():  # rank 0 prints and writes for all
+        return 0
     result = report.to_json(ckpt.describe(), dataset.spec)
     print(format_table(result, len(dataset)))
     if args.out:

@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--margin", type=MARGIN, default=surface.MARGIN, metavar="M",
                    help=f"grid margin beyond the models, as a fraction of their larger extent (default: {surface.MARGIN})")
     add_evaluation_args(p)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, data_parallel=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from landscape import data, directions, files, surface
+from landscape import data, directions, distributed, files, surface
 from landscape.checkpoint import Checkpoint
 from landscape.cli import common
 from landscape.errors import LandscapeError
@@ -68,7 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="orthogonalize random directions (the cosines are reported either way)")
     p.add_argument("--eigen-tol", type=common.TOLERANCE, default=1e-3, help="eigen directions: solver tolerance (default: 1e-3)")
     add_evaluation_args(p)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, data_parallel=True)
 
 
 def add_evaluation_args(p: argparse.ArgumentParser) -> None:
@@ -154,6 +154,8 @@ def evaluate(
         metadata={"checkpoints": [c.describe() for c in checkpoints], "grid": grid}, progress=sys.stderr.isatty(),
         loss=common.loss_of(args), ignore_index=args.ignore_index,
     )
+    if not distributed.is_main():  # rank 0 prints and writes for all
+        return 0
     print(format_summary(result, time.perf_counter() - start))
     for key, count in result["metadata"]["nonfinite"].items():
         if count:
@@ -212,8 +214,12 @@ def check_outputs(args: argparse.Namespace, extra: dict[str, tuple[str | None, l
 
 @contextmanager
 def writing(args: argparse.Namespace, *more: str | None) -> Iterator[None]:
-    """Lock ``--out`` (kept when interrupted: it is resumable) and write the other outputs as one."""
+    """Lock ``--out`` (kept when interrupted: it is resumable) and write the other outputs as one
+    (rank 0 alone under torchrun)."""
     with ExitStack() as stack:
+        if not distributed.is_main():
+            yield
+            return
         if args.out:
             stack.enter_context(files.exclusive(args.out))
         stack.enter_context(files.writing(args.html, args.png, *more))
@@ -300,7 +306,7 @@ def _run(args: argparse.Namespace) -> int:
     if grid["rule"] == "cover":
         print("grid: " + " x ".join(f"{a[0]:.4g}..{a[-1]:.4g}" for a in axes)
               + f" (covers the {len(markers)} models with margin {grid['margin']:g}; --range R sets +-R)")
-    if args.save_directions:
+    if args.save_directions and distributed.is_main():
         directions.save_directions(args.save_directions, dirs, {"name": ckpt.model_name, "kwargs": ckpt.model_kwargs})
         print(f"wrote {args.save_directions}")
     return evaluate(args, ckpt, dirs, axes, KIND_OF_DIM[args.dim], None, markers, axis_labels(names, dirs),
