@@ -114,7 +114,8 @@ def table(rows: list[tuple[str, dict[str, list[float]]]]) -> list[str]:
     lines = ["| metric | " + " | ".join(ALGORITHMS) + " | sep. |", "|---" * (len(ALGORITHMS) + 2) + "|"]
     for label, values in rows:
         cells = [f"{np.mean(values[a]):.4g} ± {np.std(values[a], ddof=1):.2g}" for a in ALGORITHMS]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {separated_pairs(values)}/6 |")
+        name = label.replace("|", "\\|")  # a norm's bars would end the Markdown cell
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {separated_pairs(values)}/6 |")
     return lines
 
 
