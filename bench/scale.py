@@ -20,7 +20,11 @@ processes of the machine used during it (busy CPU from /proc/stat minus this ben
 forward samples/s and Hessian-vector product samples/s (cached mode, as a rank of 6,250 samples uses).
 On a GPU pass ``--device cuda`` (N = 1 and the GPU count by default).
 
-Run:  python bench/scale.py                      (about 15 minutes on a quiet 2-core CPU)
+Measured on the shared 2-core CPU of this project: the table and the model built on it are in
+``docs/distributed-analysis.md`` (Hessian 2.20x on 2 processes on a quiet machine, 1.52x while others
+used 1.1-1.5 cores; surface 1.82x).
+
+Run:  python bench/scale.py --rates              (about 30 minutes on a quiet 2-core CPU)
       python bench/scale.py --workloads hessian --nprocs 2
       python bench/scale.py --rates-only
 """
