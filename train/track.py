@@ -76,7 +76,8 @@ class CurvatureTracker:
     def _objective(self, weights: State, idx: Tensor) -> Objective:
         self.model.load_state_dict(weights)
         ref = next(iter(weights.values()))
-        return Objective(self.model, self._batch(idx), ref.dtype, ref.device)
+        # rank 0 alone tracks under torchrun: its own data, not a shard of a data-parallel objective
+        return Objective(self.model, self._batch(idx), ref.dtype, ref.device, data_parallel=False)
 
     def lambda_max(self, weights: State, idx: Tensor, key: Any, fallback: Any = None) -> float:
         """lambda_max of the Hessian of the mean loss on samples ``idx`` at ``weights`` (warm-started)."""

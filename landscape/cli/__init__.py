@@ -114,7 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     from landscape import distributed
 
-    rank = distributed.launch_rank()
+    try:
+        rank = distributed.launch_rank()
+    except ValueError:  # a malformed RANK/WORLD_SIZE: the command itself reports it, in one line
+        rank = 0
     try:
         with _only_rank0_prints(rank):
             args = parse(argv)
