@@ -14,7 +14,8 @@ def test_demo_runs_every_step(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     assert main(argv) == 0
     stdout = capsys.readouterr().out
     for command in ("landscape train", "landscape hessian", "landscape surface", "landscape flatness",
-                    "landscape plane", "landscape figures fig01", "landscape figures table1"):
+                    "landscape plane", "landscape figures fig01", "landscape figures table1",
+                    "landscape figures l26"):
         assert f"$ {command}" in stdout, command
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["settings"]) == set(demo.SETTINGS)
@@ -34,7 +35,8 @@ def test_demo_runs_every_step(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     for link in links:  # every link on the page resolves to a non-empty file
         assert (out / link).is_file() and (out / link).stat().st_size > 0, link
     for name in ("surfaces.html", "plane_heterogeneous.html", "plane_homogeneous.png", "fig01_surfaces.png",
-                 "table1_heterogeneous.md", "curvature_over_rounds.png", "summary.md"):
+                 "table1_heterogeneous.md", "curvature_heterogeneous.png", "curvature_homogeneous.png",
+                 "summary.md"):
         assert f"'{name}'" in page or name == "summary.md", name
         assert (out / name).stat().st_size > 0, name
     assert "| fednsam |" in (out / "summary.md").read_text()

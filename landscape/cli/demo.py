@@ -10,7 +10,7 @@ flatness distance between the global model and its clients ([L26], reconstructed
 heterogeneous setting also a 2D loss surface per algorithm ([C22] Fig. 1) and, in each setting,
 the plane through FedAvg's global model and two clients with the other clients projected
 ([C22] Fig. 2). The figure scripts then draw the surfaces side by side, Table 1 and the
-curvature over rounds.
+curvature over rounds ([L26], from the tracked metrics).
 
 Everything lands in ``--out``: ``index.html`` (one page, readable offline, that shows the
 summary table, the interactive viewers and every figure with the command that made it),
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     device = ["--device", args.device] if args.device else []
     R, res = str(args.rounds), str(args.resolution)
     n_runs = len(SETTINGS) * len(ALGORITHMS)
-    tour = Tour(out, total=n_runs * 3 + len(ALGORITHMS) + len(SETTINGS) + 3)
+    tour = Tour(out, total=n_runs * 3 + len(ALGORITHMS) + 3 * len(SETTINGS) + 1)
     t0 = time.perf_counter()
     summary: dict[str, dict[str, dict[str, Any]]] = {}
     for setting, alpha in SETTINGS.items():
@@ -146,11 +146,10 @@ def run(args: argparse.Namespace) -> int:
         tour.run(["figures", "table1", *[f"{a}={out / f'hessian_{setting}_{a.replace(chr(43), chr(95))}.json'}"
                                          for a in ALGORITHMS], "--out", str(table)], (table,),
                  f"[C22] Table 1 in miniature, {setting}")
-    curves = out / "curvature_over_rounds.png"
-    plot_curvature(out, summary, curves)
-    tour.steps.append({"title": "curvature over rounds (tracked during training)", "command":
-                       "landscape train ... --track-every 10 (drawn from each run's metrics.jsonl)",
-                       "outputs": [curves.name]})
+    for setting, rows in summary.items():
+        curves = out / f"curvature_{setting}.png"
+        tour.run(["figures", "l26", *[f"{name}={out / row['run']}" for name, row in rows.items()],
+                  "--out", str(curves)], (curves,), f"[L26] curvature over rounds (tracked in training), {setting}")
     seconds = time.perf_counter() - t0
     write_json(out / "summary.json", {"rounds": args.rounds, "seconds": round(seconds, 1), "settings": summary,
                                       "steps": tour.steps})
@@ -167,32 +166,6 @@ def run(args: argparse.Namespace) -> int:
 def flatness_distance(result: dict[str, Any]) -> float:
     """The headline flatness distance of a ``landscape flatness`` result (:data:`landscape.flatness.DEFAULT_METRIC`)."""
     return result["metrics"]["flatness_distance"]["value"]
-
-
-def plot_curvature(out: Path, summary: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
-    """lambda_max of the global model and the mean local lambda_max over rounds, per setting."""
-    from matplotlib.figure import Figure
-
-    from landscape.plots.static import save_figure
-
-    fig = Figure(figsize=(5 * len(summary), 6))
-    axes = fig.subplots(2, len(summary), squeeze=False, sharex=True)
-    for col, (setting, rows) in enumerate(summary.items()):
-        for name, row in rows.items():
-            tracked = [m for m in RunFolder(out / row["run"]).metrics() if isinstance(m.get("curvature"), dict)]
-            rounds = [m["round"] for m in tracked]
-            axes[0][col].plot(rounds, [m["curvature"]["global_lambda_max"] for m in tracked], marker="o", ms=3,
-                              label=name)
-            local = [sum(m["curvature"]["client_lambda_max"].values()) / len(m["curvature"]["client_lambda_max"])
-                     for m in tracked]
-            axes[1][col].plot(rounds, local, marker="o", ms=3, label=name)
-        axes[0][col].set_title(setting)
-        axes[0][col].set_ylabel("lambda_max, global model")
-        axes[1][col].set_ylabel("mean lambda_max, local models")
-        axes[1][col].set_xlabel("round")
-        axes[0][col].legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path)
 
 
 def summary_markdown(summary: dict[str, dict[str, dict[str, Any]]], rounds: int) -> str:
