@@ -86,10 +86,7 @@ def evaluate(inputs: Sequence[common.Input], data_dir: str | None, device: str |
 def draw(curves: dict[str, ClientCurves], values: str, ylabel: str, title: str, test: bool) -> Figure:
     """One panel per run: a line per client (colored by id) of ``values`` (``accuracy`` or
     ``output_norm``) over the rounds; with ``test``, the test accuracy as a black line."""
-    columns = min(len(curves), MAX_COLUMNS)
-    rows = -(-len(curves) // columns)
-    fig = Figure(figsize=(4.5 * columns, 3.6 * rows), layout="constrained")
-    axes = fig.subplots(rows, columns, sharey=True, squeeze=False).ravel()
+    fig, axes, columns = common.panel_grid(len(curves), MAX_COLUMNS)
     for ax, (label, run) in zip(axes, curves.items()):
         per_client = getattr(run, values)
         for k, points in per_client.items():
@@ -99,15 +96,7 @@ def draw(curves: dict[str, ClientCurves], values: str, ylabel: str, title: str, 
             rounds, accuracy = zip(*run.test)
             ax.plot(rounds, accuracy, color="black", linewidth=1.6, label="test set")
         ax.set_title(f"{label} ({len(per_client)} clients)")
-        ax.set_xlabel("round")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    for ax in axes[len(curves):]:
-        ax.set_visible(False)
-    for ax in axes[::columns]:
-        ax.set_ylabel(ylabel)
-    fig.suptitle(title)
-    return fig
+    return common.finish_panels(fig, axes, len(curves), columns, ylabel, title)
 
 
 def main(argv: Sequence[str] | None, prog: str | None, doc: str, module: str, stem: str, values: str, ylabel: str,

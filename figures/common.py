@@ -369,3 +369,30 @@ def report_table(header: Sequence[str], rows: Sequence[Sequence[Cell]], notes: s
             written = write_table(out, header, rows, notes)
         for path in written:
             print(f"wrote {path}")
+
+
+def panel_grid(count: int, max_columns: int) -> tuple[Any, Any, int]:
+    """A figure of ``count`` panels with a shared y axis, at most ``max_columns`` a row:
+    ``(figure, flat array of axes, columns)``; finish it with :func:`finish_panels`."""
+    from matplotlib.figure import Figure
+
+    columns = min(count, max_columns)
+    rows = -(-count // columns)
+    fig = Figure(figsize=(4.5 * columns, 3.6 * rows), layout="constrained")
+    return fig, fig.subplots(rows, columns, sharey=True, squeeze=False).ravel(), columns
+
+
+def finish_panels(fig: Any, axes: Any, count: int, columns: int, ylabel: str, title: str) -> Any:
+    """Legends where a panel has labelled lines, the unused panels hidden, ``ylabel`` on the
+    first column, ``title`` above; returns the figure."""
+    for ax in axes[:count]:
+        ax.set_xlabel("round")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    for ax in axes[::columns]:
+        ax.set_ylabel(ylabel)
+    fig.suptitle(title)
+    return fig
+

@@ -101,10 +101,7 @@ def collect(inputs: Sequence[common.Input]) -> dict[str, Panel]:
 @static.styled
 def draw(panels: dict[str, Panel]) -> Figure:
     """One panel per label (shared y axis): a line per client colored by id, the global model in black."""
-    columns = min(len(panels), MAX_COLUMNS)
-    rows = -(-len(panels) // columns)
-    fig = Figure(figsize=(4.5 * columns, 3.6 * rows), layout="constrained")
-    axes = fig.subplots(rows, columns, sharey=True, squeeze=False).ravel()
+    fig, axes, columns = common.panel_grid(len(panels), MAX_COLUMNS)
     for ax, (label, panel) in zip(axes, panels.items()):
         show_clients = len(panel.clients) <= MAX_LEGEND_CLIENTS
         for client_id, points in sorted(panel.clients.items()):
@@ -116,15 +113,8 @@ def draw(panels: dict[str, Panel]) -> Figure:
             rounds, values = zip(*sorted(panel.global_model))
             ax.plot(rounds, values, marker="*", markersize=8, color="black", label="global model")
         ax.set_title(f"{label} ({len(panel.clients)} clients)")
-        ax.set_xlabel("round")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    for ax in axes[len(panels):]:
-        ax.set_visible(False)
-    for ax in axes[::columns]:
-        ax.set_ylabel("lambda_max of the local model")
-    fig.suptitle("lambda_max of each client's local model as rounds pass")
-    return fig
+    return common.finish_panels(fig, axes, len(panels), columns, "lambda_max of the local model",
+                                "lambda_max of each client's local model as rounds pass")
 
 
 def outputs(plan: make.Plan) -> list[make.Output]:
