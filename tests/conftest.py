@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -70,3 +72,20 @@ def quick_figures(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("figures-quick")
     assert main(["figures", "all", "--quick", "--out", str(out)]) == 0
     return out
+
+
+def flat_hessian_and_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense float64 Hessian and gradient of the mean cross-entropy over (x, y), by torch.func (no Objective)."""
+    model = copy.deepcopy(model).double()
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    flat0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def f(flat: torch.Tensor) -> torch.Tensor:
+        params, i = {}, 0
+        for n, s in zip(names, shapes):
+            params[n] = flat[i:i + s.numel()].reshape(s)
+            i += s.numel()
+        return nn.functional.cross_entropy(torch.func.functional_call(model, params, (x.double(),)), y)
+
+    return torch.func.jacrev(torch.func.jacrev(f))(flat0), torch.func.grad(f)(flat0)  # reverse over reverse

@@ -20,6 +20,7 @@ from landscape.eigen import top_eigenvalues
 from landscape.errors import LandscapeError
 from landscape.objective import Objective
 from landscape.partition import client_data
+from tests.conftest import flat_hessian_and_gradient
 
 F64 = torch.float64
 
@@ -278,23 +279,6 @@ def test_clients_at_their_minima_have_no_sharpness_ratio() -> None:
     assert res.client_first_order == [0.0, 0.0] and res.client_ascent == [0.0, 0.0]
     assert math.isnan(res.ratio_first_order) and math.isnan(res.ratio_ascent)
     assert res.difference_ascent == res.global_ascent > 0
-
-
-def flat_hessian_and_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense float64 Hessian and gradient of the mean cross-entropy over (x, y), by torch.func (no Objective)."""
-    model = copy.deepcopy(model).double()
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for _, p in model.named_parameters()]
-    flat0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-    def f(flat: torch.Tensor) -> torch.Tensor:
-        params, i = {}, 0
-        for n, s in zip(names, shapes):
-            params[n] = flat[i:i + s.numel()].reshape(s)
-            i += s.numel()
-        return nn.functional.cross_entropy(torch.func.functional_call(model, params, (x.double(),)), y)
-
-    return torch.func.jacrev(torch.func.jacrev(f))(flat0), torch.func.grad(f)(flat0)  # reverse over reverse
 
 
 def test_local_global_metrics_against_dense_hessians() -> None:

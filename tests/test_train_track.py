@@ -14,24 +14,12 @@ from landscape.run_folder import RunFolder
 from landscape.train.config import TrainConfig
 from landscape.train.run import train
 from landscape.train.track import TOL
+from tests.conftest import flat_hessian_and_gradient
 
 
 def dense_lambda_max(ckpt: checkpoint.Checkpoint, x: torch.Tensor, y: torch.Tensor) -> float:
     """Largest eigenvalue of the dense float64 Hessian of the mean cross-entropy on (x, y)."""
-    model = ckpt.build_model().double().eval()
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    flat0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-    def loss(flat: torch.Tensor) -> torch.Tensor:
-        params, i = {}, 0
-        for n, s in zip(names, shapes):
-            params[n] = flat[i : i + s.numel()].view(s)
-            i += s.numel()
-        out = torch.func.functional_call(model, params, (x.double(),))
-        return torch.nn.functional.cross_entropy(out, y)
-
-    H = torch.autograd.functional.hessian(loss, flat0)
+    H, _ = flat_hessian_and_gradient(ckpt.build_model().eval(), x, y)
     return float(torch.linalg.eigvalsh((H + H.T) / 2)[-1])
 
 
