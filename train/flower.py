@@ -358,4 +358,7 @@ def simulate(cfg: TrainConfig, out: str | Path, *, num_nodes: int, timeout: floa
                                        "init_args": {"logging_level": logging.ERROR, "log_to_driver": False}})
     finally:
         flwr_log.setLevel(level)
+    if not done:  # the runtime stopped without the ServerApp's error (Ray could not start, ...)
+        raise LandscapeError("Flower's simulation ended before the run did", where=out,
+                             fix="see Flower's log above, then continue with the same command plus --resume")
     return done[0]

@@ -13,6 +13,7 @@ one sample) runs before the folder is touched. A folder whose first round never 
 started again as if it were new (:func:`landscape.train.folder.never_completed`); a killed run is
 continued with ``resume``. Under torchrun (``WORLD_SIZE > 1``) the ranks split every round's cohort and
 rank 0 alone writes and prints (:mod:`landscape.train.distributed`); one process joins no process group.
+Through Flower this loop runs in the ServerApp and the nodes train the rounds (:mod:`landscape.train.flower`).
 """
 
 from __future__ import annotations
