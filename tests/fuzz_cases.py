@@ -1465,6 +1465,8 @@ add("figures/l26-curvature-without-numbers", ["figures", "l26", "a={run}", "--ou
 add("figures/fig04-untracked-run", ["figures", "fig04", "a={run}", "--out", *FIG], FIG,
     expect="holds no tracked curvature")
 
+train("flower-nodes-zero", "--flower-nodes", "0", expect="--flower-nodes")
+
 
 def _check() -> None:
     ids = [c.id for c in CASES]

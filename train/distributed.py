@@ -291,6 +291,8 @@ class DistributedEngine:
         device: this rank's device (client models gathered to rank 0 land there).
     """
 
+    failures = FAILURES
+
     def __init__(self, engine: Engine, ranks: Ranks, device: torch.device) -> None:
         self.engine, self.ranks, self.device = engine, ranks, device
         self.name, self.param_names = engine.name, engine.param_names

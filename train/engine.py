@@ -202,6 +202,9 @@ class Engine:
     """Shared set-up: the model template (never modified), names, autocast; one round from blocks."""
 
     name = "engine"
+    #: The exceptions of a failed round after which the training loop saves the last completed
+    #: round, as after Ctrl-C (none in one process; a lost rank, a failed Flower node).
+    failures: tuple[type[BaseException], ...] = ()
 
     def __init__(self, model: nn.Module, data: FederatedData, cfg: Any, device: torch.device) -> None:
         # A private copy: the engine only uses it as a stateless template for functional_call.

@@ -13,6 +13,7 @@ one sample) runs before the folder is touched. A folder whose first round never 
 started again as if it were new (:func:`landscape.train.folder.never_completed`); a killed run is
 continued with ``resume``. Under torchrun (``WORLD_SIZE > 1``) the ranks split every round's cohort and
 rank 0 alone writes and prints (:mod:`landscape.train.distributed`); one process joins no process group.
+Through Flower this loop runs in the ServerApp and the nodes train the rounds (:mod:`landscape.train.flower`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from landscape.run_folder import RunFolder
 from landscape.train import algorithms, distributed, folder, schedule, swa
 from landscape.train.config import TrainConfig
 from landscape.train.track import CurvatureTracker
-from landscape.train.engine import STREAM_INIT, FederatedData, derive_seed, evaluate, make_engine, sample_cohort
+from landscape.train.engine import STREAM_INIT, Engine, FederatedData, derive_seed, evaluate, make_engine, sample_cohort
 
 
 @dataclass
@@ -204,6 +205,42 @@ def _writing(path: Path) -> Iterator[None]:
 # The run
 # ---------------------------------------------------------------------------------------------
 
+@dataclass
+class Setup:
+    """What a run trains with, built from its config (:func:`set_up`).
+
+    Attributes:
+        cfg: the resolved config (num_clients, model kwargs filled in).
+        fed: the data side.
+        model: the initial model.
+        data: the training data on the device.
+        engine: the engine that trains a block of clients.
+    """
+
+    cfg: TrainConfig
+    fed: Federation
+    model: nn.Module
+    data: FederatedData
+    engine: Engine
+
+
+def set_up(cfg: TrainConfig, data_dir: str | None, device: torch.device, engine: str) -> Setup:
+    """Everything that can refuse a config: the data and the partition, the model and one forward
+    pass on one sample, the engine (the server and every Flower node build the same from one config).
+
+    Raises:
+        LandscapeError: as :func:`load_federation`, :func:`build_model`, :func:`check_model_fits` and
+            :func:`~landscape.train.engine.make_engine`.
+    """
+    cfg, fed = load_federation(cfg, data_dir)
+    model = build_model(cfg)
+    dtype = getattr(torch, cfg.dtype)
+    check_model_fits(model, fed.train, dtype, cfg.model)
+    fdata = FederatedData.build(fed.train.x, fed.train.y, fed.parts, device, dtype, cfg.augment,
+                                data.black_pixel(fed.train))
+    return Setup(cfg, fed, model, fdata, make_engine(engine, model, fdata, cfg, device))
+
+
 def train(
     cfg: TrainConfig,
     out: str | Path,
@@ -215,6 +252,7 @@ def train(
     progress: bool = False,
     on_round: Callable[[int, dict[str, Any]], None] | None = None,
     collective_timeout: float = 1800.0,
+    remote: Callable[[Engine, TrainConfig, dict[str, Any]], Any] | None = None,
 ) -> RunResult:
     """Train ``cfg`` into the run folder ``out`` (see :mod:`landscape.train.folder` for its layout).
 
@@ -228,6 +266,9 @@ def train(
         progress: show a tqdm progress bar with ETA.
         on_round: called as ``on_round(round, metrics)`` after every round (for tests and tools; on rank 0).
         collective_timeout: under torchrun, the seconds a rank waits for the others at an exchange.
+        remote: ``remote(engine, resolved config, data spec)`` returns the runner whose
+            ``run_round`` trains the clients elsewhere (Flower's nodes, :mod:`landscape.train.flower`);
+            the loop, the checks and the files stay those of one process.
 
     Raises:
         LandscapeError: bad settings or data, a model that does not fit the data (all before
@@ -235,13 +276,17 @@ def train(
             ``resume`` (a run whose first round never completed is started again instead); with
             ``resume``, such a run, a config that differs from the stored one, or a damaged
             ``state.pt``; a diverging run (NaN / inf loss: the last good model stays saved).
-            Under torchrun also a lost rank or SIGTERM (the last completed round stays saved).
+            Under torchrun also a lost rank or SIGTERM, through Flower a failed node (the last
+            completed round stays saved).
         OSError: a failed write (full disk, ...); the folder stays resumable.
     """
     out = Path(out)
-    kwargs = dict(data_dir=data_dir, device=device, engine=engine, resume=resume, progress=progress, on_round=on_round)
+    kwargs = dict(data_dir=data_dir, device=device, engine=engine, resume=resume, progress=progress, on_round=on_round,
+                  remote=remote)
     if distributed.world_size() <= 1:
         return _train(cfg, out, **kwargs)
+    if remote is not None:
+        raise LandscapeError("training under torchrun and through Flower at once", fix="use one of the two")
     ranks = distributed.join(collective_timeout)
     with ranks.session():
         return _train(cfg, out, **kwargs, ranks=ranks)
@@ -249,24 +294,20 @@ def train(
 
 def _train(cfg: TrainConfig, out: Path, *, data_dir: str | None, device: str | torch.device | None, engine: str,
            resume: bool, progress: bool, on_round: Callable[[int, dict[str, Any]], None] | None,
-           ranks: Any = None) -> RunResult:
+           remote: Callable[[Engine, TrainConfig, dict[str, Any]], Any] | None = None, ranks: Any = None) -> RunResult:
     """:func:`train` in one process (``ranks`` None) or on one rank of several."""
     if ranks is not None:
         dev = ranks.connect(device)
     else:
         dev = device if isinstance(device, torch.device) else resolve_device(device)
     writer = ranks is None or ranks.writer
-    # Everything that can refuse the config, before the folder is touched: the data and the
-    # partition, the model and one forward pass on one sample, the engine.
-    cfg, fed = load_federation(cfg, data_dir)
-    model = build_model(cfg)
+    setup = set_up(cfg, data_dir, dev, engine)  # before the folder is touched
+    cfg, fed, model, fdata, runner = setup.cfg, setup.fed, setup.model, setup.data, setup.engine
     dtype = getattr(torch, cfg.dtype)
-    check_model_fits(model, fed.train, dtype, cfg.model)
-    fdata = FederatedData.build(fed.train.x, fed.train.y, fed.parts, dev, dtype, cfg.augment,
-                                data.black_pixel(fed.train))
-    runner = make_engine(engine, model, fdata, cfg, dev)
     if ranks is not None:
         runner = distributed.DistributedEngine(runner, ranks, dev)
+    if remote is not None:
+        runner = remote(runner, cfg, fed.spec)
     algo = algorithms.from_config(cfg)
     weights = {k: v.detach().to(dev).clone() for k, v in model.state_dict().items()}
     initial = algo.init(weights, runner.param_names)
@@ -369,9 +410,8 @@ def _loop(cfg: TrainConfig, out: Path, fed: Federation, fdata: FederatedData, ru
     from tqdm.auto import tqdm
 
     writer = ranks is None or ranks.writer
-    stops: tuple[type[BaseException], ...] = (KeyboardInterrupt,)
-    if ranks is not None:
-        stops += distributed.FAILURES
+    # Ctrl-C, and the runner's failures (a lost rank, a failed Flower node): the last completed round is saved.
+    stops: tuple[type[BaseException], ...] = (KeyboardInterrupt, *runner.failures)
 
     T = cfg.num_rounds
     tracker = CurvatureTracker(model, fdata, cfg.track_every, cfg.track_samples, cfg.seed)
@@ -429,7 +469,7 @@ def _loop(cfg: TrainConfig, out: Path, fed: Federation, fdata: FederatedData, ru
                 bar.set_postfix({k: f"{record[k]:.4g}" for k in ("train_loss", "test_acc") if k in record})
                 if on_round is not None:
                     on_round(R, record)
-    except stops:  # Ctrl-C, or under torchrun a lost rank or SIGTERM: the last completed round is kept
+    except stops:  # Ctrl-C, a lost rank or SIGTERM under torchrun, a failed Flower node: the last round is kept
         if writer:
             R, s, w = good
             folder.save_state(out, cfg, R, s, w, time.perf_counter() - t_start)

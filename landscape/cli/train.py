@@ -55,7 +55,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="progress bar with ETA (default: when stderr is a terminal)")
     p.add_argument("--collective-timeout", type=common.number(0, 7 * 86400, low_open=True), default=1800.0,
                    metavar="SECONDS", help="under torchrun: how long a rank waits for the others at a round's "
-                   "exchange before the job stops (rank 0 evaluates and saves meanwhile; default: 1800)")
+                   "exchange before the job stops (rank 0 evaluates and saves meanwhile); with --flower-nodes: how "
+                   "long the server waits for the nodes to connect and for a round's replies (default: 1800)")
+    p.add_argument("--flower-nodes", type=common.integer(1), default=None, metavar="N",
+                   help="train in Flower's simulation runtime with N virtual SuperNodes that train the sampled "
+                   "clients, --engine on each (needs pip install -e '.[flower]'; see docs/flower.md); the same run "
+                   "folder as in one process (default: no Flower)")
     g = p.add_argument_group("training configuration (stored in every checkpoint)")
     for f in _fields():
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_of(f.name)}
@@ -102,8 +107,15 @@ def run(args: argparse.Namespace) -> int:
     cfg = make_config(args.preset, saved, **flags)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
-        result = train(cfg, out, data_dir=args.data_dir, device=args.device, engine=args.engine,
-                       resume=args.resume, progress=progress, collective_timeout=args.collective_timeout)
+        if args.flower_nodes is not None:
+            from landscape.train.flower import simulate
+
+            result = simulate(cfg, out, num_nodes=args.flower_nodes, timeout=args.collective_timeout,
+                              data_dir=args.data_dir, device=args.device, engine=args.engine, resume=args.resume,
+                              progress=progress)
+        else:
+            result = train(cfg, out, data_dir=args.data_dir, device=args.device, engine=args.engine,
+                           resume=args.resume, progress=progress, collective_timeout=args.collective_timeout)
     except KeyboardInterrupt as exc:
         if not getattr(exc, "reported_by_another_rank", False):  # under torchrun: one rank says it
             print(f"interrupted: the last completed round is saved; continue with "
