@@ -270,9 +270,11 @@ def eigen_directions(
     Args:
         objective: a :class:`landscape.objective.Objective` (its ``params`` are the base point).
         num: number of eigenvectors (largest algebraic eigenvalues first).
-        seed, tol, method: passed to :func:`landscape.eigen.top_eigenvalues`.
+        seed, tol, method: passed to :func:`landscape.eigen.top_eigenvalues`; the directions are
+            eigenvectors, so ``tol`` bounds both the eigenvalue error and the relative residual
+            ||Hv - lambda v|| / |lambda| (``vector_tol``).
     """
-    result = top_eigenvalues(HessianOperator(objective), num, method=method, tol=tol, seed=seed)
+    result = top_eigenvalues(HessianOperator(objective), num, method=method, tol=tol, seed=seed, vector_tol=tol)
     vectors = []
     for q in result.eigenvectors[:num]:
         q = q.detach().to(torch.float64)

@@ -2,13 +2,28 @@
 
 Both solvers take a symmetric operator (a dense tensor or anything with ``matvec``,
 ``shape``, ``dtype`` and ``device``, e.g. :class:`~landscape.operators.HessianOperator`)
-and stop on the same certificate: every returned pair satisfies
+and report, for every Ritz pair (theta_i, y_i) with exact residual r_i = ||A y_i - theta_i y_i||,
+a certified bound on the eigenvalue error (:func:`certify`):
 
-    ||A v - lambda v|| <= tol * max(|lambda|, 0.01 |lambda_1|),
+- **Bauer-Fike** (for a symmetric matrix): some eigenvalue lies within r_i of theta_i.
+- **Kato-Temple**, where the gap is resolved: if the interval around theta_i that reaches
+  to the neighbouring Ritz values' own intervals [theta_j - r_j, theta_j + r_j] has width
+  gap_i > r_i on both sides, it holds exactly one eigenvalue lambda_i and
+  |lambda_i - theta_i| <= r_i^2 / gap_i ([Parlett 1998, The Symmetric Eigenvalue Problem, §11.7];
+  [Kato 1949]).
 
-and for a symmetric matrix some true eigenvalue then lies within that residual of
-lambda (Bauer-Fike), usually far closer (error ~ residual^2 / gap). Residuals are
-exact, computed from stored products, never estimates.
+``tol`` bounds that eigenvalue error relative to the eigenvalue: a pair is converged when
+``bound_i <= tol * max(|theta_i|, 0.01 |theta_1|)`` (the floor keeps eigenvalues near zero from
+asking for infinite relative accuracy). Because the eigenvalue error is of order r^2/gap, this
+stops long before the residual is small; users who need eigenvectors (surface directions)
+also ask ``vector_tol``, a bound on ``r_i`` relative to the same scale (the eigenvector's angle
+to the true one is at most r_i / gap_i). Residuals are exact, computed from stored products,
+never estimates.
+
+What no Krylov method can certify: an eigenvalue the Krylov space never saw (a start vector
+orthogonal to its eigenvector, or the second copy of an exactly repeated eigenvalue with one
+start vector: use ``block_size`` >= the multiplicity). The bounds are of the operator as its
+products are computed; they carry a floor of 16 unit roundoffs of ``|theta_1|`` for the rounding of those products.
 
 - :func:`lanczos` (the fast default): the Krylov basis Q and the products W = A Q are
   kept; Ritz pairs come from the projected matrix Q^T A Q; every new vector is
@@ -17,7 +32,9 @@ exact, computed from stored products, never estimates.
   eigenvalues repeated up to that multiplicity (a single Krylov space holds only one
   copy of an exactly repeated eigenvalue).
 - :func:`power_iteration` with deflation: the method of [Y20] and [C22 §5] (the paper
-  caps it at 20 iterations per eigenvalue), kept to reproduce published numbers.
+  caps it at 20 iterations per eigenvalue), kept to reproduce published numbers. It stops
+  on the residual (r_i <= tol * scale), itself a Bauer-Fike bound on the eigenvalue error,
+  and reports only that bound.
 
 Eigenvalues are the algebraically largest (Lanczos) or largest in magnitude (power
 iteration), returned in descending order.
@@ -58,8 +75,10 @@ class EigenResult:
         eigenvectors: (k, n), orthonormal rows, flat in the operator's parameter order.
         residuals: (k,) exact ||A v - lambda v||.
         num_matvecs: operator products used.
-        converged: whether each pair met the tolerance.
+        converged: whether each pair met the tolerance(s).
         method: "lanczos" or "power".
+        bounds: (k,) certified bounds on |lambda_i - theta_i| (see :func:`certify`).
+        certified_by: per pair, "gap" (Kato-Temple, r^2/gap) or "residual" (Bauer-Fike, r).
     """
 
     eigenvalues: torch.Tensor
@@ -68,6 +87,8 @@ class EigenResult:
     num_matvecs: int
     converged: list[bool]
     method: str
+    bounds: torch.Tensor
+    certified_by: list[str]
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -87,10 +108,12 @@ def rademacher(n: int, g: torch.Generator, dtype: torch.dtype, device: torch.dev
     return (torch.randint(0, 2, shape, generator=g) * 2 - 1).to(device=device, dtype=dtype)
 
 
-def _check_k(k: int, n: int, tol: float | None = None, max_iter: int | None = None) -> None:
+def _check_k(k: int, n: int, tol: float | None = None, max_iter: int | None = None,
+             vector_tol: float | None = None) -> None:
     """One line for an impossible request: k outside [1, n], a tolerance outside (0, 1), no iterations."""
-    if tol is not None and not (math.isfinite(tol) and 0 < tol < 1):
-        raise LandscapeError(f"--tol must be a finite number in (0, 1), got {tol}")
+    for flag, value in (("--tol", tol), ("--vector-tol", vector_tol)):
+        if value is not None and not (math.isfinite(value) and 0 < value < 1):
+            raise LandscapeError(f"{flag} must be a finite number in (0, 1), got {value}")
     if max_iter is not None and max_iter < 1:
         raise LandscapeError(f"--max-iter must be at least 1, got {max_iter}")
     if k < 1:
@@ -99,9 +122,70 @@ def _check_k(k: int, n: int, tol: float | None = None, max_iter: int | None = No
         raise LandscapeError(f"--top-k {k} exceeds the number of parameters ({n}); ask for at most {n}")
 
 
-def _tolerance_met(residuals: torch.Tensor, values: torch.Tensor, tol: float) -> torch.Tensor:
-    scale = torch.maximum(values.abs(), 0.01 * values.abs().max())
-    return residuals <= tol * scale
+ROUNDING_FLOOR = 16
+"""Bounds are at least this many unit roundoffs of |theta_1|: the products' own rounding."""
+
+
+def _scale(values: torch.Tensor) -> torch.Tensor:
+    """What relative tolerances multiply: max(|theta_i|, 0.01 |theta_1|)."""
+    return torch.maximum(values.abs(), 0.01 * values.abs().max())
+
+
+def certify(theta: torch.Tensor, residuals: torch.Tensor, k: int, complete: bool = False,
+            dtype: torch.dtype = torch.float64, moved: torch.Tensor | None = None) -> tuple[torch.Tensor, list[str]]:
+    """Certified bounds on the error of the top ``k`` of the Ritz values ``theta`` (descending).
+
+    ``theta`` (m,) are all the Ritz values of a subspace, ``residuals`` (m,) their residual
+    norms (exact for the top k; for the others an upper bound is enough: it only makes the
+    gaps smaller). For pair i the neighbours' intervals [theta_j - r_j, theta_j + r_j] each
+    hold an eigenvalue (Bauer-Fike); the gap is
+
+        gap_i = min over j != i of (|theta_i - theta_j| - r_j),
+
+    and when gap_i > r_i on both sides of theta_i (below the lowest Ritz value nothing is known
+    unless the subspace is the whole space, ``complete``), the Kato-Temple bound r_i^2 / gap_i
+    holds (certified_by "gap"); otherwise the Bauer-Fike bound r_i ("residual"). Each bound is
+    at least 16 unit roundoffs of ``dtype`` times |theta_1|.
+
+    The gap bound trusts that the neighbours' intervals are all the eigenvalues near theta_i:
+    an eigenvalue the subspace has not seen yet (a member of a cluster the Ritz value still
+    blends, or one above theta_1) breaks it. ``moved`` (k,), how far each Ritz value moved when
+    the subspace last grew, guards against the common case: each top Ritz value rises
+    monotonically towards its eigenvalue (Cauchy interlacing), so the gap bound is never
+    claimed smaller than the last rise, max(r^2/gap, moved). Bauer-Fike needs no such trust.
+
+    >>> bounds, how = certify(torch.tensor([3.0, 1.0, 0.0]), torch.tensor([1e-3, 1e-3, 0.5]), k=2)
+    >>> [round(b, 12) for b in bounds.tolist()], how   # r^2/gap: 1e-6/1.999, then 1e-6/(1 - 0.5)
+    ([5.0025e-07, 2e-06], ['gap', 'gap'])
+    """
+    theta, residuals = theta.double(), residuals.double()
+    m = len(theta)
+    floor = ROUNDING_FLOOR * torch.finfo(dtype).eps * float(theta.abs().max()) if m else 0.0
+    bounds, how = [], []
+    for i in range(k):
+        r = float(residuals[i])
+        reach = (theta - theta[i]).abs() - residuals  # how far each neighbour's interval stays away
+        above = float(reach[:i].min()) if i > 0 else math.inf
+        below = float(reach[i + 1 :].min()) if i + 1 < m else (math.inf if complete else -math.inf)
+        gap = min(above, below)
+        tight = max(r * r / gap, floor, 0.0 if moved is None else float(moved[i]))
+        if gap > r and tight < r:
+            bounds.append(tight)
+            how.append("gap")
+        else:
+            bounds.append(max(r, floor))
+            how.append("residual")
+    return torch.tensor(bounds, dtype=torch.float64), how
+
+
+def _converged(bounds: torch.Tensor, residuals: torch.Tensor, values: torch.Tensor, tol: float,
+               vector_tol: float | None) -> torch.Tensor:
+    """Per pair: the eigenvalue bound within ``tol`` and, if asked, the residual within ``vector_tol``."""
+    scale = _scale(values.double())
+    met = bounds.double() <= tol * scale
+    if vector_tol is not None:
+        met &= residuals.double() <= vector_tol * scale
+    return met
 
 
 class KrylovBasis:
@@ -209,30 +293,33 @@ def lanczos(
     seed: int = 0,
     progress: bool = False,
     start: torch.Tensor | None = None,
+    vector_tol: float | None = None,
 ) -> EigenResult:
     """The k algebraically largest eigenpairs by Lanczos with full reorthogonalization.
 
     Args:
         A: symmetric dense matrix or operator.
         k: number of eigenpairs.
-        tol: residual tolerance relative to |lambda| (see the module docstring).
+        tol: certified eigenvalue error relative to |lambda| (see the module docstring).
         max_iter: maximum basis size (products); default min(n, max(100, 8 k)).
         block_size: start vectors (>= the largest multiplicity to resolve).
         seed: seed of the start vectors.
         progress: show a progress bar.
         start: a warm start, e.g. the eigenvectors of a nearby matrix (the previous round's
             model): ``(n,)`` or ``(j, n)``; it replaces the first j random start vectors.
+        vector_tol: also bound each residual ||A v - lambda v|| relative to |lambda| (for
+            eigenvectors); None asks nothing of the vectors.
 
     Returns:
-        An :class:`EigenResult`; ``converged`` is False for pairs that missed the
-        tolerance within ``max_iter`` (a warning says so).
+        An :class:`EigenResult`; ``converged`` is False for pairs that missed a tolerance
+        within ``max_iter`` (a warning says so).
 
     >>> A = torch.diag(torch.tensor([5.0, 3.0, 1.0, -2.0], dtype=torch.float64))
     >>> [round(x, 9) for x in lanczos(A, k=2, tol=1e-10).eigenvalues.tolist()]
     [5.0, 3.0]
     """
     matvec, n, dtype, device = as_operator(A)
-    _check_k(k, n, tol, max_iter)
+    _check_k(k, n, tol, max_iter, vector_tol)
     if max_iter is not None and max_iter < min(n, k + block_size - 1):
         raise LandscapeError(f"--max-iter {max_iter} is smaller than the Lanczos basis that {k} eigenvalues need "
                              f"({k + block_size - 1}); raise --max-iter or leave it out")
@@ -244,30 +331,49 @@ def lanczos(
         vectors[: len(warm)] = warm
     basis = KrylovBasis(matvec, n, dtype, device, vectors, g)
     bar = tqdm(total=max_iter, desc=f"lanczos top-{k}", unit="hvp", disable=not progress, leave=False)
+
+    def certified(exact: bool, before: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
+                                                               list[str], torch.Tensor, torch.Tensor]:
+        """Of the top k: Ritz values, vectors (if exact), residuals, how certified, bounds, converged;
+        ``before`` the top Ritz values one step ago (how far they moved guards the gap bound)."""
+        theta, estimate = basis.estimate(basis.size)  # every Ritz value; cheap residual estimates
+        theta, estimate = theta.double().cpu(), estimate.double().cpu()
+        vectors, residuals = None, estimate[:k]
+        if exact:
+            values, vectors, residuals = basis.ritz(k)
+            theta, estimate = theta.clone(), estimate.clone()
+            theta[:k], estimate[:k] = values.double().cpu(), residuals.double().cpu()
+        moved = (theta[:k] - before[:k]).abs() if len(before) >= k else torch.full((k,), math.inf)
+        bounds, how = certify(theta, estimate, k, complete=basis.size == n, dtype=dtype, moved=moved)
+        met = _converged(bounds, residuals, theta[:k], tol, vector_tol)
+        return theta[:k], vectors, residuals, how, bounds, met
+
     exact_checks = 0
+    before = after = torch.empty(0, dtype=torch.float64)
     while basis.size < max_iter:
         basis.step()
         bar.update(1)
+        before, after = after, basis.estimate(basis.size)[0].double().cpu()
         if basis.size < k + block_size - 1:
             continue
-        theta, estimate = basis.estimate(k)
-        likely = _tolerance_met(estimate, theta, tol)
+        theta, _, _, _, _, likely = certified(False, before)
         bar.set_postfix(converged=f"{int(likely.sum())}/{k}", lam1=f"{float(theta[0]):.4g}")
         # The cheap estimate says when to pay for exact residuals (k passes over the basis);
         # only exact residuals stop the iteration.
         if bool(likely.all()):
             exact_checks += 1
-            values, _, residuals = basis.ritz(k)
-            if bool(_tolerance_met(residuals, values, tol).all()):
+            if bool(certified(True, before)[-1].all()):
                 break
     bar.close()
-    theta, vectors, res = basis.ritz(k)
-    converged = _tolerance_met(res, theta, tol).tolist()
+    theta, vectors, res, how, bounds, met = certified(True, before)
+    converged = met.tolist()
     if not all(converged):
-        warnings.warn(f"lanczos: {k - sum(converged)} of {k} eigenpairs missed tol={tol} after {basis.size} products; "
-                      "raise max_iter", stacklevel=2)
-    return EigenResult(theta, vectors, res, basis.size, converged, "lanczos",
-                       {"basis_size": basis.size, "block_size": block_size, "tol": tol, "exact_checks": exact_checks})
+        warnings.warn(f"lanczos: {k - sum(converged)} of {k} eigenpairs missed tol={tol}"
+                      + (f" / vector_tol={vector_tol}" if vector_tol is not None else "")
+                      + f" after {basis.size} products; raise max_iter", stacklevel=2)
+    return EigenResult(theta.to(dtype), vectors, res, basis.size, converged, "lanczos", bounds, how,
+                       {"basis_size": basis.size, "block_size": block_size, "tol": tol, "vector_tol": vector_tol,
+                        "exact_checks": exact_checks})
 
 
 def power_iteration(
@@ -277,19 +383,21 @@ def power_iteration(
     max_iter: int = 100,
     seed: int = 0,
     progress: bool = False,
+    vector_tol: float | None = None,
 ) -> EigenResult:
     """The k largest-magnitude eigenpairs by power iteration with deflation [Y20, C22].
 
     For each i, iterate v <- P A P v / ||.|| with P the projector orthogonal to the
-    pairs found so far, lambda = v^T A v, until ||A v - lambda v|| <= tol |lambda| or
-    ``max_iter`` products ([C22] uses 20).
+    pairs found so far, lambda = v^T A v, until ||A v - lambda v|| <= min(tol, vector_tol) |lambda|
+    or ``max_iter`` products ([C22] uses 20). The residual is the (Bauer-Fike) bound reported.
 
     >>> A = torch.diag(torch.tensor([4.0, -3.0, 1.0], dtype=torch.float64))
     >>> [round(x, 6) for x in power_iteration(A, k=2, tol=1e-7, max_iter=500).eigenvalues.tolist()]
     [4.0, -3.0]
     """
     matvec, n, dtype, device = as_operator(A)
-    _check_k(k, n, tol, max_iter)
+    _check_k(k, n, tol, max_iter, vector_tol)
+    stop = tol if vector_tol is None else min(tol, vector_tol)
     g = torch.Generator().manual_seed(seed)
     V = torch.empty(0, n, dtype=dtype, device=device)
     W = torch.empty(0, n, dtype=dtype, device=device)
@@ -310,7 +418,7 @@ def power_iteration(
             bar.update(1)
             pw = project(w)  # the deflated operator P A P applied to v (v = P v)
             lam = v @ pw
-            if (pw - lam * v).norm() <= tol * lam.abs() or it == max_iter - 1:
+            if (pw - lam * v).norm() <= stop * lam.abs() or it == max_iter - 1:
                 break
             v = pw / pw.norm()
         V, W = torch.cat([V, v[None]]), torch.cat([W, w[None]])
@@ -324,11 +432,14 @@ def power_iteration(
     residuals = (S.T @ W - theta[:, None] * (S.T @ V)).norm(dim=1)
     desc = torch.argsort(theta, descending=True)
     theta, S, residuals = theta[desc], S[:, desc], residuals[desc]
-    converged = _tolerance_met(residuals, theta, tol).tolist()
+    floor = ROUNDING_FLOOR * torch.finfo(dtype).eps * float(theta.abs().max())
+    bounds = residuals.double().clamp_min(floor)
+    converged = _converged(bounds, residuals, theta, tol, vector_tol).tolist()
     if not all(converged):
-        warnings.warn(f"power iteration: {k - sum(converged)} of {k} eigenpairs missed tol={tol} within "
+        warnings.warn(f"power iteration: {k - sum(converged)} of {k} eigenpairs missed tol={stop} within "
                       f"{max_iter} iterations each", stacklevel=2)
-    return EigenResult(theta, S.T @ V, residuals, products, converged, "power", {"max_iter": max_iter, "tol": tol})
+    return EigenResult(theta, S.T @ V, residuals, products, converged, "power", bounds, ["residual"] * k,
+                       {"max_iter": max_iter, "tol": tol, "vector_tol": vector_tol})
 
 
 def top_eigenvalues(
@@ -341,14 +452,18 @@ def top_eigenvalues(
     block_size: int = 1,
     progress: bool = False,
     start: torch.Tensor | None = None,
+    vector_tol: float | None = None,
 ) -> EigenResult:
     """The top-k eigenpairs by ``method`` ("lanczos", the default, or "power"); ``start`` warm-starts Lanczos.
+
+    ``tol`` bounds each eigenvalue's certified relative error, ``vector_tol`` (optional) each
+    eigenvector's relative residual (see the module docstring).
 
     Raises:
         LandscapeError: unknown method, k < 1 or k larger than the dimension.
     """
     if method == "lanczos":
-        return lanczos(A, k, tol, max_iter, block_size, seed, progress, start)
+        return lanczos(A, k, tol, max_iter, block_size, seed, progress, start, vector_tol)
     if method == "power":
-        return power_iteration(A, k, tol, 100 if max_iter is None else max_iter, seed, progress)
+        return power_iteration(A, k, tol, 100 if max_iter is None else max_iter, seed, progress, vector_tol)
     raise LandscapeError(f"unknown eigen method '{method}'; choose one of {', '.join(METHODS)}")

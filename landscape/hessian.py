@@ -71,6 +71,8 @@ class HessianReport:
         out: dict[str, Any] = {
             "eigenvalues": values,
             "residuals": self.eigen.residuals.double().cpu().tolist(),
+            "eigenvalue_bounds": self.eigen.bounds.double().cpu().tolist(),
+            "certified_by": self.eigen.certified_by,
             "converged": self.eigen.converged,
             "lambda_max": values[0],
             "lambda_max_over_lambda_5": values[0] / values[4] if len(values) >= 5 else None,
@@ -128,6 +130,7 @@ def analyze(
     params: str | Sequence[str] | None = None,
     ignore_index: int = -100,
     per_layer: bool = False,
+    vector_tol: float | None = None,
 ) -> HessianReport:
     """Top-k eigenpairs (and optionally trace, density, per-layer lambda_max) of a curvature matrix at ``model``.
 
@@ -143,7 +146,9 @@ def analyze(
         curvature: ``hessian``, ``ggn`` (generalized Gauss-Newton) or ``fisher`` (empirical Fisher).
         per_layer: also lambda_max of each parameter block (the parameters of one module), each
             with only that block varying: which layer is sharpest.
-        top_k, method, tol, max_iter: the eigensolver (:func:`landscape.eigen.top_eigenvalues`).
+        top_k, method, tol, max_iter, vector_tol: the eigensolver (:func:`landscape.eigen.top_eigenvalues`):
+            ``tol`` bounds each eigenvalue's certified relative error, ``vector_tol`` (None: no
+            demand) each eigenvector's relative residual ||Hv - lambda v|| / |lambda|.
         trace, trace_method, trace_budget: Hutchinson / Hutch++ trace estimate.
         density, density_steps, density_runs: SLQ spectral density.
         dtype, device, seed, progress: precision, place, randomness and progress bars.
@@ -161,7 +166,8 @@ def analyze(
     objective = objective_of(params)
     value = objective.check_finite()
     op = make_operator(objective, curvature)
-    eigen = top_eigenvalues(op, top_k, method=method, tol=tol, max_iter=max_iter, seed=seed, progress=progress)
+    eigen = top_eigenvalues(op, top_k, method=method, tol=tol, max_iter=max_iter, seed=seed, progress=progress,
+                            vector_tol=vector_tol)
     trace_result = estimate_trace(op, trace_method, trace_budget, seed=seed + 1, progress=progress) if trace else None
     dens = slq(op, density_steps, density_runs, seed=seed + 2, progress=progress) if density else None
     layers, products = None, op.num_matvecs
@@ -173,9 +179,11 @@ def analyze(
             products += block_op.num_matvecs
             layers.append({"block": block, "params": names, "num_params": block_op.shape[0],
                            "lambda_max": float(res.eigenvalues[0]), "residual": float(res.residuals[0]),
+                           "eigenvalue_bound": float(res.bounds[0]),
                            "converged": bool(res.converged[0])})
     settings = {
-        "curvature": curvature, "top_k": top_k, "method": method, "tol": tol, "max_iter": max_iter, "trace": trace,
+        "curvature": curvature, "top_k": top_k, "method": method, "tol": tol, "vector_tol": vector_tol,
+        "max_iter": max_iter, "trace": trace,
         "trace_method": trace_method if trace else None, "density": density, "per_layer": per_layer,
         "batch_size": batch_size, "dtype": str(dtype).replace("torch.", ""), "device": str(device), "seed": seed,
         "hvp_mode": op.mode, "params": params if isinstance(params, (str, type(None))) else list(params),

@@ -3,8 +3,11 @@
 import pytest
 import torch
 
-from landscape.eigen import lanczos, power_iteration, top_eigenvalues
+from landscape.eigen import certify, lanczos, power_iteration, top_eigenvalues
 from landscape.errors import LandscapeError
+from landscape.objective import Objective
+from landscape.operators import HessianOperator
+from tests.conftest import flat_hessian_and_gradient, tiny_cnn
 
 
 def matrix_with_spectrum(values: list[float], n: int = 120, seed: int = 0) -> torch.Tensor:
@@ -29,7 +32,7 @@ def test_lanczos_finds_the_algebraically_largest(name):
     A = matrix_with_spectrum(SPECTRA[name])
     k = 5
     expected = torch.linalg.eigvalsh(A).flip(0)[:k]
-    result = lanczos(A, k, tol=1e-9, block_size=3 if name == "degenerate" else 1)
+    result = lanczos(A, k, tol=1e-9, vector_tol=1e-9, block_size=3 if name == "degenerate" else 1)
     torch.testing.assert_close(result.eigenvalues, expected, atol=1e-7, rtol=1e-8)
     assert all(result.converged)
     # The residuals are exact: recompute them.
@@ -89,3 +92,97 @@ def test_bad_k(k, match):
 def test_unknown_method():
     with pytest.raises(LandscapeError, match="unknown eigen method"):
         top_eigenvalues(torch.eye(3), 1, method="arnoldi")
+
+
+# ----------------------------------------------------------------------------------------------
+# certified eigenvalue bounds
+# ----------------------------------------------------------------------------------------------
+CERTIFIED = {**SPECTRA, "close-pair": [4.0, 4.0 - 1e-6, 2.0, 1.0, 0.9], "all-negative": [-0.6, -1.0, -2.0, -3.0, -4.0]}
+
+
+def _true_top(A: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.linalg.eigvalsh(A).flip(0)[:k]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("tol", [1e-2, 1e-4, 1e-8])
+@pytest.mark.parametrize("name", CERTIFIED)
+def test_every_reported_eigenvalue_bound_holds(name, tol, seed):
+    values = CERTIFIED[name]
+    if name == "all-negative":  # the whole spectrum below zero: the filler must be too
+        values = values + [-5.0 - 0.01 * i for i in range(115)]
+    A = matrix_with_spectrum(values, seed=seed)
+    k = 5
+    block = 3 if name == "degenerate" else 1
+    result = lanczos(A, k, tol=tol, block_size=block, seed=seed)
+    true = _true_top(A, k)
+    errors = (result.eigenvalues - true).abs()
+    assert (errors <= result.bounds).all(), (errors, result.bounds, result.certified_by)
+    scale = torch.maximum(result.eigenvalues.abs(), 0.01 * result.eigenvalues.abs().max())
+    for ok, err, bound, s in zip(result.converged, errors, result.bounds, scale):
+        if ok:
+            assert bound <= tol * s and err <= tol * s
+    # The gap bound r^2/gap is used only where the gap is resolved, and is never looser than r.
+    assert (result.bounds <= result.residuals.clamp_min(1e-13) + 1e-15).all()
+    assert set(result.certified_by) <= {"gap", "residual"}
+
+
+def test_one_start_vector_misses_a_repeated_eigenvalue_but_its_bounds_still_hold_for_the_nearest():
+    A = matrix_with_spectrum(SPECTRA["degenerate"])
+    result = lanczos(A, 3, tol=1e-8)  # one Krylov space holds one copy of the triple 8
+    spectrum = torch.linalg.eigvalsh(A)
+    for theta, bound in zip(result.eigenvalues, result.bounds):
+        assert float((spectrum - theta).abs().min()) <= float(bound)
+
+
+def test_the_gap_bound_stops_long_before_the_residual_does():
+    A = matrix_with_spectrum(SPECTRA["separated"], n=400)
+    values = lanczos(A, 5, tol=1e-8)
+    vectors = lanczos(A, 5, tol=1e-8, vector_tol=1e-8)
+    assert values.num_matvecs < vectors.num_matvecs
+    assert "gap" in values.certified_by
+    true = _true_top(A, 5)
+    assert ((values.eigenvalues - true).abs() <= 1e-8 * true.abs()).all()
+    assert (values.residuals > 1e-8 * true.abs()).any()  # the vectors are not that accurate, nor asked to be
+    assert (vectors.residuals <= 1e-8 * true.abs()).all()
+
+
+def test_certify_falls_back_to_the_residual_where_the_gap_is_not_resolved():
+    theta = torch.tensor([2.0, 1.99, 0.0], dtype=torch.float64)
+    residuals = torch.tensor([0.02, 0.02, 0.1], dtype=torch.float64)
+    bounds, how = certify(theta, residuals, k=2)
+    assert how == ["residual", "residual"] and bounds.tolist() == pytest.approx([0.02, 0.02])
+    # nothing is known below the lowest Ritz value of a partial subspace ...
+    assert certify(theta[:1], residuals[:1] / 100, k=1)[1] == ["residual"]
+    # ... unless the subspace is the whole space
+    bounds, how = certify(theta[[0, 2]], torch.tensor([1e-3, 1e-3], dtype=torch.float64), k=1, complete=True)
+    assert how == ["gap"] and float(bounds[0]) == pytest.approx(1e-6 / (2.0 - 1e-3))
+
+
+def test_power_iteration_reports_its_residual_as_the_bound():
+    A = matrix_with_spectrum(SPECTRA["separated"])
+    result = power_iteration(A, 3, tol=1e-6, max_iter=2000)
+    assert result.certified_by == ["residual"] * 3
+    assert ((result.eigenvalues - _true_top(A, 3)).abs() <= result.bounds).all()
+
+
+def test_vector_tol_is_checked():
+    A = matrix_with_spectrum(SPECTRA["separated"])
+    with pytest.raises(LandscapeError, match="--vector-tol"):
+        lanczos(A, 2, vector_tol=2.0)
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-6])
+def test_bounds_hold_on_a_dense_float64_network_hessian(tol):
+    torch.manual_seed(0)
+    model = tiny_cnn(None).double()
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(16, 1, 4, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (16,), generator=g)
+    H, _ = flat_hessian_and_gradient(model, x, y)
+    true = torch.linalg.eigvalsh(H).flip(0)[:5]
+    op = HessianOperator(Objective(model, [(x, y)], dtype=torch.float64))
+    result = lanczos(op, 5, tol=tol)
+    assert all(result.converged)
+    errors = (result.eigenvalues - true).abs()
+    assert (errors <= result.bounds).all(), (errors, result.bounds)
+    assert (errors <= tol * true.abs().clamp_min(0.01 * true.abs().max())).all()

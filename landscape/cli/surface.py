@@ -66,7 +66,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="move biases and normalization parameters too (default: zeroed, [Li18])")
     p.add_argument("--orthogonalize", action="store_true",
                    help="orthogonalize random directions (the cosines are reported either way)")
-    p.add_argument("--eigen-tol", type=common.TOLERANCE, default=1e-3, help="eigen directions: solver tolerance (default: 1e-3)")
+    p.add_argument("--eigen-tol", type=common.TOLERANCE, default=1e-3,
+                   help="eigen directions: relative residual ||Hv - lambda v|| / |lambda| of each eigenvector, "
+                   "and eigenvalue error (default: 1e-3)")
     add_evaluation_args(p)
     p.set_defaults(run=run, data_parallel=True)
 
