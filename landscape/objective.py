@@ -314,6 +314,9 @@ class Objective:
             int(self.world.sum_values(self.local_samples)[0])
         if self.num_samples == 0:
             raise LandscapeError("no data: the objective needs at least one batch with a counted target")
+        #: This rank's part of f at the base point from the last :meth:`loss` pass (the NaN check's):
+        #: the determinism check compares it with a product's own forward instead of running two more.
+        self.recorded_loss: float | None = None
 
     # -- the data ---------------------------------------------------------------------
     def batches(self) -> Iterable[Batch]:
@@ -404,6 +407,8 @@ class Objective:
         with torch.no_grad():
             self.weighted(p, lambda term, _: total.append(term.double()))
         value = float(sum(total))
+        if params is None:
+            self.recorded_loss = value
         return value if self.world is None else self.world.sum_values(value)[0]
 
     def metrics(self, params: dict[str, torch.Tensor] | None = None) -> tuple[float, float | None]:
@@ -437,12 +442,16 @@ class Objective:
             g = self.gradient_of(leaves, create_graph)
         return g if self.world is None else self.world.sum_(g.detach())
 
-    def gradient_of(self, leaves: dict[str, torch.Tensor], create_graph: bool) -> torch.Tensor:
+    def gradient_of(self, leaves: dict[str, torch.Tensor], create_graph: bool,
+                    losses: list[float] | None = None) -> torch.Tensor:
         """This rank's part of grad f at autograd ``leaves`` (all of it for one process), batch
-        by batch (with its graph when ``create_graph``)."""
+        by batch (with its graph when ``create_graph``); each batch's term of f is appended to
+        ``losses`` when given (the pass's own loss, for the determinism check)."""
         total = [torch.zeros(self.num_params, device=self.device, dtype=self.dtype)]
 
         def add(term: torch.Tensor, _: int) -> None:
+            if losses is not None:
+                losses.append(float(term.detach().double()))
             g = torch.autograd.grad(term, list(leaves.values()), create_graph=create_graph, allow_unused=True)
             total[0] = total[0] + torch.cat([
                 (t if t is not None else torch.zeros_like(p)).reshape(-1) for t, p in zip(g, leaves.values())])

@@ -179,9 +179,21 @@ class CurvatureOperator:
         return out
 
     def _check_determinism(self, v: torch.Tensor, out: torch.Tensor) -> None:
-        """Two losses and two products must agree (to rounding, for GPU atomics)."""
+        """Two losses and two products must agree (to rounding, for GPU atomics).
+
+        The losses are two passes the analysis runs anyway where it can: the NaN check
+        (:meth:`Objective.check_finite`) and the forward of the first product (the kept graph
+        in cached mode); only a missing one costs a forward here.
+        """
         tol = 1e-5 if self.dtype == torch.float32 else 1e-11
-        first, second = self.objective.loss(), self.objective.loss()
+        first = self.objective.recorded_loss
+        if first is None:
+            self.objective.loss()
+            first = self.objective.recorded_loss
+        second = self._recorded_by_product()
+        if second is None:
+            self.objective.loss()
+            second = self.objective.recorded_loss
         again = self._counted(v)
         errors = [abs(first - second) / max(abs(first), 1e-30),
                   float((out - again).norm() / out.norm().clamp_min(1e-30))]
@@ -193,6 +205,10 @@ class CurvatureOperator:
         if self.objective.world is not None:  # the solvers on every rank must see the same vectors
             self.objective.world.check_same(out, f"{self.title}-vector products")
         self._checked = True
+
+    def _recorded_by_product(self) -> float | None:
+        """The loss a product's own forward computed (a second, independent pass), if it keeps one."""
+        return None
 
     def __matmul__(self, v: torch.Tensor) -> torch.Tensor:
         return self.matvec(v)
@@ -233,6 +249,7 @@ class HessianOperator(CurvatureOperator):
 
     def __init__(self, objective: Objective, mode: str = "auto", check_determinism: bool = True) -> None:
         self._graph: tuple[list[torch.Tensor], torch.Tensor] | None = None
+        self._graph_loss: float | None = None
         super().__init__(objective, mode, check_determinism)
 
     def _auto_mode(self) -> str:
@@ -242,9 +259,13 @@ class HessianOperator(CurvatureOperator):
     def _cached_graph(self) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Leaves and the flat gradient with its graph, built once (the PyHessian trick, exact)."""
         if self._graph is None:
-            leaves = self.objective.leaves()
-            self._graph = (list(leaves.values()), self.objective.gradient_of(leaves, create_graph=True))
+            leaves, losses = self.objective.leaves(), []
+            self._graph = (list(leaves.values()), self.objective.gradient_of(leaves, create_graph=True, losses=losses))
+            self._graph_loss = sum(losses)
         return self._graph
+
+    def _recorded_by_product(self) -> float | None:
+        return self._graph_loss if self.mode == "cached" else None
 
     def _product(self, v: torch.Tensor) -> torch.Tensor:
         obj = self.objective

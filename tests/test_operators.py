@@ -82,6 +82,39 @@ def test_non_deterministic_products_are_detected():
         op @ torch.randn(op.shape[0])
 
 
+class CountingMLP(nn.Module):
+    """An MLP that counts its forward passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net, self.calls = models.build("mlp", in_features=5, hidden=[4], num_classes=3), 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.net(x)
+
+
+@pytest.mark.parametrize("mode", ["cached", "forward"])
+def test_the_nan_check_and_the_first_product_share_the_determinism_checks_forwards(mode):
+    x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+    batches = [(x[:5], y[:5]), (x[5:], y[5:])]
+    objective = Objective(CountingMLP(), batches)
+    counter = objective.model
+    objective.check_finite()  # one forward per batch
+    assert counter.calls == 2
+    op = HessianOperator(objective, mode=mode)
+    op @ torch.randn(op.shape[0])  # the first product, checked
+    # cached: the graph's forward is the second loss (2 batches) and both products reuse it;
+    # forward mode: each of the two products runs its own forwards, and one loss pass is added
+    # (two were before the NaN check's pass was shared).
+    assert counter.calls == {"cached": 2 + 2, "forward": 2 + 2 + 2 + 2}[mode]
+    # a forward that differs between passes is still caught from those shared passes
+    noisy = Objective(Noisy(), batches)
+    noisy.check_finite()
+    with pytest.raises(LandscapeError, match="not deterministic"):
+        HessianOperator(noisy, mode=mode) @ torch.randn(HessianOperator(noisy).shape[0])
+
+
 def test_counts_products_including_the_determinism_check():
     model, (x, y) = _cases()["mlp"]
     op = HessianOperator(Objective(model, [(x, y)]))
