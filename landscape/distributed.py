@@ -45,6 +45,7 @@ import torch
 import torch.distributed as dist
 
 from landscape.errors import LandscapeError
+from landscape.launch import launched
 
 T = TypeVar("T")
 #: Where a failing rank leaves its message for rank 0, in torchrun's store.
@@ -58,16 +59,6 @@ GONE_SECONDS = 3.0
 class Stopped(BaseException):
     """torchrun stopped this rank (SIGTERM, because another rank failed): unwinds like Ctrl-C,
     so ``finally`` blocks remove half-written files, and no ``except Exception`` swallows it."""
-
-
-def launched() -> bool:
-    """Whether this process is one of several that torchrun started (``WORLD_SIZE > 1``)."""
-    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
-
-
-def launch_rank() -> int:
-    """This process's rank as torchrun set it (0 when not launched)."""
-    return int(os.environ.get("RANK", "0") or 0) if launched() else 0
 
 
 @dataclass

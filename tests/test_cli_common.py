@@ -104,3 +104,14 @@ def test_a_run_keeps_its_split_file_so_client_data_needs_no_flag(tmp_path, capsy
     capsys.readouterr()
     code, err = _hessian([client, "--data", "client"], capsys)
     assert code == 0, err
+
+
+def test_the_top_level_help_imports_no_command_module_nor_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom landscape.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, sorted(m for m in sys.modules if m.startswith('landscape.cli.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False []", out
+    assert "hessian" in out and "flatness distance" in out  # every command is listed with its summary

@@ -38,9 +38,23 @@ from typing import NoReturn
 
 from landscape import __version__
 from landscape.errors import LandscapeError, os_error
+from landscape.launch import launch_rank
 
-# Subcommand modules, in the order `landscape --help` lists them.
-COMMANDS = ["hessian", "models", "download", "surface", "plane", "view", "flatness", "train", "demo", "figures"]
+#: The subcommands, in the order `landscape --help` lists them, with their one-line summaries: the
+#: top-level help is built from these alone, so it imports no command module (nor torch).
+SUMMARIES = {
+    "hessian": "top eigenvalues, trace and spectral density of the loss Hessian (or GGN, Fisher)",
+    "models": "list the registered models and their kwargs",
+    "download": "download CIFAR-10/100 (python format) into a folder",
+    "surface": "loss and accuracy on a line, grid or volume around a checkpoint",
+    "plane": "loss on the plane through three models, with other models projected onto it",
+    "view": "turn saved surface results into HTML and static images (PNG, PDF, SVG)",
+    "flatness": "flatness distance, sharpness gap and local vs global lambda_max of a global model and its clients",
+    "train": "federated training: FedAvg, FedAvgM, FedSAM, FedASAM, FedNSAM (+SWA)",
+    "demo": "train and analyse FedAvg/FedSAM/FedASAM/FedNSAM on the offline digits data",
+    "figures": "draw the papers' figures and tables from result files, or make them all",
+}
+COMMANDS = list(SUMMARIES)
 
 
 class Parser(argparse.ArgumentParser):
@@ -74,20 +88,29 @@ def _suggestion(parser: argparse.ArgumentParser, message: str) -> str:
     return ""
 
 
-def build_parser() -> Parser:
-    """The full parser with every subcommand registered."""
+def build_parser(only: str | None = "*") -> Parser:
+    """The parser with every subcommand registered (``only="*"``), or with only the command
+    ``only`` in full and the others as one-line entries (None: all one-line, for ``landscape --help``):
+    a command module imports torch and its library, which the other commands need not pay for."""
     parser = Parser(prog="landscape", description="Loss landscapes and Hessian spectra of federated models.")
     parser.add_argument("--version", action="version", version=f"landscape {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        module = importlib.import_module(f"landscape.cli.{name.replace('-', '_')}")
-        module.add_parser(sub)
+    for name, summary in SUMMARIES.items():
+        if only in ("*", name):
+            importlib.import_module(f"landscape.cli.{name}").add_parser(sub)
+        else:
+            sub.add_parser(name, help=summary)
     return parser
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names (its first word that is one), if any."""
+    return next((word for word in argv if word in SUMMARIES), None)
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse ``argv``; unknown flags are reported by the subcommand's parser (which knows its flags)."""
-    parser = build_parser()
+    parser = build_parser(_command(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
     if extra:
         subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -112,10 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from landscape import distributed
-
     try:
-        rank = distributed.launch_rank()
+        rank = launch_rank()
     except ValueError:  # a malformed RANK/WORLD_SIZE: the command itself reports it, in one line
         rank = 0
     try:

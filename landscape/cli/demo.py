@@ -31,6 +31,7 @@ from typing import Any
 from landscape.cli.common import integer
 from landscape.files import atomic_write, write_json
 from landscape.run_folder import RunFolder
+from landscape.cli import SUMMARIES
 
 #: name -> the training flags that make it (beside the preset's).
 ALGORITHMS: dict[str, tuple[str, ...]] = {
@@ -51,7 +52,7 @@ COLUMNS = (("test_accuracy", "test acc", ".3f"), ("lambda_max", "lambda_max", ".
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="train and analyse FedAvg/FedSAM/FedASAM/FedNSAM on the offline digits data",
+    p = sub.add_parser("demo", help=SUMMARIES["demo"],
                        description="Run the whole toolkit on the bundled digits data (CPU, about two minutes): "
                        "training with curvature tracking, Hessian spectra, loss surfaces, planes and flatness, in a "
                        "heterogeneous and a homogeneous federation; writes DIR/index.html.")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 
 from landscape import cifar
+from landscape.cli import SUMMARIES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("download", help="download CIFAR-10/100 (python format) into a folder",
+    p = sub.add_parser("download", help=SUMMARIES["download"],
                        description="Download and unpack CIFAR-10 or CIFAR-100 (needs internet). An archive "
                                    "already in the folder is used as it is. Unpacking is all or nothing: a "
                                    "damaged or foreign archive, or one with members that would land outside "

@@ -9,12 +9,13 @@ they are imported only when the command runs (they pull in matplotlib and plotly
 from __future__ import annotations
 
 import argparse
+from landscape.cli import SUMMARIES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "figures",
-        help="draw the papers' figures and tables from result files, or make them all",
+        help=SUMMARIES["figures"],
         description="Without NAME (or with --list): list the figure/table scripts. With NAME: run that script on "
         "result files of the other commands, or with --quick/--paper on runs it trains itself; its options follow "
         "NAME (landscape figures NAME --help). NAME all makes every figure and table. Examples: landscape figures "

@@ -11,7 +11,7 @@ import torch
 
 from landscape import data, distributed, flatness
 from landscape.checkpoint import Checkpoint
-from landscape.cli import common
+from landscape.cli import SUMMARIES, common
 from landscape.cli.common import load_same_architecture, marker_label
 from landscape.errors import LandscapeError
 from landscape.files import check_outputs
@@ -21,7 +21,7 @@ from landscape.plots import IMAGE_SUFFIXES
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "flatness",
-        help="flatness distance, sharpness gap and local vs global lambda_max of a global model and its clients",
+        help=SUMMARIES["flatness"],
         description="Flatness-distance metrics (reconstructions of FedNSAM [L26]) at a global model x with client "
         "losses f_i on each client's own train data and f = sum_i (n_i/N) f_i: the flatness distance (default: "
         "lambda_max of f at x over the mean of lambda_max of f_i at the client model x_i), the perturbation distance "

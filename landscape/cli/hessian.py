@@ -8,7 +8,7 @@ import sys
 import torch
 
 from landscape import distributed, hessian
-from landscape.cli import common
+from landscape.cli import SUMMARIES, common
 from landscape.checkpoint import Checkpoint
 from landscape.data import Dataset
 from landscape.files import check_outputs
@@ -19,7 +19,7 @@ from landscape.operators import CURVATURES, resolve_device, resolve_dtype
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "hessian",
-        help="top eigenvalues, trace and spectral density of the loss Hessian (or GGN, Fisher)",
+        help=SUMMARIES["hessian"],
         description="Top-k eigenvalues (Lanczos or power iteration) with exact residuals of the loss Hessian, "
         "the generalized Gauss-Newton matrix or the empirical Fisher, optionally the trace (Hutchinson/Hutch++), "
         "the spectral density (SLQ) and lambda_max of every layer. Any loss (--loss), any block of parameters "

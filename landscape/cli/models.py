@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 
 from landscape import models
+from landscape.cli import SUMMARIES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list the registered models and their kwargs",
+    p = sub.add_parser("models", help=SUMMARIES["models"],
                        description="List model names usable with --model, with their keyword arguments.")
     p.set_defaults(run=run)
 

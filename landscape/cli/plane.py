@@ -9,12 +9,13 @@ from landscape.cli.common import load_same_architecture, marker_label
 from landscape.cli.surface import (MARGIN, RESOLUTION, add_evaluation_args, axis_labels, check_outputs, evaluate,
                                    load_sources, writing)
 from landscape.operators import resolve_device
+from landscape.cli import SUMMARIES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plane",
-        help="loss on the plane through three models, with other models projected onto it",
+        help=SUMMARIES["plane"],
         description="The plane through models A, B, C [G18]: u = B - A, v = (C - A) orthogonalized against u, "
         "both normalized, so the axes are Euclidean distances in parameter space. Models given with --project "
         "(e.g. every client) are drawn at their projection, with their distance to the plane. BatchNorm "

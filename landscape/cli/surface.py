@@ -13,7 +13,7 @@ import numpy as np
 
 from landscape import data, directions, distributed, files, surface
 from landscape.checkpoint import Checkpoint
-from landscape.cli import common
+from landscape.cli import SUMMARIES, common
 from landscape.errors import LandscapeError
 from landscape.objective import Objective
 from landscape.operators import resolve_device, resolve_dtype
@@ -34,7 +34,7 @@ KIND_OF_DIM = {1: "line", 2: "grid", 3: "volume"}
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "surface",
-        help="loss and accuracy on a line, grid or volume around a checkpoint",
+        help=SUMMARIES["surface"],
         description="Evaluate loss and accuracy of the train/test/client data on a grid w + a*d1 + b*d2 "
         "(filter-normalized random [Li18], Hessian eigenvector or trajectory-PCA directions), or on the line "
         "from CKPT to --to B. Resumable: rerunning with the same --out continues an interrupted run. "

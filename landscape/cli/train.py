@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from landscape.cli import common
+from landscape.cli import SUMMARIES, common
 from landscape.errors import LandscapeError
 
 
@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "train",
-        help="federated training: FedAvg, FedAvgM, FedSAM, FedASAM, FedNSAM (+SWA)",
+        help=SUMMARIES["train"],
         description="Train a federated model and write self-describing checkpoints. Example: landscape train "
         "--algorithm fedasam --dataset cifar100 --data-dir DIR --alpha 0 --clients-per-round 5 --rounds 20000 "
         "--out runs/NAME. Quick offline demo: landscape train --preset digits-demo --out runs/demo",

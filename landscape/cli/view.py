@@ -10,12 +10,13 @@ from landscape.cli.surface import draw
 from landscape.errors import LandscapeError
 from landscape.files import check_outputs, writing
 from landscape.plots import IMAGE_SUFFIXES
+from landscape.cli import SUMMARIES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "view",
-        help="turn saved surface results into HTML and static images (PNG, PDF, SVG)",
+        help=SUMMARIES["view"],
         description="Draw result files of `landscape surface` / `landscape plane` (complete or partial). "
         "Without --html/--png both are written next to the (first) RESULT. Several results of one kind "
         "(rounds, algorithms) share one HTML page with a slider; the static image shows the first. "
