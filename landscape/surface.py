@@ -108,7 +108,7 @@ from tqdm import tqdm
 
 import landscape
 from landscape import distributed
-from landscape.chain import LinearChain, find_chain
+from landscape.chain import FirstLayer, LinearChain, find_chain, find_first_layer
 from landscape.data import Dataset
 from landscape.directions import Directions, Plane, project
 from landscape.errors import LandscapeError, os_error
@@ -139,6 +139,9 @@ GPU_BATCH_MEMORY_BYTES = 1 << 33
 MAX_POINTS_PER_BATCH = 128
 #: The most points one result may hold (a 51x51x51 volume has 132,651); more is a typo, not a plan.
 MAX_POINTS = 10_000_000
+# The first layer's responses kept for a fast path (:func:`response_budget`): 1 GiB on a CPU (the
+# CIFAR CNN's on 512 images with 2 directions take 0.3 GiB).
+RESPONSE_MEMORY_BYTES = 1 << 30
 # Samples on which a fast path is checked against the plain forward before it is used.
 CHECK_SAMPLES = 64
 #: The margin of a covering grid is taken from at least this fraction of the models' largest spread.
@@ -259,13 +262,36 @@ def tensor_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def response_budget(device: torch.device) -> int:
+    """Bytes the first layer's responses (of all batches of all sources) may take on ``device``:
+    ``RESPONSE_MEMORY_BYTES`` on a CPU, a quarter of the free memory on a GPU. Beyond it the plain
+    path runs (recomputing the responses for every chunk of points would cost more than it saves)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 4
+    return RESPONSE_MEMORY_BYTES
+
+
+class _Given(nn.Module):
+    """Stands in for the first layer in the rest of the network: returns the output passed in for it
+    (a buffer that ``functional_call`` sets at every point, vmapped over the points)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("output", torch.empty(0), persistent=False)
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.output
+
+
 class _Evaluator:
     """Loss and accuracy of stacked parameter settings on fixed, device-resident batches.
 
     Points are evaluated ``K`` at a time: the parameters of the K points are stacked
     and one ``vmap(functional_call)`` runs all of them on each batch (K = 1 skips vmap).
     A fully connected network takes the faster :class:`~landscape.chain.LinearChain`
-    path instead. Works on a private copy of the model; never writes to the caller's tensors.
+    path instead; any other network whose first layer is a Linear or a convolution fed the
+    input gets that layer's output from its precomputed responses
+    (:class:`~landscape.chain.FirstLayer`) and runs the rest as above. Works on a private copy of the model; never writes to the caller's tensors.
     """
 
     def __init__(
@@ -304,30 +330,75 @@ class _Evaluator:
                 m.train()
                 m.momentum = None
             self.calibration = [(x.to(device, dtype), y.to(device)) for x, y in calibration]
-        self.chain = None if self.recalibrate else self._chain()
-        if self.chain is not None:
-            self.responses = {s: [self.chain.responses(x) for x, _ in b] for s, b in self.sources.items()}
+        # The fast paths (:mod:`landscape.chain`): a Linear/elementwise chain whole, else the first
+        # layer from its precomputed responses and the rest of the network as below.
+        self.chain: LinearChain | None = None
+        self.first: FirstLayer | None = None
+        fast = None if self.recalibrate else self._fast_path()
+        if isinstance(fast, LinearChain):
+            self.chain = fast
+            self.responses = {s: [fast.responses(x) for x, _ in b] for s, b in self.sources.items()}
+        elif isinstance(fast, FirstLayer):
+            self.first = fast
+            self.responses = {s: [fast.responses(x) for x, _ in b] for s, b in self.sources.items()}
 
-    def _chain(self) -> LinearChain | None:
-        """The fast path for a Linear/elementwise chain (:mod:`landscape.chain`), if the model is one.
+    def _fast_path(self) -> LinearChain | FirstLayer | None:
+        """The fast path for this model, if it has one and it is affordable: the whole
+        :class:`~landscape.chain.LinearChain` for a fully connected chain, else the first layer
+        (:class:`~landscape.chain.FirstLayer`) with the rest of the network run as the plain path.
 
-        Used only when its logits equal the plain evaluation's at two random points.
+        Used only when its logits equal the plain evaluation's at two random points (on
+        ``CHECK_SAMPLES`` samples), and when the responses of every batch of every source fit
+        in :func:`response_budget` (``(1 + d)`` times the first layer's output on all the
+        data); otherwise the plain path runs.
         """
         x = next(iter(self.sources.values()))[0][0][:CHECK_SAMPLES]
         layers = find_chain(self.model, x[:2])
-        if layers is None:
+        fast: LinearChain | FirstLayer
+        if layers is not None:
+            fast = chain = LinearChain(layers, self.origin, self.stacked, self.fixed)
+            num_directions, per_sample = chain.num_directions, chain.responses(x[:1]).numel()
+            fast_logits = lambda c: chain.logits(c, chain.responses(x)).transpose(1, 2)  # noqa: E731
+        else:
+            found = find_first_layer(self.model, x[:2])
+            if found is None:
+                return None
+            fast = first = FirstLayer(*found, self.origin, self.stacked, self.fixed)
+            self._rest(first)
+            num_directions, per_sample = first.num_directions, first.responses(x[:1]).numel()
+            fast_logits = lambda c: self.rest_logits(c, first.responses(x), x)  # noqa: E731
+        samples = sum(len(b[0]) for batches in self.sources.values() for b in batches)
+        if samples * per_sample * torch.finfo(self.dtype).bits // 8 > response_budget(self.device):
             return None
-        chain = LinearChain(layers, self.origin, self.stacked, self.fixed)
         g = torch.Generator().manual_seed(0)
-        coords = torch.randn(2, chain.num_directions, generator=g).to(self.device, self.dtype)
+        coords = torch.randn(2, num_directions, generator=g).to(self.device, self.dtype)
         params = self.params_at(coords)
         buffers = {n: b for n, b in self.fixed.items() if n not in params}
-        fast = chain.logits(coords, chain.responses(x)).transpose(1, 2)
         plain = self.logits(params, buffers, False, x)
         tol = 1e-4 if self.dtype == torch.float32 else 1e-10
-        if not torch.allclose(fast, plain, rtol=tol, atol=tol * float(plain.abs().max())):
+        if not torch.allclose(fast_logits(coords), plain, rtol=tol, atol=tol * float(plain.abs().max())):
             return None
-        return chain
+        return fast
+
+    def _rest(self, first: FirstLayer) -> None:
+        """The network without its first layer: a copy whose first layer returns the output it is given
+        (``self.given``, passed with the parameters at every point)."""
+        prefix = f"{first.name}." if first.name else ""
+        if first.name:
+            self.rest = copy.deepcopy(self.model)
+            self.rest.set_submodule(first.name, _Given())
+        else:  # the model is the layer
+            self.rest = _Given()
+        self.given = prefix + "output"
+        self.rest_names = [n for n in self.names if not n.startswith(prefix)]
+        self.rest_fixed = {n: t for n, t in self.fixed.items() if not n.startswith(prefix)}
+
+    def rest_logits(self, coords: torch.Tensor, responses: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(K, B, C) logits at K points on one batch: the first layer's output from its ``responses``,
+        the rest of the network as the plain path."""
+        params = {n: self.origin[n] + torch.tensordot(coords, self.stacked[n], dims=1) for n in self.rest_names}
+        params[self.given] = FirstLayer.at(coords, responses)
+        return self.logits(params, self.rest_fixed, False, x, self.rest)
 
     def params_at(self, coords: torch.Tensor) -> dict[str, torch.Tensor]:
         """Stacked parameters (K, *shape) at K points: w0 + sum_i c_{k,i} d_i, set from w0 every time."""
@@ -347,13 +418,15 @@ class _Evaluator:
         return buffers
 
     def logits(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], batched: bool,
-               x: torch.Tensor) -> torch.Tensor:
-        """(K, B, C) logits of the K stacked settings on one batch (the plain path)."""
-        if params[self.names[0]].shape[0] == 1:
+               x: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+        """(K, B, C) logits of the K stacked settings on one batch (the plain path; ``model`` default
+        the private copy of the network)."""
+        model = self.model if model is None else model
+        if next(iter(params.values())).shape[0] == 1:
             one = {n: p[0] for n, p in params.items()}
             state = {n: b[0] for n, b in buffers.items()} if batched else buffers
-            return functional_call(self.model, {**state, **one}, (x,)).unsqueeze(0)
-        call = lambda p, b: functional_call(self.model, {**b, **p}, (x,))  # noqa: E731
+            return functional_call(model, {**state, **one}, (x,)).unsqueeze(0)
+        call = lambda p, b: functional_call(model, {**b, **p}, (x,))  # noqa: E731
         return vmap(call, in_dims=(0, 0 if batched else None))(params, buffers)
 
     @torch.no_grad()
@@ -364,6 +437,11 @@ class _Evaluator:
         if self.chain is not None:
             for source, batches in self.sources.items():
                 z = (self.chain.logits(c, r) for r in self.responses[source])
+                out.update(_metrics(source, z, [y for _, y in batches]))
+            return out
+        if self.first is not None:
+            for source, batches in self.sources.items():
+                z = (self.rest_logits(c, r, x).transpose(1, 2) for (x, _), r in zip(batches, self.responses[source]))
                 out.update(_metrics(source, z, [y for _, y in batches]))
             return out
         params = self.params_at(c)
