@@ -1465,6 +1465,12 @@ add("figures/l26-curvature-without-numbers", ["figures", "l26", "a={run}", "--ou
 add("figures/fig04-untracked-run", ["figures", "fig04", "a={run}", "--out", *FIG], FIG,
     expect="holds no tracked curvature")
 
+surface("precision-tf32-on-a-cpu", "--precision", "tf32", expect="TF32 needs a CUDA device")
+surface("precision-bf16-of-float64", "--precision", "bf16", "--dtype", "float64", expect="pass --dtype float32")
+surface("precision-bf16-own-loss", "--precision", "bf16", "--loss", "tests.fuzz_cases:squared_loss",
+        expect="default cross-entropy")
+surface("precision-nosuch", "--precision", "fp8")
+
 
 def _check() -> None:
     ids = [c.id for c in CASES]
