@@ -55,6 +55,10 @@ interface to :mod:`landscape.plots`::
         "data": {"train": spec dict, "test": spec dict, ...},     # + sha256 of each source
         "bn": "eval" | "recalibrate", "calibration": spec dict | None,
         "dtype": "float32" | "float64", "device": "cpu" | "cuda:0" | ...,
+        "precision": "float32" | "tf32" | "bf16",   # the arithmetic (float32 dtype only)
+        "precision_error": {"max_abs_loss": float, "max_rel_loss": float,   # reduced precisions
+                            "max_abs_accuracy": float | None, "points": [[c, ...], ...]},  # only: vs
+                                          # float32 at a few grid points
         "points_per_batch": int, "batch_size": int | None,
         "grid": {"extent": [[start, stop], ...],      # of every axis, as evaluated
                  "rule": "range" | "cover" | "interval", ...},   # how it was chosen, if told:
@@ -96,7 +100,8 @@ import math
 import os
 import time
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +113,7 @@ from tqdm import tqdm
 
 import landscape
 from landscape import distributed
-from landscape.chain import LinearChain, find_chain
+from landscape.chain import FirstLayer, LinearChain, find_chain, find_first_layer
 from landscape.data import Dataset
 from landscape.directions import Directions, Plane, project
 from landscape.errors import LandscapeError, os_error
@@ -120,12 +125,17 @@ FORMAT = "landscape-surface"
 FORMAT_VERSION = 1
 KINDS = {"line": 1, "grid": 2, "volume": 3, "plane": 2}
 BN_MODES = ("eval", "recalibrate")
+#: Arithmetic of the evaluation (:func:`compute_precision`): float32 throughout (on a GPU also no TF32),
+#: TF32 matrix products and convolutions (a GPU only), or bfloat16 autocast.
+PRECISIONS = ("float32", "tf32", "bf16")
+#: Grid points (by index: first, middle, last) re-evaluated in float32 to measure a reduced precision's error.
+PRECISION_CHECKS = 3
 METRICS = ("loss", "accuracy")
 # Metadata fields that record progress, not identity: a continued run may differ in them.
 PROGRESS_FIELDS = ("num_done", "complete", "nonfinite", "device", "num_processes")
 # Neither are the names of the axes (they do not change a value) nor the record of the grid
 # (its axes themselves are compared exactly): a run continued by a newer version may relabel.
-NOT_IDENTITY = (*PROGRESS_FIELDS, "axis_labels", "grid")
+NOT_IDENTITY = (*PROGRESS_FIELDS, "axis_labels", "grid", "precision_error")
 #: Margin of a grid covering models, as a fraction of the extent it covers (on each side).
 MARGIN = 0.2
 #: The grid of a surface around one model alone (nothing else to cover): +-1 direction units [Li18].
@@ -139,6 +149,9 @@ GPU_BATCH_MEMORY_BYTES = 1 << 33
 MAX_POINTS_PER_BATCH = 128
 #: The most points one result may hold (a 51x51x51 volume has 132,651); more is a typo, not a plan.
 MAX_POINTS = 10_000_000
+# The first layer's responses kept for a fast path (:func:`response_budget`): 1 GiB on a CPU (the
+# CIFAR CNN's on 512 images with 2 directions take 0.3 GiB).
+RESPONSE_MEMORY_BYTES = 1 << 30
 # Samples on which a fast path is checked against the plain forward before it is used.
 CHECK_SAMPLES = 64
 #: The margin of a covering grid is taken from at least this fraction of the models' largest spread.
@@ -259,13 +272,59 @@ def tensor_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+@contextmanager
+def compute_precision(precision: str, device: torch.device) -> Iterator[None]:
+    """Run the enclosed float32 computation in ``precision`` (one of :data:`PRECISIONS`).
+
+    On a GPU, ``"float32"`` turns TF32 off for matrix products and cuDNN convolutions (PyTorch
+    allows it in convolutions by default) and ``"tf32"`` on for both; ``"bf16"`` is
+    ``torch.autocast(dtype=torch.bfloat16)`` on either device. The previous settings come back on exit.
+    """
+    if precision not in PRECISIONS:
+        raise LandscapeError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    saved = None
+    if device.type == "cuda":
+        saved = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+        mode = "tf32" if precision == "tf32" else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = mode
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            yield
+    finally:
+        if saved is not None:
+            torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = saved
+
+
+def response_budget(device: torch.device) -> int:
+    """Bytes the first layer's responses (of all batches of all sources) may take on ``device``:
+    ``RESPONSE_MEMORY_BYTES`` on a CPU, a quarter of the free memory on a GPU. Beyond it the plain
+    path runs (recomputing the responses for every chunk of points would cost more than it saves)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 4
+    return RESPONSE_MEMORY_BYTES
+
+
+class _Given(nn.Module):
+    """Stands in for the first layer in the rest of the network: returns the output passed in for it
+    (a buffer that ``functional_call`` sets at every point, vmapped over the points)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("output", torch.empty(0), persistent=False)
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.output
+
+
 class _Evaluator:
     """Loss and accuracy of stacked parameter settings on fixed, device-resident batches.
 
     Points are evaluated ``K`` at a time: the parameters of the K points are stacked
     and one ``vmap(functional_call)`` runs all of them on each batch (K = 1 skips vmap).
     A fully connected network takes the faster :class:`~landscape.chain.LinearChain`
-    path instead. Works on a private copy of the model; never writes to the caller's tensors.
+    path instead; any other network whose first layer is a Linear or a convolution fed the
+    input gets that layer's output from its precomputed responses
+    (:class:`~landscape.chain.FirstLayer`) and runs the rest as above. Works on a private copy of the model; never writes to the caller's tensors.
     """
 
     def __init__(
@@ -278,7 +337,10 @@ class _Evaluator:
         calibration: Sequence[Batch],
         dtype: torch.dtype,
         device: torch.device,
+        precision: str = "float32",
+        fast: bool = True,
     ) -> None:
+        self.precision = precision
         self.model = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
         self.names = list(origin)
         self.origin = {n: origin[n].detach().to(device, dtype) for n in self.names}
@@ -304,30 +366,78 @@ class _Evaluator:
                 m.train()
                 m.momentum = None
             self.calibration = [(x.to(device, dtype), y.to(device)) for x, y in calibration]
-        self.chain = None if self.recalibrate else self._chain()
-        if self.chain is not None:
-            self.responses = {s: [self.chain.responses(x) for x, _ in b] for s, b in self.sources.items()}
+        # The fast paths (:mod:`landscape.chain`): a Linear/elementwise chain whole, else the first
+        # layer from its precomputed responses and the rest of the network as below.
+        self.chain: LinearChain | None = None
+        self.first: FirstLayer | None = None
+        fast_path = None if self.recalibrate or not fast else self._fast_path()
+        if isinstance(fast_path, LinearChain):
+            self.chain = fast_path
+        elif isinstance(fast_path, FirstLayer):
+            self.first = fast_path
+        if fast_path is not None:  # checked in float32; kept in the evaluation's precision (bf16: half the memory)
+            with torch.no_grad(), compute_precision(self.precision, self.device):
+                self.responses = {s: [fast_path.responses(x) for x, _ in b] for s, b in self.sources.items()}
 
-    def _chain(self) -> LinearChain | None:
-        """The fast path for a Linear/elementwise chain (:mod:`landscape.chain`), if the model is one.
+    def _fast_path(self) -> LinearChain | FirstLayer | None:
+        """The fast path for this model, if it has one and it is affordable: the whole
+        :class:`~landscape.chain.LinearChain` for a fully connected chain, else the first layer
+        (:class:`~landscape.chain.FirstLayer`) with the rest of the network run as the plain path.
 
-        Used only when its logits equal the plain evaluation's at two random points.
+        Used only when its logits equal the plain evaluation's at two random points (on
+        ``CHECK_SAMPLES`` samples), and when the responses of every batch of every source fit
+        in :func:`response_budget` (``(1 + d)`` times the first layer's output on all the
+        data); otherwise the plain path runs.
         """
         x = next(iter(self.sources.values()))[0][0][:CHECK_SAMPLES]
         layers = find_chain(self.model, x[:2])
-        if layers is None:
+        fast: LinearChain | FirstLayer
+        if layers is not None:
+            fast = chain = LinearChain(layers, self.origin, self.stacked, self.fixed)
+            num_directions, per_sample = chain.num_directions, chain.responses(x[:1]).numel()
+            fast_logits = lambda c: chain.logits(c, chain.responses(x)).transpose(1, 2)  # noqa: E731
+        else:
+            found = find_first_layer(self.model, x[:2])
+            if found is None:
+                return None
+            fast = first = FirstLayer(*found, self.origin, self.stacked, self.fixed)
+            self._rest(first)
+            num_directions, per_sample = first.num_directions, first.responses(x[:1]).numel()
+            fast_logits = lambda c: self.rest_logits(c, first.responses(x), x)  # noqa: E731
+        samples = sum(len(b[0]) for batches in self.sources.values() for b in batches)
+        if samples * per_sample * torch.finfo(self.dtype).bits // 8 > response_budget(self.device):
             return None
-        chain = LinearChain(layers, self.origin, self.stacked, self.fixed)
         g = torch.Generator().manual_seed(0)
-        coords = torch.randn(2, chain.num_directions, generator=g).to(self.device, self.dtype)
+        coords = torch.randn(2, num_directions, generator=g).to(self.device, self.dtype)
         params = self.params_at(coords)
         buffers = {n: b for n, b in self.fixed.items() if n not in params}
-        fast = chain.logits(coords, chain.responses(x)).transpose(1, 2)
-        plain = self.logits(params, buffers, False, x)
+        with torch.no_grad(), compute_precision("float32", self.device):
+            plain = self.logits(params, buffers, False, x)
+            fast_values = fast_logits(coords)
         tol = 1e-4 if self.dtype == torch.float32 else 1e-10
-        if not torch.allclose(fast, plain, rtol=tol, atol=tol * float(plain.abs().max())):
+        if not torch.allclose(fast_values, plain, rtol=tol, atol=tol * float(plain.abs().max())):
             return None
-        return chain
+        return fast
+
+    def _rest(self, first: FirstLayer) -> None:
+        """The network without its first layer: a copy whose first layer returns the output it is given
+        (``self.given``, passed with the parameters at every point)."""
+        prefix = f"{first.name}." if first.name else ""
+        if first.name:
+            self.rest = copy.deepcopy(self.model)
+            self.rest.set_submodule(first.name, _Given())
+        else:  # the model is the layer
+            self.rest = _Given()
+        self.given = prefix + "output"
+        self.rest_names = [n for n in self.names if not n.startswith(prefix)]
+        self.rest_fixed = {n: t for n, t in self.fixed.items() if not n.startswith(prefix)}
+
+    def rest_logits(self, coords: torch.Tensor, responses: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(K, B, C) logits at K points on one batch: the first layer's output from its ``responses``,
+        the rest of the network as the plain path."""
+        params = {n: self.origin[n] + torch.tensordot(coords, self.stacked[n], dims=1) for n in self.rest_names}
+        params[self.given] = FirstLayer.at(coords, responses)
+        return self.logits(params, self.rest_fixed, False, x, self.rest)
 
     def params_at(self, coords: torch.Tensor) -> dict[str, torch.Tensor]:
         """Stacked parameters (K, *shape) at K points: w0 + sum_i c_{k,i} d_i, set from w0 every time."""
@@ -347,23 +457,37 @@ class _Evaluator:
         return buffers
 
     def logits(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], batched: bool,
-               x: torch.Tensor) -> torch.Tensor:
-        """(K, B, C) logits of the K stacked settings on one batch (the plain path)."""
-        if params[self.names[0]].shape[0] == 1:
+               x: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+        """(K, B, C) logits of the K stacked settings on one batch (the plain path; ``model`` default
+        the private copy of the network)."""
+        model = self.model if model is None else model
+        if torch.is_autocast_enabled(self.device.type):  # bf16 autocast misses vmap's batched parameters: cast here
+            params, buffers = _bfloat16(params), _bfloat16(buffers)
+            x = x.to(torch.bfloat16) if x.is_floating_point() else x
+        if next(iter(params.values())).shape[0] == 1:
             one = {n: p[0] for n, p in params.items()}
             state = {n: b[0] for n, b in buffers.items()} if batched else buffers
-            return functional_call(self.model, {**state, **one}, (x,)).unsqueeze(0)
-        call = lambda p, b: functional_call(self.model, {**b, **p}, (x,))  # noqa: E731
+            return functional_call(model, {**state, **one}, (x,)).unsqueeze(0)
+        call = lambda p, b: functional_call(model, {**b, **p}, (x,))  # noqa: E731
         return vmap(call, in_dims=(0, 0 if batched else None))(params, buffers)
 
     @torch.no_grad()
     def __call__(self, coords: np.ndarray) -> dict[str, np.ndarray]:
         """Loss and accuracy of every source at the points ``coords`` (K x num_directions)."""
+        with compute_precision(self.precision, self.device):
+            return self._evaluate(coords)
+
+    def _evaluate(self, coords: np.ndarray) -> dict[str, np.ndarray]:
         c = torch.as_tensor(coords, dtype=self.dtype, device=self.device)
         out: dict[str, np.ndarray] = {}
         if self.chain is not None:
             for source, batches in self.sources.items():
                 z = (self.chain.logits(c, r) for r in self.responses[source])
+                out.update(_metrics(source, z, [y for _, y in batches]))
+            return out
+        if self.first is not None:
+            for source, batches in self.sources.items():
+                z = (self.rest_logits(c, r, x).transpose(1, 2) for (x, _), r in zip(batches, self.responses[source]))
                 out.update(_metrics(source, z, [y for _, y in batches]))
             return out
         params = self.params_at(c)
@@ -411,6 +535,10 @@ class _ObjectiveEvaluator:
         return {k: np.asarray(v) for k, v in out.items()}
 
 
+def _bfloat16(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {n: t.to(torch.bfloat16) if t.is_floating_point() else t for n, t in tensors.items()}
+
+
 def _metrics(source: str, logits: Iterable[torch.Tensor], labels: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
     """Mean cross-entropy and accuracy at K points from per-batch (K, C, B) logits (classes on dim 1).
 
@@ -420,6 +548,8 @@ def _metrics(source: str, logits: Iterable[torch.Tensor], labels: Sequence[torch
     loss_sum: torch.Tensor | float = 0.0
     correct: torch.Tensor | float = 0.0
     for z, y in zip(logits, labels):
+        if z.dtype in (torch.bfloat16, torch.float16):  # autocast logits: the loss itself in float32
+            z = z.float()
         top, pred = z.max(dim=1)
         lse = top + torch.log(torch.exp(z - top.unsqueeze(1)).sum(dim=1))
         z_y = z.gather(1, y.expand(z.shape[0], 1, -1)).squeeze(1)
@@ -483,6 +613,7 @@ def evaluate(
     batch_size: int | None = None,
     points_per_batch: int | None = None,
     dtype: torch.dtype = torch.float32,
+    precision: str = "float32",
     device: torch.device | str = "cpu",
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
@@ -520,6 +651,13 @@ def evaluate(
         points_per_batch: points per forward (default: continue with the file's value,
             else :func:`auto_points_per_batch`).
         dtype, device: precision and place of the computation; the data moves there once.
+        precision: the arithmetic of a float32 evaluation (:func:`compute_precision`):
+            ``"float32"`` (no TF32 on a GPU either), ``"tf32"`` (a GPU only) or ``"bf16"``
+            (autocast; on a CPU too). With a reduced one, ``PRECISION_CHECKS`` grid points are
+            evaluated again in float32 (plain path) once the grid is done, and the largest
+            differences of their losses from the grid's values are recorded
+            as ``metadata["precision_error"]`` (``max_abs_loss``, ``max_rel_loss``,
+            ``max_abs_accuracy``, the ``points``).
         out: ``.npz`` result file, written every ``save_every`` seconds, on interruption
             and at the end; if it exists, the run continues from it.
         overwrite: start over even if ``out`` exists; the old file stays until the new result
@@ -554,6 +692,19 @@ def evaluate(
         raise LandscapeError(f"points per batch must be at least 1, got {points_per_batch}")
     generic = (loss != "cross-entropy" or forward is not None or ignore_index != -100
                or any(not isinstance(ds, Dataset) or ds.named for ds in sources.values()))
+    if precision not in PRECISIONS:
+        raise LandscapeError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "float32" and dtype != torch.float32:
+        raise LandscapeError(f"a reduced precision applies to float32 only, but the dtype is "
+                             f"{str(dtype).removeprefix('torch.')}", where=f"--precision {precision}",
+                             fix="pass --dtype float32 or --precision float32")
+    if precision == "tf32" and torch.device(device).type != "cuda":
+        raise LandscapeError("TF32 needs a CUDA device; a CPU has none", where="--precision tf32",
+                             fix="use --precision bf16 or float32 on a CPU")
+    if generic and precision != "float32":
+        raise LandscapeError("a reduced precision works with the default cross-entropy of (x, y) data only",
+                             where=f"--precision {precision}",
+                             fix="use --precision float32 with your own loss, forward or batches")
     if generic and bn == "recalibrate":
         raise LandscapeError("--bn recalibrate works with the default cross-entropy of (x, y) data only",
                              fix="use --bn eval with your own loss, forward or batches")
@@ -612,6 +763,7 @@ def evaluate(
         "bn": bn,
         "calibration": _dataset_description(calibration) if bn == "recalibrate" and calibration is not None else None,
         "dtype": str(dtype).removeprefix("torch."),
+        "precision": precision,
         "batch_size": batch_size,
         "points_per_batch": points_per_batch,
         "axis_labels": list(axis_labels or ["alpha", "beta", "gamma"][: len(axes)]),
@@ -625,6 +777,8 @@ def evaluate(
     done = np.zeros(coords.shape[0], dtype=bool)
     if previous is not None:
         _check_same_run(out, previous, meta, axes)
+        if "precision_error" in previous["metadata"]:
+            meta["precision_error"] = previous["metadata"]["precision_error"]
         for k in keys:
             values[k] = previous["values"][k].reshape(-1).copy()
         done = previous["done"].reshape(-1).copy()
@@ -648,7 +802,7 @@ def evaluate(
         evaluator = _ObjectiveEvaluator(base, directions, objectives) if generic else _Evaluator(
             model, base, directions,
             {s: ds.batches(batch_size) for s, ds in sources.items()},
-            bn, calibration.batches(batch_size) if calibration is not None else [], dtype, device,
+            bn, calibration.batches(batch_size) if calibration is not None else [], dtype, device, precision,
         )
         bar = tqdm(total=len(coords), initial=int(done.sum()), unit="pt", desc=kind,
                    disable=_no_bar(progress) if main else True)
@@ -664,6 +818,11 @@ def evaluate(
                     with distributed.uninterrupted():
                         save_result(out, result())
                     last_save = time.monotonic()
+            if precision != "float32":  # the values just computed against float32 at a few points
+                reference = _Evaluator(model, base, directions, {s: ds.batches(batch_size) for s, ds in sources.items()},
+                                       bn, calibration.batches(batch_size) if calibration is not None else [], dtype,
+                                       device, fast=False)
+                meta["precision_error"] = precision_error(values, reference, coords, keys)
         finally:
             bar.close()
             if out is not None and main:
@@ -674,6 +833,21 @@ def evaluate(
     if overwrite and out is not None and done.all() and main:
         os.replace(out, target)
     return result()
+
+
+def precision_error(values: Mapping[str, np.ndarray], reference: Callable[[np.ndarray], dict[str, np.ndarray]],
+                    coords: np.ndarray, keys: Sequence[str]) -> dict[str, Any]:
+    """The largest differences between the (reduced-precision) ``values`` of a finished grid and the
+    float32 plain evaluation ``reference`` at ``PRECISION_CHECKS`` grid points (the first, middle and
+    last), over every source."""
+    index = sorted({round(i) for i in np.linspace(0, len(coords) - 1, PRECISION_CHECKS)})
+    want = reference(coords[index])
+    loss = [k for k in keys if k.endswith("/loss")]
+    diff = np.concatenate([np.abs(values[k][index] - want[k]) for k in loss])
+    rel = diff / np.maximum(np.concatenate([np.abs(want[k]) for k in loss]), np.finfo(np.float64).tiny)
+    acc = [np.abs(values[k][index] - want[k]) for k in keys if k.endswith("/accuracy")]
+    return {"points": coords[index].tolist(), "max_abs_loss": float(diff.max()), "max_rel_loss": float(rel.max()),
+            "max_abs_accuracy": float(np.concatenate(acc).max()) if acc else None}
 
 
 def _round(evaluator: Callable[[np.ndarray], dict[str, np.ndarray]], coords: np.ndarray, starts: Sequence[int],
@@ -708,7 +882,8 @@ def _no_bar(progress: bool | None) -> bool | None:
 
 def _check_same_run(path: Path, previous: dict[str, Any], meta: Mapping[str, Any], axes: Sequence[np.ndarray]) -> None:
     """Refuse to continue from a result file written by a different run."""
-    old = {k: v for k, v in previous["metadata"].items() if k not in NOT_IDENTITY}
+    old = {"precision": "float32",  # files from before the option were float32
+           **{k: v for k, v in previous["metadata"].items() if k not in NOT_IDENTITY}}
     new = {k: v for k, v in meta.items() if k not in NOT_IDENTITY}
     diff = _first_difference(_jsonable(old), _jsonable(new))
     if diff is None and any(a.shape != b.shape or not np.array_equal(a, b) for a, b in zip(previous["axes"], axes)):

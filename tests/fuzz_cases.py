@@ -1466,6 +1466,13 @@ add("figures/fig04-untracked-run", ["figures", "fig04", "a={run}", "--out", *FIG
     expect="holds no tracked curvature")
 
 train("flower-nodes-zero", "--flower-nodes", "0", expect="--flower-nodes")
+surface("precision-tf32-on-a-cpu", "--precision", "tf32", expect="TF32 needs a CUDA device")
+surface("precision-bf16-of-float64", "--precision", "bf16", "--dtype", "float64", expect="pass --dtype float32")
+surface("precision-bf16-own-loss", "--precision", "bf16", "--loss", "tests.fuzz_cases:squared_loss",
+        expect="default cross-entropy")
+surface("precision-nosuch", "--precision", "fp8")
+for value in ("inf", "nan", "-1", "0", "1", "abc"):
+    hessian(f"vector-tol={value}", "--vector-tol", value)
 
 
 def _check() -> None:

@@ -292,15 +292,16 @@ def test_overwrite_replaces_the_old_result_only_once_the_new_one_is_complete(tmp
 
 @pytest.mark.parametrize(
     "change, field",
-    [({"seed": 1}, "directions"), ({"bn": "recalibrate"}, "bn"), ({"data_seed": 9}, "data"), ({"range": 2.0}, "axes")],
+    [({"seed": 1}, "directions"), ({"bn": "recalibrate"}, "bn"), ({"data_seed": 9}, "data"), ({"range": 2.0}, "axes"),
+     ({"precision": "bf16"}, "precision")],
 )
 def test_refuses_to_continue_another_run(tmp_path, change: dict, field: str) -> None:
     model = tiny_cnn().eval()
 
-    def run(seed: int = 0, bn: str = "eval", data_seed: int = 1, range: float = 1.0) -> None:
+    def run(seed: int = 0, bn: str = "eval", data_seed: int = 1, range: float = 1.0, precision: str = "float32") -> None:
         axis = S.symmetric_axis(range, 3)
         S.evaluate(model, D.random_directions(model, 2, seed=seed), [axis, axis], {"train": tiny_data(seed=data_seed)},
-                   bn=bn, calibration=tiny_data(), out=tmp_path / "r.npz", progress=False)
+                   bn=bn, calibration=tiny_data(), out=tmp_path / "r.npz", progress=False, precision=precision)
 
     run()
     with pytest.raises(LandscapeError, match=f"refusing to continue .*r.npz: it holds another run.*{field}"):
@@ -508,3 +509,44 @@ def test_cli_trajectory_surface_covers_the_path_and_range_still_wins(tmp_path, c
     assert main([*argv, "--range", "0.5", "--margin", "0.1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: --margin sets the grid around a --trajectory")
+
+
+@pytest.mark.parametrize("name", ["cnn", "mlp", "plain"])
+def test_bf16_on_a_cpu_reports_a_small_finite_error_against_float32(name: str, monkeypatch) -> None:
+    """bf16 autocast on each path (the first layer from responses, the linear chain, the plain vmap): the
+    recorded error equals the difference from a float32 run at its points, and is small."""
+    torch.manual_seed(0)
+    if name == "mlp":
+        model, ds = build("mlp"), data.load("digits").sample(200)
+    else:
+        model, ds = build("cnn", num_classes=10).eval(), data.load("synthetic:n=32")
+    if name == "plain":
+        monkeypatch.setattr(S._Evaluator, "_fast_path", lambda self: None)
+    dirs = D.random_directions(model, 2, seed=0)
+    axis = S.symmetric_axis(1.0, 3)
+    kwargs = dict(progress=False, points_per_batch=4)
+    low = S.evaluate(model, dirs, [axis, axis], {"train": ds, "test": ds.sample(16)}, precision="bf16", **kwargs)
+    ref = S.evaluate(model, dirs, [axis, axis], {"train": ds, "test": ds.sample(16)}, **kwargs)
+    error = low["metadata"]["precision_error"]
+    assert low["metadata"]["precision"] == "bf16" and "precision_error" not in ref["metadata"]
+    assert [tuple(p) for p in error["points"]] == [(-1.0, -1.0), (0.0, 0.0), (1.0, 1.0)]
+    at = np.array([0, 4, 8])  # those points' indices in the 3x3 grid
+    want = max(np.abs(low["values"][k].reshape(-1)[at] - ref["values"][k].reshape(-1)[at]).max()
+               for k in ("train/loss", "test/loss"))
+    assert error["max_abs_loss"] == pytest.approx(want, abs=1e-5)  # its float32 reference: the plain path
+    assert math.isfinite(error["max_rel_loss"]) and 0.0 <= error["max_rel_loss"] < 0.02
+    np.testing.assert_allclose(low["values"]["train/loss"], ref["values"]["train/loss"], rtol=0.02)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(precision="tf32"), "TF32 needs a CUDA device"),
+    (dict(precision="bf16", dtype=torch.float64), "applies to float32 only"),
+    (dict(precision="fp8"), "precision must be one of"),
+    (dict(precision="bf16", loss="mse"), "default cross-entropy"),
+])
+def test_bad_precision(kwargs: dict, match: str) -> None:
+    model = tiny_cnn().eval()
+    axis = S.symmetric_axis(1.0, 3)
+    with pytest.raises(LandscapeError, match=match):
+        S.evaluate(model, D.random_directions(model, 2, seed=0), [axis, axis], {"train": tiny_data()},
+                   progress=False, **kwargs)

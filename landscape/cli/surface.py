@@ -86,6 +86,10 @@ def add_evaluation_args(p: argparse.ArgumentParser) -> None:
                    help="training samples for --bn recalibrate (default: 512)")
     p.add_argument("--points-per-batch", type=common.integer(1), default=None, metavar="K",
                    help="grid points per (vmapped) forward pass (default: by memory)")
+    p.add_argument("--precision", choices=list(surface.PRECISIONS), default="float32",
+                   help="arithmetic of the float32 evaluation: float32 (no TF32 on a GPU either), tf32 (matrix "
+                   "products and convolutions in TF32; a GPU only) or bf16 (bfloat16 autocast, also on a CPU); a "
+                   "reduced one also evaluates a few points in float32 and reports the difference (default: float32)")
     p.add_argument("--out", metavar="NPZ", help="result file, written as the run goes; an existing one of the "
                    "same run is continued")
     p.add_argument("--overwrite", action="store_true", help="start over even if --out exists (the old file is "
@@ -152,6 +156,7 @@ def evaluate(
         ckpt.build_model(), dirs, axes, sources, kind=kind, origin=origin, axis_labels=axis_labels, markers=markers,
         bn=args.bn, calibration=full.sample(args.bn_samples, args.seed) if args.bn == "recalibrate" else None,
         batch_size=args.batch_size, points_per_batch=args.points_per_batch, dtype=resolve_dtype(args.dtype),
+        precision=args.precision,
         device=resolve_device(args.device), out=args.out, overwrite=args.overwrite,
         metadata={"checkpoints": [c.describe() for c in checkpoints], "grid": grid}, progress=sys.stderr.isatty(),
         loss=common.loss_of(args), ignore_index=args.ignore_index,
@@ -205,6 +210,10 @@ def format_summary(result: dict[str, Any], seconds: float) -> str:
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (float("nan"), float("nan"))
         shown = f"{acc[origin]:>10.3f}" if acc is not None else f"{'-':>10}"
         lines.append(f"{source:<12} {loss[origin]:>12.4f} {lo:>10.4f} {hi:>10.4f} {shown}")
+    error = meta.get("precision_error")
+    if error:
+        lines.append(f"{meta['precision']} vs float32 at {len(error['points'])} points: the loss differs by at most "
+                     f"{error['max_abs_loss']:.3g} ({error['max_rel_loss']:.3g} relative)")
     return "\n".join(lines)
 
 
