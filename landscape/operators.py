@@ -224,9 +224,11 @@ class CurvatureOperator:
         if V.ndim != 2 or V.shape[1] != self.shape[0]:
             raise ValueError(f"expected a block of shape (k, {self.shape[0]}), got shape {tuple(V.shape)}")
         V = V.to(self.device, self.dtype)
+        if not len(V):
+            return V.clone()
         with torch.enable_grad():
             out = torch.cat([self._counted(chunk) for chunk in V.split(self.block_size)])
-            if not self._checked and len(V):
+            if not self._checked:
                 self._check_determinism(V[0], out[0])
         return out
 
