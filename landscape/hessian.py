@@ -128,6 +128,7 @@ def analyze(
     params: str | Sequence[str] | None = None,
     ignore_index: int = -100,
     per_layer: bool = False,
+    block_size: int | None = None,
 ) -> HessianReport:
     """Top-k eigenpairs (and optionally trace, density, per-layer lambda_max) of a curvature matrix at ``model``.
 
@@ -147,6 +148,11 @@ def analyze(
         trace, trace_method, trace_budget: Hutchinson / Hutch++ trace estimate.
         density, density_steps, density_runs: SLQ spectral density.
         dtype, device, seed, progress: precision, place, randomness and progress bars.
+        block_size: vectors per block product (:class:`~landscape.operators.CurvatureOperator`;
+            None: the device's, :func:`~landscape.operators.default_block_size`): Hutchinson
+            probes, Hutch++ columns and SLQ runs go that many at a time (the same estimates),
+            and Lanczos runs with min(block_size, top_k) start vectors, a step of that many
+            vectors per block product (a block Krylov space: other iterates, the same tolerance).
 
     Raises:
         LandscapeError: NaN/inf loss, k out of range, bad options, data or losses that do not fit.
@@ -160,8 +166,10 @@ def analyze(
 
     objective = objective_of(params)
     value = objective.check_finite()
-    op = make_operator(objective, curvature)
-    eigen = top_eigenvalues(op, top_k, method=method, tol=tol, max_iter=max_iter, seed=seed, progress=progress)
+    op = make_operator(objective, curvature, block_size=block_size)
+    lanczos_block = min(op.block_size, top_k)
+    eigen = top_eigenvalues(op, top_k, method=method, tol=tol, max_iter=max_iter, seed=seed,
+                            block_size=lanczos_block, progress=progress)
     trace_result = estimate_trace(op, trace_method, trace_budget, seed=seed + 1, progress=progress) if trace else None
     dens = slq(op, density_steps, density_runs, seed=seed + 2, progress=progress) if density else None
     layers, products = None, op.num_matvecs
@@ -178,7 +186,7 @@ def analyze(
         "curvature": curvature, "top_k": top_k, "method": method, "tol": tol, "max_iter": max_iter, "trace": trace,
         "trace_method": trace_method if trace else None, "density": density, "per_layer": per_layer,
         "batch_size": batch_size, "dtype": str(dtype).replace("torch.", ""), "device": str(device), "seed": seed,
-        "hvp_mode": op.mode, "params": params if isinstance(params, (str, type(None))) else list(params),
+        "hvp_mode": op.mode, "block_size": op.block_size, "params": params if isinstance(params, (str, type(None))) else list(params),
         "num_processes": objective.world.size if objective.world is not None else 1,
     }
     return HessianReport(value, objective.num_params, eigen, trace_result, dens, products,

@@ -44,6 +44,8 @@ they fit in ``FISHER_CACHE_BYTES``.
 
 from __future__ import annotations
 
+import math
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -135,13 +137,22 @@ def loss_hessian_product(objective: Objective, outputs: torch.Tensor, targets: t
     return torch.zeros_like(u) if hu is None else hu
 
 
-#: Rows per block product by device type (``block_size=None``), from ``bench/block.py``.
-BLOCK_SIZES = {"cpu": 1, "cuda": 8, "mps": 8}
+#: The block sizes :meth:`CurvatureOperator.calibrate_block_size` times, in order.
+BLOCK_CANDIDATES = (1, 2, 4, 8, 16)
 
 
-def default_block_size(device: torch.device) -> int:
-    """The rows per block product on ``device`` when none is given (see :data:`BLOCK_SIZES`)."""
-    return BLOCK_SIZES.get(device.type, 1)
+def default_block_size(device: torch.device) -> int | None:
+    """The rows per block product on ``device`` when none is given: 1 on the CPU (``bench/block.py``:
+    a block product there is no cheaper per vector), None elsewhere: measured on the operator
+    (:meth:`CurvatureOperator.calibrate_block_size`) before its first block product."""
+    return 1 if device.type == "cpu" else None
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 class CurvatureOperator:
@@ -159,7 +170,7 @@ class CurvatureOperator:
         mode: one of the class's ``MODES``; ``"auto"`` picks by the size of the data.
         check_determinism: compare two evaluations of the first product.
         block_size: the most vectors one graph multiplies in ``matmat`` (memory grows with it);
-            None: :func:`default_block_size` of the device.
+            None: :func:`default_block_size` of the device (measured where it is None).
 
     Raises:
         LandscapeError: an unknown mode, a block size below 1.
@@ -179,7 +190,7 @@ class CurvatureOperator:
         self.objective = objective
         self.shape = (objective.num_params, objective.num_params)
         self.dtype, self.device = objective.dtype, objective.device
-        self.block_size = default_block_size(self.device) if block_size is None else block_size
+        self._block_size = default_block_size(self.device) if block_size is None else block_size
         self.num_matvecs = 0
         self._checked = not check_determinism
         self._vmap_blocks: bool | None = None  # decided on the first block: one vmapped graph, or row by row
@@ -187,6 +198,48 @@ class CurvatureOperator:
 
     def _auto_mode(self) -> str:
         return self.MODES[-1]
+
+    @property
+    def block_size(self) -> int:
+        """The most rows one graph multiplies (measured on first use where the device has no default)."""
+        if self._block_size is None:
+            self.calibrate_block_size()
+        return self._block_size
+
+    @block_size.setter
+    def block_size(self, value: int) -> None:
+        self._block_size = value
+
+    def calibrate_block_size(self, candidates: tuple[int, ...] = BLOCK_CANDIDATES, reps: int = 2) -> int:
+        """Measure the time per vector of block products on this operator (its model, data and
+        device) and keep the cheapest block size; sets and returns ``block_size``.
+
+        The sizes of ``candidates`` (ascending) are timed in turn on random vectors (the median
+        of ``reps`` calls after a warm-up call); the search stops at the first size that is not
+        10% cheaper per vector than the best so far, or after one whose peak memory on CUDA
+        passed half of the device's. Those products count in ``num_matvecs``.
+        """
+        g = torch.Generator().manual_seed(0)
+        best, best_time = candidates[0], math.inf
+        with torch.enable_grad():
+            for b in candidates:
+                V = torch.randn(b, self.shape[0], generator=g, dtype=self.dtype).to(self.device)
+                times = []
+                for _ in range(reps + 1):
+                    _synchronize(self.device)
+                    start = time.perf_counter()
+                    self._counted(V)
+                    _synchronize(self.device)
+                    times.append(time.perf_counter() - start)
+                per_vector = sorted(times[1:])[len(times[1:]) // 2] / b
+                if per_vector > 0.9 * best_time:
+                    break
+                best, best_time = b, per_vector
+                if self.device.type == "cuda" and torch.cuda.max_memory_allocated(self.device) > \
+                        0.5 * torch.cuda.get_device_properties(self.device).total_memory:
+                    break
+        self._block_size = best
+        return best
 
     def _block(self, V: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

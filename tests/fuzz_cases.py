@@ -1465,6 +1465,9 @@ add("figures/l26-curvature-without-numbers", ["figures", "l26", "a={run}", "--ou
 add("figures/fig04-untracked-run", ["figures", "fig04", "a={run}", "--out", *FIG], FIG,
     expect="holds no tracked curvature")
 
+for value in ("0", "-2", "abc"):
+    hessian(f"block-size={value}", "--block-size", value)
+
 
 def _check() -> None:
     ids = [c.id for c in CASES]

@@ -175,3 +175,16 @@ def test_block_shapes_and_sizes_are_checked():
         op.matmat(torch.zeros(op.shape[0]))
     with pytest.raises(LandscapeError, match="--block-size must be at least 1, got 0"):
         HessianOperator(Objective(model, [(x, y)]), block_size=0)
+
+
+def test_block_size_calibration_picks_a_measured_candidate():
+    model, (x, y) = _cases()["cnn"]
+    objective = Objective(model, [(x, y)], dtype=torch.float64)
+    assert HessianOperator(objective).block_size == 1  # the CPU's default, nothing measured
+    op = HessianOperator(objective)
+    op._block_size = None  # as on a device without a default: measured on first use
+    V = torch.randn(5, op.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = op.matmat(V)
+    assert op.block_size in (1, 2, 4, 8, 16) and op.num_matvecs >= 3 + 5 + 1  # 1 x (warm-up + 2 timed) at least
+    torch.testing.assert_close(out, V @ dense_reference(objective, x, y), atol=1e-10, rtol=1e-9)
+    assert op.calibrate_block_size((3,), reps=1) == 3 == op.block_size
