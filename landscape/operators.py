@@ -217,7 +217,8 @@ class CurvatureOperator:
         The sizes of ``candidates`` (ascending) are timed in turn on random vectors (the median
         of ``reps`` calls after a warm-up call); the search stops at the first size that is not
         10% cheaper per vector than the best so far, or after one whose peak memory on CUDA
-        passed half of the device's. Those products count in ``num_matvecs``.
+        passed half of the device's. Those products count in ``num_matvecs``. Under a process
+        group each rank measures its own part and all take the smallest choice.
         """
         g = torch.Generator().manual_seed(0)
         best, best_time = candidates[0], math.inf
@@ -228,7 +229,8 @@ class CurvatureOperator:
                 for _ in range(reps + 1):
                     _synchronize(self.device)
                     start = time.perf_counter()
-                    self._counted(V)
+                    self._rows(V)  # this rank's part: no collective, so ranks may stop at different sizes
+                    self.num_matvecs += b
                     _synchronize(self.device)
                     times.append(time.perf_counter() - start)
                 per_vector = sorted(times[1:])[len(times[1:]) // 2] / b
@@ -238,6 +240,8 @@ class CurvatureOperator:
                 if self.device.type == "cuda" and torch.cuda.max_memory_allocated(self.device) > \
                         0.5 * torch.cuda.get_device_properties(self.device).total_memory:
                     break
+        if self.objective.world is not None:  # every rank must run the same blocks (and solvers)
+            best = self.objective.world.min_int(best)
         self._block_size = best
         return best
 
