@@ -499,6 +499,9 @@ class FisherOperator(CurvatureOperator):
       losses, then sum_i (c_i/N) (g_i . v) g_i by one backward pass of it; constant memory.
     - ``"auto"``: cached when R fits in ``FISHER_CACHE_BYTES``.
 
+    Block products: cached, rows (V R^T) R (two matrix products for the block); forward,
+    one vector at a time (each already vmaps over the samples).
+
     Args:
         objective: the loss; its batches must be pairs or dicts of tensors with the
             samples on dim 0.
