@@ -313,7 +313,7 @@ def lanczos(
     >>> [round(x, 9) for x in lanczos(A, k=2, tol=1e-10).eigenvalues.tolist()]
     [5.0, 3.0]
     """
-    matmat, n, dtype, device, _ = as_block_operator(A)
+    matmat, n, dtype, device, _ = as_block_operator(A, block_size)
     _check_k(k, n, tol, max_iter)
     if max_iter is not None and max_iter < min(n, k + block_size - 1):
         raise LandscapeError(f"--max-iter {max_iter} is smaller than the Lanczos basis that {k} eigenvalues need "

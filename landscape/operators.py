@@ -283,8 +283,8 @@ class CurvatureOperator:
         V = V.to(self.device, self.dtype)
         if not len(V):
             return V.clone()
-        with torch.enable_grad():
-            out = torch.cat([self._counted(chunk) for chunk in V.split(self.block_size)])
+        with torch.enable_grad():  # (a single vector needs no block size: none is measured for it)
+            out = torch.cat([self._counted(chunk) for chunk in ([V] if len(V) == 1 else V.split(self.block_size))])
             if not self._checked:
                 self._check_determinism(V[0], out[0])
         return out

@@ -6,6 +6,7 @@ from torch import nn
 from torch.func import hessian
 
 from landscape import models
+from landscape.eigen import lanczos
 from landscape.errors import LandscapeError
 from landscape.objective import Objective
 from landscape.operators import HessianOperator
@@ -188,3 +189,11 @@ def test_block_size_calibration_picks_a_measured_candidate():
     assert op.block_size in (1, 2, 4, 8, 16) and op.num_matvecs >= 3 + 5 + 1  # 1 x (warm-up + 2 timed) at least
     torch.testing.assert_close(out, V @ dense_reference(objective, x, y), atol=1e-10, rtol=1e-9)
     assert op.calibrate_block_size((3,), reps=1) == 3 == op.block_size
+
+
+def test_single_products_measure_no_block_size():
+    model, (x, y) = _cases()["mlp"]
+    op = HessianOperator(Objective(model, [(x, y)]))
+    op._block_size = None  # as on a device without a default
+    lanczos(op, k=1, tol=1e-2)  # one vector per step: k = 1 Lanczos (the training tracker's) pays no calibration
+    assert op._block_size is None
