@@ -45,6 +45,7 @@ they fit in ``FISHER_CACHE_BYTES``.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -217,23 +218,31 @@ class CurvatureOperator:
         The sizes of ``candidates`` (ascending) are timed in turn on random vectors (the median
         of ``reps`` calls after a warm-up call); the search stops at the first size that is not
         10% cheaper per vector than the best so far, or after one whose peak memory on CUDA
-        passed half of the device's. Those products count in ``num_matvecs``. Under a process
+        passed half of the device's (or that ran out of memory). Those products count in ``num_matvecs``. Under a process
         group each rank measures its own part and all take the smallest choice.
         """
         g = torch.Generator().manual_seed(0)
+
+        def seconds_per_vector(b: int) -> float:
+            V = torch.randn(b, self.shape[0], generator=g, dtype=self.dtype).to(self.device)
+            times = []
+            for _ in range(reps + 1):
+                _synchronize(self.device)
+                start = time.perf_counter()
+                self._rows(V)  # this rank's part: no collective, so ranks may stop at different sizes
+                self.num_matvecs += b
+                _synchronize(self.device)
+                times.append(time.perf_counter() - start)
+            return statistics.median(times[1:]) / b
+
         best, best_time = candidates[0], math.inf
         with torch.enable_grad():
             for b in candidates:
-                V = torch.randn(b, self.shape[0], generator=g, dtype=self.dtype).to(self.device)
-                times = []
-                for _ in range(reps + 1):
-                    _synchronize(self.device)
-                    start = time.perf_counter()
-                    self._rows(V)  # this rank's part: no collective, so ranks may stop at different sizes
-                    self.num_matvecs += b
-                    _synchronize(self.device)
-                    times.append(time.perf_counter() - start)
-                per_vector = sorted(times[1:])[len(times[1:]) // 2] / b
+                try:
+                    per_vector = seconds_per_vector(b)
+                except torch.OutOfMemoryError:  # this block does not fit: the best one that did
+                    torch.cuda.empty_cache()
+                    break
                 if per_vector > 0.9 * best_time:
                     break
                 best, best_time = b, per_vector
