@@ -186,7 +186,8 @@ def analyze(
         "curvature": curvature, "top_k": top_k, "method": method, "tol": tol, "max_iter": max_iter, "trace": trace,
         "trace_method": trace_method if trace else None, "density": density, "per_layer": per_layer,
         "batch_size": batch_size, "dtype": str(dtype).replace("torch.", ""), "device": str(device), "seed": seed,
-        "hvp_mode": op.mode, "block_size": op.block_size, "params": params if isinstance(params, (str, type(None))) else list(params),
+        "hvp_mode": op.mode, "block_size": op.block_size,
+        "params": params if isinstance(params, (str, type(None))) else list(params),
         "num_processes": objective.world.size if objective.world is not None else 1,
     }
     return HessianReport(value, objective.num_params, eigen, trace_result, dens, products,

@@ -218,8 +218,9 @@ class CurvatureOperator:
         The sizes of ``candidates`` (ascending) are timed in turn on random vectors (the median
         of ``reps`` calls after a warm-up call); the search stops at the first size that is not
         10% cheaper per vector than the best so far, or after one whose peak memory on CUDA
-        passed half of the device's (or that ran out of memory). Those products count in ``num_matvecs``. Under a process
-        group each rank measures its own part and all take the smallest choice.
+        passed half of the device's (or that ran out of memory). Those products count in
+        ``num_matvecs``. Under a process group each rank measures its own part and all take the
+        smallest choice.
         """
         g = torch.Generator().manual_seed(0)
 

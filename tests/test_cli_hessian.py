@@ -175,8 +175,8 @@ def test_block_size_gives_the_same_trace_and_density(digits_ckpt, tmp_path, caps
     results = []
     for block in (1, 4):
         out = tmp_path / f"h{block}.json"
-        code, _, _ = run_cli(["hessian", digits_ckpt, "--top-k", 2, "--tol", 1e-8, "--trace", "--trace-method", "hutch++",
-                              "--trace-samples", 24, "--density", "--density-runs", 3, "--density-steps", 8,
+        code, _, _ = run_cli(["hessian", digits_ckpt, "--top-k", 2, "--tol", 1e-8, "--trace",
+                              "--trace-method", "hutch++", "--trace-samples", 24, "--density", "--density-runs", 3, "--density-steps", 8,
                               "--num-samples", 100, "--dtype", "float64", "--block-size", block, "--out", out], capsys)
         assert code == 0
         results.append(json.loads(out.read_text()))

@@ -89,7 +89,8 @@ def test_hutchinson_in_blocks_is_hutchinson_one_probe_at_a_time(block_size):
         one = hutchinson(A, max_samples=37, tol=tol, seed=4, block_size=1)
         block = hutchinson(A, max_samples=37, tol=tol, seed=4, block_size=block_size)
         assert block.num_matvecs == one.num_matvecs
-        assert block.trace == pytest.approx(one.trace, rel=1e-12) and block.stderr == pytest.approx(one.stderr, rel=1e-10)
+        assert block.trace == pytest.approx(one.trace, rel=1e-12)
+        assert block.stderr == pytest.approx(one.stderr, rel=1e-10)
     assert hutchinson(A, max_samples=37, tol=0.2, seed=4).num_matvecs == 19
 
 
