@@ -197,3 +197,11 @@ def test_single_products_measure_no_block_size():
     op._block_size = None  # as on a device without a default
     lanczos(op, k=1, tol=1e-2)  # one vector per step: k = 1 Lanczos (the training tracker's) pays no calibration
     assert op._block_size is None
+
+
+def test_calibration_reports_its_speedup():
+    model, (x, y) = _cases()["mlp"]
+    op = HessianOperator(Objective(model, [(x, y)]))
+    assert op.block_speedup == 1.0
+    op.calibrate_block_size((1, 2), reps=1)
+    assert op.block_speedup > 0 and (op.block_size == 1) == (op.block_speedup == 1.0)

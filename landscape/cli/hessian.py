@@ -44,7 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-size", type=common.integer(1), default=None, metavar="B",
                    help="vectors per block product (one vmapped graph): Hutchinson probes, Hutch++ columns and SLQ "
                    "runs go B at a time (the same estimates), Lanczos takes min(B, top-k) start vectors; memory grows "
-                   "with B (default: 1 on CPU, measured on the model on other devices)")
+                   "with B (default: 1 on CPU; measured on the model on other devices, Lanczos then blocked only "
+                   "where that pays)")
     p.add_argument("--per-layer", action="store_true",
                    help="also lambda_max of each layer's parameter block alone (a table and 'per_layer' in the JSON)")
     common.add_objective_args(p)
