@@ -14,7 +14,38 @@ its seeded ``sample(--samples)`` (512) in batches of ``--batch-size`` (default: 
    Hutch++ (``--hutchpp-budget`` products) with blocks of b columns against columns one at a time
    (the same estimate, so its difference is rounding).
 
-Run:  python bench/block.py                          (CPU; the table of the report)
+Measured (2-core CPU shared with other jobs, load 6.6 rising to 15.7; 1 thread; torch 2.13.0; one run, so
+ratios within about 20% are noise):
+
+    mode   block  ms/vector  speed-up per vector
+    cached     1     3863     1.00x
+    cached     2     3959     0.98x
+    cached     4     3326     1.16x
+    cached     8     4572     0.84x
+    cached    16     5112     0.76x
+    forward    1     3598     1.00x
+    forward    2     4989     0.72x
+    forward    4     3725     0.97x
+    forward    8     3517     1.02x
+    forward   16     4214     0.85x
+
+Solvers (same machine, load 4.1 falling to 3.0; ``--modes "" --solver-blocks 1,4``):
+
+    solver          block  seconds  products  rel. diff vs b=1
+    lanczos top-5       1     58.7        18  0
+    lanczos top-5       4    137.0        33  1.0e-07
+    lanczos top-20      1    348.2       137  0
+    lanczos top-20      4    410.9       161  2.0e-04  (7 of 20 missed tol 1e-3 at the default max_iter 160)
+    hutch++ 48          1     95.7        49  0        (48 products + the determinism check)
+    hutch++ 48          4    110.1        49  9.1e-09  (the same estimate, float32 rounding)
+
+A block product is no cheaper per vector on a CPU (the single product already keeps the cores busy;
+blocks of 8-16 lose to memory traffic), hence ``default_block_size`` 1 there; on other devices the
+operator measures it (``CurvatureOperator.calibrate_block_size``). Block Lanczos needs more products
+(4 start vectors: 1.8x for the top 5, more than 1.2x for the top 20), so with the default block size
+it is used only where a block product measured 2x cheaper per vector (``LANCZOS_BLOCK_SPEEDUP``).
+
+Run:  python bench/block.py                          (CPU; the table above)
       python bench/block.py --device cuda --reps 10  (on a GPU)
       python bench/block.py --solver-blocks "" --json out.json   (products only)
 """
