@@ -30,7 +30,9 @@ products are computed; they carry a floor of 16 unit roundoffs of ``|theta_1|`` 
   orthogonalized twice against the whole basis (full reorthogonalization, so no
   ghost eigenvalues). ``block_size`` > 1 builds a block Krylov space, which resolves
   eigenvalues repeated up to that multiplicity (a single Krylov space holds only one
-  copy of an exactly repeated eigenvalue).
+  copy of an exactly repeated eigenvalue); each step then adds ``block_size`` vectors
+  with one block product (``matmat``: one vmapped graph on a curvature operator), and the
+  stopping test runs after each block.
 - :func:`power_iteration` with deflation: the method of [Y20] and [C22 §5] (the paper
   caps it at 20 iterations per eigenvalue), kept to reproduce published numbers. It stops
   on the residual (r_i <= tol * scale), itself a Bauer-Fike bound on the eigenvalue error,
@@ -44,7 +46,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -57,7 +59,9 @@ METHODS = ("lanczos", "power")
 
 
 class Operator(Protocol):
-    """What the solvers need from an operator."""
+    """What the solvers need from an operator. One may also have ``matmat(V)`` (the rows A v_i
+    of a (k, n) block in one call) and ``block_size`` (the rows it multiplies best at once), as
+    :class:`~landscape.operators.CurvatureOperator` has; :func:`as_block_operator` uses them."""
 
     shape: tuple[int, int]
     dtype: torch.dtype
@@ -99,6 +103,43 @@ def as_operator(A: torch.Tensor | Operator) -> tuple[Callable[[torch.Tensor], to
             raise ValueError(f"expected a square matrix, got shape {tuple(A.shape)}")
         return (lambda v: A @ v), A.shape[0], A.dtype, A.device
     return A.matvec, A.shape[0], A.dtype, A.device
+
+
+BlockProduct = Callable[[torch.Tensor], torch.Tensor]
+
+
+def as_block_operator(A: torch.Tensor | Operator, block_size: int | None = None
+                      ) -> tuple[BlockProduct, int, torch.dtype, torch.device, int]:
+    """(matmat, n, dtype, device, block_size) for a dense square tensor or an operator.
+
+    ``matmat(V)`` gives the rows A v_i of a (k, n) block V, ``block_size`` rows per call of the
+    operator's own ``matmat`` (a dense matrix: one matrix product per block; an operator
+    without ``matmat``: one ``matvec`` per row). ``block_size`` None: the operator's
+    ``block_size`` (:func:`landscape.operators.default_block_size` of its device), 1 for
+    dense tensors and plain operators, so their products are the single ones.
+
+    >>> matmat, n, _, _, size = as_block_operator(torch.diag(torch.tensor([1.0, 2.0])), block_size=2)
+    >>> matmat(torch.eye(2)).tolist(), size
+    ([[1.0, 0.0], [0.0, 2.0]], 2)
+
+    Raises:
+        LandscapeError: a block size below 1.
+    """
+    matvec, n, dtype, device = as_operator(A)
+    if isinstance(A, torch.Tensor):
+        block: BlockProduct = lambda V: (A @ V.T).T  # noqa: E731
+    elif callable(getattr(A, "matmat", None)):
+        block = A.matmat
+    else:
+        block = lambda V: torch.stack([matvec(v) for v in V])  # noqa: E731
+    size = getattr(A, "block_size", 1) if block_size is None else block_size
+    if size < 1:
+        raise LandscapeError(f"--block-size must be at least 1, got {size}")
+
+    def matmat(V: torch.Tensor) -> torch.Tensor:
+        return torch.cat([block(chunk) for chunk in V.split(size)])
+
+    return matmat, n, dtype, device, size
 
 
 def rademacher(n: int, g: torch.Generator, dtype: torch.dtype, device: torch.device,
@@ -191,17 +232,28 @@ def _converged(bounds: torch.Tensor, residuals: torch.Tensor, values: torch.Tens
 class KrylovBasis:
     """An orthonormal basis Q of a (block) Krylov space with W = A Q and H = Q^T A Q.
 
-    Vectors are added one at a time; each product A q is orthogonalized twice against
-    the whole basis (classical Gram-Schmidt, repeated: "twice is enough") and queued as
-    a future basis vector, so ``block_size`` start vectors give the block Krylov space.
-    When a queued vector vanishes (an invariant subspace), a random vector orthogonal to
-    the basis replaces it. H grows by one column per step (m n work), and storage grows
-    by doubling, so a step costs O(m n) besides its product. Memory: 2 m n numbers.
+    Each new basis vector is orthogonalized twice against the whole basis (classical
+    Gram-Schmidt, repeated: "twice is enough"), and its product A q is queued as a future
+    basis vector, so ``block_size`` start vectors give the block Krylov space. When a
+    queued vector vanishes (an invariant subspace), a random vector orthogonal to the basis
+    replaces it. H grows by one column per vector (m n work), and storage grows by
+    doubling, so a vector costs O(m n) besides its product. Memory: 2 m n numbers.
+
+    ``step(count)`` adds up to ``count`` vectors with one block product: the queued vectors
+    of a block Krylov space do not depend on each other's products, so Q, W and H are those
+    of ``count`` single steps (to the rounding of the block product). :meth:`step_all`
+    advances several bases with one block product (SLQ's runs).
+
+    Args:
+        matmat: the block product: rows A v_i of a (k, n) block (:func:`as_block_operator`).
+        n, dtype, device: the operator's size and kind.
+        start: (j, n) start vectors.
+        generator: draws the random replacements of vanished vectors.
     """
 
-    def __init__(self, matvec: Callable, n: int, dtype: torch.dtype, device: torch.device,
+    def __init__(self, matmat: BlockProduct, n: int, dtype: torch.dtype, device: torch.device,
                  start: torch.Tensor, generator: torch.Generator) -> None:
-        self.matvec, self.n, self.generator = matvec, n, generator
+        self.matmat, self.n, self.generator = matmat, n, generator
         self.dtype, self.device = dtype, device
         self.size = 0
         self._Q = torch.empty(8, n, dtype=dtype, device=device)
@@ -231,28 +283,57 @@ class KrylovBasis:
             return None
         return v / norm
 
-    def step(self) -> None:
-        """Add one basis vector and its product."""
-        q = None
-        while q is None and self.queue:
-            q = self._orthonormal(self.queue.pop(0))
-        while q is None:
-            q = self._orthonormal(self._random())
-        w = self.matvec(q)
-        if self.size == self._Q.shape[0]:
-            grow = lambda t: torch.cat([t, torch.empty_like(t)])  # noqa: E731
-            self._Q, self._W = grow(self._Q), grow(self._W)
-        self._Q[self.size], self._W[self.size] = q, w
-        self.size += 1
-        column = (self.Q @ w).double()  # H[:, m] = Q^T A q_m (= H[m, :] by symmetry)
-        H = torch.zeros(self.size, self.size, dtype=torch.float64, device=self.device)
+    def _take(self, count: int) -> int:
+        """Append up to ``count`` new basis vectors (their products still to come); how many.
+
+        The first comes from the queue or, when every queued vector has vanished, at random;
+        later ones only from the queue: a single step would take the products of this
+        block's vectors next, so the block stops there.
+        """
+        start = self.size
+        while self.size - start < min(count, self.n - start):
+            q = None
+            while q is None and self.queue:
+                q = self._orthonormal(self.queue.pop(0))
+            while q is None and self.size == start:
+                q = self._orthonormal(self._random())
+            if q is None:
+                break
+            if self.size == self._Q.shape[0]:
+                grow = lambda t: torch.cat([t, torch.empty_like(t)])  # noqa: E731
+                self._Q, self._W = grow(self._Q), grow(self._W)
+            self._Q[self.size] = q
+            self.size += 1
+        return self.size - start
+
+    def _record(self, m: int, w: torch.Tensor) -> None:
+        """Store the product w = A q_m and H's column m (over the basis up to q_m)."""
+        self._W[m] = w
+        column = (self._Q[: m + 1] @ w).double()  # H[:, m] = Q^T A q_m (= H[m, :] by symmetry)
+        H = torch.zeros(m + 1, m + 1, dtype=torch.float64, device=self.device)
         H[:-1, :-1] = self.H
         H[:, -1] = column
         H[-1, :] = column
         self.H = H
         self.beta.append(max(float(w.double().square().sum()) - float(column.square().sum()), 0.0) ** 0.5)
-        if self.size < self.n:
+        if m + 1 < self.n:
             self.queue.append(w)
+
+    @staticmethod
+    def step_all(bases: Sequence[KrylovBasis], count: int = 1) -> int:
+        """Add up to ``count`` basis vectors to each basis, with one block product for all of them
+        (the first basis's ``matmat``); returns the number of vectors added."""
+        starts = [b.size for b in bases]
+        taken = [b._take(count) for b in bases]
+        W = bases[0].matmat(torch.cat([b._Q[s:s + t] for b, s, t in zip(bases, starts, taken)]))
+        for b, s, w in zip(bases, starts, W.split(taken)):
+            for i, row in enumerate(w):
+                b._record(s + i, row)
+        return sum(taken)
+
+    def step(self, count: int = 1) -> int:
+        """Add up to ``count`` basis vectors and their products (one block product); returns how many."""
+        return KrylovBasis.step_all([self], count)
 
     def estimate(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top ``k`` Ritz values and cheap residual estimates (no pass over the basis).
@@ -302,7 +383,8 @@ def lanczos(
         k: number of eigenpairs.
         tol: certified eigenvalue error relative to |lambda| (see the module docstring).
         max_iter: maximum basis size (products); default min(n, max(100, 8 k)).
-        block_size: start vectors (>= the largest multiplicity to resolve).
+        block_size: start vectors (>= the largest multiplicity to resolve), and the vectors
+            added per step with one block product (the stopping test runs after each step).
         seed: seed of the start vectors.
         progress: show a progress bar.
         start: a warm start, e.g. the eigenvectors of a nearby matrix (the previous round's
@@ -318,7 +400,7 @@ def lanczos(
     >>> [round(x, 9) for x in lanczos(A, k=2, tol=1e-10).eigenvalues.tolist()]
     [5.0, 3.0]
     """
-    matvec, n, dtype, device = as_operator(A)
+    matmat, n, dtype, device, _ = as_block_operator(A, block_size)
     _check_k(k, n, tol, max_iter, vector_tol)
     if max_iter is not None and max_iter < min(n, k + block_size - 1):
         raise LandscapeError(f"--max-iter {max_iter} is smaller than the Lanczos basis that {k} eigenvalues need "
@@ -329,7 +411,7 @@ def lanczos(
     if start is not None:
         warm = start.reshape(-1, n).to(device=device, dtype=dtype)[:block_size]
         vectors[: len(warm)] = warm
-    basis = KrylovBasis(matvec, n, dtype, device, vectors, g)
+    basis = KrylovBasis(matmat, n, dtype, device, vectors, g)
     bar = tqdm(total=max_iter, desc=f"lanczos top-{k}", unit="hvp", disable=not progress, leave=False)
 
     def certified(exact: bool, before: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
@@ -351,8 +433,7 @@ def lanczos(
     exact_checks = 0
     before = after = torch.empty(0, dtype=torch.float64)
     while basis.size < max_iter:
-        basis.step()
-        bar.update(1)
+        bar.update(basis.step(min(block_size, max_iter - basis.size)))  # one block product
         before, after = after, basis.estimate(basis.size)[0].double().cpu()
         if basis.size < k + block_size - 1:
             continue

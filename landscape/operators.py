@@ -13,10 +13,18 @@ through :meth:`CurvatureOperator.to_scipy`) work on it or on a dense matrix.
 - ``"fisher"``, :class:`FisherOperator`: the empirical Fisher
   F = sum_i (c_i/N) g_i g_i^T over the samples i (g_i: the gradient of sample i's loss alone).
 
-Every operator shares :class:`CurvatureOperator`: ``op @ v``/``matvec``, ``shape``, ``dtype``,
-``device``, ``num_matvecs``, ``dense()``, ``to_scipy()`` and a determinism check on the first
-product. Build one by name with :func:`make_operator`. Under a process group each product is
-this rank's sum over its batches, all-reduced in ``matvec`` (:mod:`landscape.distributed`).
+Every operator shares :class:`CurvatureOperator`: ``op @ v``/``matvec``, ``matmat`` (a block of
+vectors at once), ``shape``, ``dtype``, ``device``, ``num_matvecs``, ``dense()``, ``to_scipy()`` and a
+determinism check on the first product. Build one by name with :func:`make_operator`. Under a
+process group each product is this rank's sum over its batches, all-reduced once per block in
+``matmat`` (:mod:`landscape.distributed`).
+
+Block products: ``op.matmat(V)`` for V of shape (k, P) gives the rows A v_i in one graph per
+``block_size`` rows: the backward (or jvp) pass is vmapped over the vectors (autograd's
+``is_grads_batched``, ``torch.func.vmap`` over tangents), so the network's weights and the data
+are read once for k vectors. Where vmap cannot batch a pass (an op without a batching rule, a
+custom autograd function) the rows are computed one by one, the same numbers. The solvers use
+it for block Lanczos, Hutchinson probes, Hutch++ sketches and SLQ runs.
 
 Hessian-vector products come in two exact modes:
 
@@ -36,6 +44,10 @@ they fit in ``FISHER_CACHE_BYTES``.
 
 from __future__ import annotations
 
+import math
+import statistics
+import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -85,9 +97,13 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 # ----------------------------------------------------------------------------------------------
 # the shared parts
 # ----------------------------------------------------------------------------------------------
-def _flat(grads: tuple[torch.Tensor | None, ...], like: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate gradients in parameter order, zeros for parameters that did not matter."""
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, like)])
+def _flat(grads: tuple[torch.Tensor | None, ...], like: list[torch.Tensor], rows: int | None = None) -> torch.Tensor:
+    """Concatenate gradients in parameter order, zeros for parameters that did not matter:
+    a vector, or (``rows``, P) for gradients batched over ``rows`` vectors on dim 0."""
+    if rows is None:
+        return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, like)])
+    return torch.cat([(g if g is not None else p.new_zeros(rows, *p.shape)).reshape(rows, -1)
+                      for g, p in zip(grads, like)], dim=1)
 
 
 def _loss_on(objective: Objective, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -102,11 +118,11 @@ def _loss_on(objective: Objective, outputs: torch.Tensor, targets: torch.Tensor)
 
 
 def loss_hessian_product(objective: Objective, outputs: torch.Tensor, targets: torch.Tensor,
-                         u: torch.Tensor) -> torch.Tensor:
+                         u: torch.Tensor, batched: bool = False) -> torch.Tensor:
     """H_b u: the Hessian of a batch's mean loss w.r.t. its outputs times ``u`` (double backward).
 
     Works for any twice-differentiable loss, user callables included; a loss linear in the
-    outputs has H_b = 0.
+    outputs has H_b = 0. ``batched``: ``u`` holds k such vectors on dim 0 (one vmapped backward).
 
     >>> from landscape.objective import Objective
     >>> obj = Objective(torch.nn.Linear(1, 1), [(torch.zeros(2, 1), torch.zeros(2, 1))], loss="mse")
@@ -118,25 +134,47 @@ def loss_hessian_product(objective: Objective, outputs: torch.Tensor, targets: t
         (g,) = torch.autograd.grad(_loss_on(objective, o, targets), o, create_graph=True)
         if not g.requires_grad:
             return torch.zeros_like(u)
-        (hu,) = torch.autograd.grad(g, o, grad_outputs=u.to(o.dtype), allow_unused=True)
+        (hu,) = torch.autograd.grad(g, o, grad_outputs=u.to(o.dtype), allow_unused=True, is_grads_batched=batched)
     return torch.zeros_like(u) if hu is None else hu
+
+
+#: The block sizes :meth:`CurvatureOperator.calibrate_block_size` times, in order.
+BLOCK_CANDIDATES = (1, 2, 4, 8, 16)
+
+
+def default_block_size(device: torch.device) -> int | None:
+    """The rows per block product on ``device`` when none is given: 1 on the CPU (``bench/block.py``:
+    a block product there is no cheaper per vector), None elsewhere: measured on the operator
+    (:meth:`CurvatureOperator.calibrate_block_size`) before its first block product."""
+    return 1 if device.type == "cpu" else None
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 class CurvatureOperator:
     """A symmetric P x P curvature matrix of an objective, matrix-free: ``op @ v`` for flat ``v``.
 
-    Subclasses implement ``_product``. The first product is computed twice and compared
-    (with two evaluations of the loss), so a non-deterministic forward pass (dropout
-    left on, atomics in a custom kernel) is caught before a solver builds on it.
-    ``num_matvecs`` counts every product, the check included.
+    Subclasses implement ``_block(V)``: the rows A v_i of a (k, P) block, vmapped over the
+    rows when k > 1. The first product is computed twice and compared (with two evaluations
+    of the loss), so a non-deterministic forward pass (dropout left on, atomics in a custom
+    kernel) is caught before a solver builds on it; for a block, its first row is recomputed
+    alone, which also checks the vmapped pass against the plain one. ``num_matvecs`` counts
+    every product (k for a block of k), the check included.
 
     Args:
         objective: the loss.
         mode: one of the class's ``MODES``; ``"auto"`` picks by the size of the data.
         check_determinism: compare two evaluations of the first product.
+        block_size: the most vectors one graph multiplies in ``matmat`` (memory grows with it);
+            None: :func:`default_block_size` of the device (measured where it is None).
 
     Raises:
-        LandscapeError: an unknown mode.
+        LandscapeError: an unknown mode, a block size below 1.
     """
 
     #: What results and messages call the matrix.
@@ -144,39 +182,134 @@ class CurvatureOperator:
     title: ClassVar[str] = ""
     MODES: ClassVar[tuple[str, ...]] = ("auto",)
 
-    def __init__(self, objective: Objective, mode: str = "auto", check_determinism: bool = True) -> None:
+    def __init__(self, objective: Objective, mode: str = "auto", check_determinism: bool = True,
+                 block_size: int | None = None) -> None:
         if mode not in self.MODES:
             raise LandscapeError(f"the {self.title} has modes {', '.join(self.MODES)}, not {mode!r}")
+        if block_size is not None and block_size < 1:
+            raise LandscapeError(f"--block-size must be at least 1, got {block_size}")
         self.objective = objective
         self.shape = (objective.num_params, objective.num_params)
         self.dtype, self.device = objective.dtype, objective.device
+        self._block_size = default_block_size(self.device) if block_size is None else block_size
         self.num_matvecs = 0
         self._checked = not check_determinism
+        self._vmap_blocks: bool | None = None  # decided on the first block: one vmapped graph, or row by row
+        #: Time per vector of single products over that of ``block_size`` blocks, where measured (else 1).
+        self.block_speedup = 1.0
         self.mode = self._auto_mode() if mode == "auto" else mode
 
     def _auto_mode(self) -> str:
         return self.MODES[-1]
 
-    def _product(self, v: torch.Tensor) -> torch.Tensor:
+    @property
+    def block_size(self) -> int:
+        """The most rows one graph multiplies (measured on first use where the device has no default)."""
+        if self._block_size is None:
+            self.calibrate_block_size()
+        return self._block_size
+
+    @block_size.setter
+    def block_size(self, value: int) -> None:
+        self._block_size = value
+
+    def calibrate_block_size(self, candidates: tuple[int, ...] = BLOCK_CANDIDATES, reps: int = 2) -> int:
+        """Measure the time per vector of block products on this operator (its model, data and
+        device) and keep the cheapest block size; sets and returns ``block_size`` (and
+        ``block_speedup``, its time per vector against single products).
+
+        The sizes of ``candidates`` (ascending) are timed in turn on random vectors (the median
+        of ``reps`` calls after a warm-up call); the search stops at the first size that is not
+        10% cheaper per vector than the best so far, or after one whose peak memory on CUDA
+        passed half of the device's (or that ran out of memory). Those products count in
+        ``num_matvecs``. Under a process group each rank measures its own part and all take the
+        smallest choice.
+        """
+        g = torch.Generator().manual_seed(0)
+
+        def seconds_per_vector(b: int) -> float:
+            V = torch.randn(b, self.shape[0], generator=g, dtype=self.dtype).to(self.device)
+            times = []
+            for _ in range(reps + 1):
+                _synchronize(self.device)
+                start = time.perf_counter()
+                self._rows(V)  # this rank's part: no collective, so ranks may stop at different sizes
+                self.num_matvecs += b
+                _synchronize(self.device)
+                times.append(time.perf_counter() - start)
+            return statistics.median(times[1:]) / b
+
+        best, best_time, first_time = candidates[0], math.inf, None
+        with torch.enable_grad():
+            for b in candidates:
+                try:
+                    per_vector = seconds_per_vector(b)
+                except torch.OutOfMemoryError:  # this block does not fit: the best one that did
+                    torch.cuda.empty_cache()
+                    break
+                if per_vector > 0.9 * best_time:
+                    break
+                best, best_time = b, per_vector
+                first_time = per_vector if first_time is None else first_time
+                if self.device.type == "cuda" and torch.cuda.max_memory_allocated(self.device) > \
+                        0.5 * torch.cuda.get_device_properties(self.device).total_memory:
+                    break
+        speedup = first_time / best_time if first_time is not None else 1.0
+        if self.objective.world is not None:  # every rank must run the same blocks (and solvers)
+            best = self.objective.world.min_int(best)
+            speedup = self.objective.world.min_int(int(100 * speedup)) / 100  # the same on every rank
+        self._block_size, self.block_speedup = best, speedup
+        return best
+
+    def _block(self, V: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _counted(self, v: torch.Tensor) -> torch.Tensor:
-        out = self._product(v)
-        if self.objective.world is not None:  # this rank's batches -> all of them
+    def _rows(self, V: torch.Tensor) -> torch.Tensor:
+        """The rows A v_i: one vmapped graph when it works (decided on the first block), else row by row."""
+        if V.shape[0] > 1 and self._vmap_blocks is not False:
+            try:
+                with warnings.catch_warnings():
+                    # vmap's per-op loop for ops without a batching rule: slower than our own loop
+                    warnings.filterwarnings("error", message=".*performance drop.*")
+                    out = self._block(V)
+            except Exception:  # noqa: BLE001 - vmap cannot batch every pass (custom autograd functions,
+                # .item(), data-dependent control flow); the rows one by one run the same math and raise real errors
+                if self._vmap_blocks:
+                    raise
+                self._vmap_blocks = False
+            else:
+                self._vmap_blocks = True
+                return out
+        return torch.cat([self._block(v[None]) for v in V])
+
+    def _counted(self, V: torch.Tensor) -> torch.Tensor:
+        out = self._rows(V)
+        if self.objective.world is not None:  # this rank's batches -> all of them, once per block
             self.objective.world.sum_(out)
-        self.num_matvecs += 1
+        self.num_matvecs += V.shape[0]
+        return out
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        """The rows A v_i of a block V of shape (k, num_params), ``block_size`` rows per graph.
+
+        Equal to ``torch.stack([op.matvec(v) for v in V])`` up to rounding, in fewer passes.
+        """
+        if V.ndim != 2 or V.shape[1] != self.shape[0]:
+            raise ValueError(f"expected a block of shape (k, {self.shape[0]}), got shape {tuple(V.shape)}")
+        V = V.to(self.device, self.dtype)
+        if not len(V):
+            return V.clone()
+        with torch.enable_grad():  # (a single vector needs no block size: none is measured for it)
+            out = torch.cat([self._counted(chunk) for chunk in ([V] if len(V) == 1 else V.split(self.block_size))])
+            if not self._checked:
+                self._check_determinism(V[0], out[0])
         return out
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """The matrix times a flat vector ``v`` of length ``num_params``."""
         if v.shape != (self.shape[0],):
             raise ValueError(f"expected a vector of length {self.shape[0]}, got shape {tuple(v.shape)}")
-        v = v.to(self.device, self.dtype)
-        with torch.enable_grad():
-            out = self._counted(v)
-            if not self._checked:
-                self._check_determinism(v, out)
-        return out
+        return self.matmat(v[None])[0]
 
     def _check_determinism(self, v: torch.Tensor, out: torch.Tensor) -> None:
         """Two losses and two products must agree (to rounding, for GPU atomics).
@@ -194,7 +327,7 @@ class CurvatureOperator:
         if second is None:
             self.objective.loss()
             second = self.objective.recorded_loss
-        again = self._counted(v)
+        again = self._counted(v[None])[0]
         errors = [abs(first - second) / max(abs(first), 1e-30),
                   float((out - again).norm() / out.norm().clamp_min(1e-30))]
         if max(errors) > tol:
@@ -214,23 +347,26 @@ class CurvatureOperator:
         return self.matvec(v)
 
     def dense(self) -> torch.Tensor:
-        """The full matrix, column by column (only for small models and tests)."""
-        eye = torch.eye(self.shape[0], device=self.device, dtype=self.dtype)
-        return torch.stack([self.matvec(eye[i]) for i in range(self.shape[0])], dim=1)
+        """The full matrix, ``block_size`` columns at a time (only for small models and tests)."""
+        return self.matmat(torch.eye(self.shape[0], device=self.device, dtype=self.dtype)).T
 
     def to_scipy(self) -> Any:
         """A ``scipy.sparse.linalg.LinearOperator`` (float64 numpy vectors in and out).
 
         ``scipy.sparse.linalg.eigsh(op.to_scipy(), k=3)`` gives the top eigenvalues with
-        ARPACK; the products run in torch on the operator's device and dtype.
+        ARPACK; the products run in torch on the operator's device and dtype, blocks of
+        columns (``matmat``) as block products.
         """
         from scipy.sparse.linalg import LinearOperator
 
-        def mv(x: np.ndarray) -> np.ndarray:
-            v = torch.from_numpy(np.array(x, dtype=np.float64).reshape(-1))
-            return self.matvec(v).detach().to("cpu", torch.float64).numpy()
+        def mm(X: np.ndarray) -> np.ndarray:
+            V = torch.from_numpy(np.array(X, dtype=np.float64).reshape(self.shape[0], -1).T.copy())
+            return self.matmat(V).detach().to("cpu", torch.float64).numpy().T
 
-        return LinearOperator(self.shape, matvec=mv, rmatvec=mv, dtype=np.float64)
+        def mv(x: np.ndarray) -> np.ndarray:
+            return mm(x)[:, 0]
+
+        return LinearOperator(self.shape, matvec=mv, rmatvec=mv, matmat=mm, dtype=np.float64)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,10 +383,11 @@ class HessianOperator(CurvatureOperator):
 
     curvature, title, MODES = "hessian", "Hessian", HVP_MODES
 
-    def __init__(self, objective: Objective, mode: str = "auto", check_determinism: bool = True) -> None:
+    def __init__(self, objective: Objective, mode: str = "auto", check_determinism: bool = True,
+                 block_size: int | None = None) -> None:
         self._graph: tuple[list[torch.Tensor], torch.Tensor] | None = None
         self._graph_loss: float | None = None
-        super().__init__(objective, mode, check_determinism)
+        super().__init__(objective, mode, check_determinism, block_size)
 
     def _auto_mode(self) -> str:
         # the graph kept is of this rank's samples
@@ -267,20 +404,24 @@ class HessianOperator(CurvatureOperator):
     def _recorded_by_product(self) -> float | None:
         return self._graph_loss if self.mode == "cached" else None
 
-    def _product(self, v: torch.Tensor) -> torch.Tensor:
-        obj = self.objective
+    def _block(self, V: torch.Tensor) -> torch.Tensor:
+        obj, k = self.objective, V.shape[0]
+        batched = k > 1
         if self.mode == "cached":
             leaves, g = self._cached_graph()
-            # d(g . v)/dw = H v: one backward pass through the kept graph of the gradient.
-            return _flat(torch.autograd.grad(g, leaves, grad_outputs=v, retain_graph=True, allow_unused=True), leaves)
-        tangent = obj.unflatten(v)
-        out = torch.zeros(obj.num_params, device=self.device, dtype=self.dtype)
+            # d(g . v)/dw = H v: one backward pass through the kept graph of the gradient, vmapped over the rows
+            return _flat(torch.autograd.grad(g, leaves, grad_outputs=V if batched else V[0], retain_graph=True,
+                                             allow_unused=True, is_grads_batched=batched), leaves, k)
+        out = torch.zeros(k, obj.num_params, device=self.device, dtype=self.dtype)
         for batch in obj.batches():
             def term(p: dict[str, torch.Tensor], batch: Batch = batch) -> torch.Tensor:
                 value, count = obj.batch_value(p, batch)
                 return value * (count / obj.num_samples)
 
-            out += obj.flatten(jvp(grad(term), (obj.params,), (tangent,))[1])
+            def hvp(v: torch.Tensor, term: Callable = term) -> torch.Tensor:  # jvp(grad f_b; v) = H_b v
+                return obj.flatten(jvp(grad(term), (obj.params,), (obj.unflatten(v),))[1])
+
+            out += vmap(hvp)(V) if batched else hvp(V[0])[None]
         return out
 
 
@@ -320,22 +461,29 @@ class GGNOperator(CurvatureOperator):
 
     curvature, title, MODES = "ggn", "GGN", ("auto", "forward")
 
-    def _product(self, v: torch.Tensor) -> torch.Tensor:
-        obj = self.objective
-        tangent = obj.unflatten(v)
+    def _block(self, V: torch.Tensor) -> torch.Tensor:
+        obj, k = self.objective, V.shape[0]
+        batched = k > 1
         leaves = obj.leaves()
         like = list(leaves.values())
-        out = torch.zeros(obj.num_params, device=self.device, dtype=self.dtype)
+        out = torch.zeros(k, obj.num_params, device=self.device, dtype=self.dtype)
         for batch in obj.batches():
-            # outputs (with their autograd graph to the leaves) and J v in one forward pass
-            outputs, jv, targets = jvp(lambda p, batch=batch: obj.outputs(p, batch), (leaves,), (tangent,),
-                                       has_aux=True)
+            def forward(v: torch.Tensor, batch: Batch = batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                # outputs (with their autograd graph to the leaves) and J v in one forward pass
+                outputs, jv, targets = jvp(lambda p: obj.outputs(p, batch), (leaves,), (obj.unflatten(v),),
+                                           has_aux=True)
+                return outputs, jv, targets
+
+            if batched:  # the outputs and targets do not depend on v: one copy of them (out_dims None)
+                outputs, jv, targets = vmap(forward, out_dims=(None, 0, None))(V)
+            else:
+                outputs, jv, targets = forward(V[0])
             count = obj.count(targets)
             if count == 0 or not outputs.requires_grad:
                 continue
-            hjv = loss_hessian_product(obj, outputs, targets, jv.detach())
+            hjv = loss_hessian_product(obj, outputs, targets, jv.detach(), batched)
             out += _flat(torch.autograd.grad(outputs, like, grad_outputs=hjv * (count / obj.num_samples),
-                                             allow_unused=True), like)
+                                             allow_unused=True, is_grads_batched=batched), like, k)
         return out
 
 
@@ -388,6 +536,9 @@ class FisherOperator(CurvatureOperator):
       losses, then sum_i (c_i/N) (g_i . v) g_i by one backward pass of it; constant memory.
     - ``"auto"``: cached when R fits in ``FISHER_CACHE_BYTES``.
 
+    Block products: cached, rows (V R^T) R (two matrix products for the block); forward,
+    one vector at a time (each already vmaps over the samples).
+
     Args:
         objective: the loss; its batches must be pairs or dicts of tensors with the
             samples on dim 0.
@@ -400,7 +551,8 @@ class FisherOperator(CurvatureOperator):
 
     curvature, title, MODES = "fisher", "Fisher", HVP_MODES
 
-    def __init__(self, objective: Objective, mode: str = "auto", check_determinism: bool = True) -> None:
+    def __init__(self, objective: Objective, mode: str = "auto", check_determinism: bool = True,
+                 block_size: int | None = None) -> None:
         #: Per batch (in order): the samples with counted targets and their weights c_i/N.
         self._kept: list[tuple[torch.Tensor | None, torch.Tensor]] = []
         for batch in objective.batches():
@@ -412,8 +564,8 @@ class FisherOperator(CurvatureOperator):
             self._kept.append((keep, kept.to(objective.device, objective.dtype) / objective.num_samples))
         self.num_rows = sum(int(w.numel()) for _, w in self._kept)
         self._vectorized: bool | None = None  # decided on the first batch: vmap, or a loop
-        self._rows: list[torch.Tensor] | None = None
-        super().__init__(objective, mode, check_determinism)
+        self._R: list[torch.Tensor] | None = None
+        super().__init__(objective, mode, check_determinism, block_size)
 
     def _auto_mode(self) -> str:
         itemsize = torch.empty((), dtype=self.objective.dtype).element_size()
@@ -466,35 +618,37 @@ class FisherOperator(CurvatureOperator):
 
     # -- products ------------------------------------------------------------------------
     def _cached_rows(self) -> list[torch.Tensor]:
-        if self._rows is None:
+        if self._R is None:
             with torch.enable_grad():
-                self._rows = [self._sample_gradients(s, w.numel()) * w.sqrt()[:, None] for s, w in self._samples()]
-        return self._rows
+                self._R = [self._sample_gradients(s, w.numel()) * w.sqrt()[:, None] for s, w in self._samples()]
+        return self._R
 
-    def _product(self, v: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(self.objective.num_params, device=self.device, dtype=self.dtype)
-        if self.mode == "cached":
+    def _block(self, V: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(V.shape[0], self.objective.num_params, device=self.device, dtype=self.dtype)
+        if self.mode == "cached":  # rows (R^T R v_i)^T = (V R^T) R
             for r in self._cached_rows():
-                out += r.T @ (r @ v)
+                out += (V @ r.T) @ r
             return out
+        # forward mode: one vector at a time (its jvp already vmaps over the samples)
         obj = self.objective
-        tangent = obj.unflatten(v)
-        for samples, weights in self._samples():
-            n = weights.numel()
+        for i, v in enumerate(V):
+            tangent = obj.unflatten(v)
+            for samples, weights in self._samples():
+                n = weights.numel()
 
-            def vectorized(samples: Batch = samples, weights: torch.Tensor = weights) -> torch.Tensor:
-                leaves = obj.leaves()
-                like = list(leaves.values())
-                losses, gv = jvp(lambda p: vmap(self._sample_loss, in_dims=(None, 0))(p, samples),
-                                 (leaves,), (tangent,))  # L_i (with their graph) and g_i . v
-                return _flat(torch.autograd.grad(losses, like, grad_outputs=weights * gv.detach(),
-                                                 allow_unused=True), like)
+                def vectorized(samples: Batch = samples, weights: torch.Tensor = weights) -> torch.Tensor:
+                    leaves = obj.leaves()
+                    like = list(leaves.values())
+                    losses, gv = jvp(lambda p: vmap(self._sample_loss, in_dims=(None, 0))(p, samples),
+                                     (leaves,), (tangent,))  # L_i (with their graph) and g_i . v
+                    return _flat(torch.autograd.grad(losses, like, grad_outputs=weights * gv.detach(),
+                                                     allow_unused=True), like)
 
-            def loop(samples: Batch = samples, weights: torch.Tensor = weights, n: int = n) -> torch.Tensor:
-                g = self._sample_gradients_loop(samples, n)
-                return g.T @ (weights * (g @ v))
+                def loop(samples: Batch = samples, weights: torch.Tensor = weights, n: int = n) -> torch.Tensor:
+                    g = self._sample_gradients_loop(samples, n)
+                    return g.T @ (weights * (g @ v))
 
-            out += self._either(vectorized, loop)
+                out[i] += self._either(vectorized, loop)
         return out
 
 
@@ -506,7 +660,7 @@ assert tuple(OPERATORS) == CURVATURES
 
 
 def make_operator(objective: Objective, curvature: str = "hessian", mode: str = "auto",
-                  check_determinism: bool = True) -> CurvatureOperator:
+                  check_determinism: bool = True, block_size: int | None = None) -> CurvatureOperator:
     """The curvature operator named ``curvature`` (one of :data:`CURVATURES`) of ``objective``.
 
     >>> from landscape.objective import Objective
@@ -519,4 +673,4 @@ def make_operator(objective: Objective, curvature: str = "hessian", mode: str = 
     """
     if curvature not in OPERATORS:
         raise LandscapeError(f"unknown curvature {curvature!r}", fix=f"choose one of {', '.join(CURVATURES)}")
-    return OPERATORS[curvature](objective, mode=mode, check_determinism=check_determinism)
+    return OPERATORS[curvature](objective, mode=mode, check_determinism=check_determinism, block_size=block_size)

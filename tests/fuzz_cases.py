@@ -1473,6 +1473,8 @@ surface("precision-bf16-own-loss", "--precision", "bf16", "--loss", "tests.fuzz_
 surface("precision-nosuch", "--precision", "fp8")
 for value in ("inf", "nan", "-1", "0", "1", "abc"):
     hessian(f"vector-tol={value}", "--vector-tol", value)
+for value in ("0", "-2", "abc"):
+    hessian(f"block-size={value}", "--block-size", value)
 
 
 def _check() -> None:

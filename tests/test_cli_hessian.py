@@ -169,3 +169,20 @@ def test_client_data_comes_from_the_recorded_partition(tmp_path, capsys):
         assert result["eigenvalues"][0] == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=1e-6)
     code, _, err = run_cli(["hessian", path, "--data", "client:x", "--out", tmp_path / "bad.json"], capsys)
     assert code == 2 and "client id must be an integer" in err
+
+
+def test_block_size_gives_the_same_trace_and_density(digits_ckpt, tmp_path, capsys):
+    results = []
+    for block in (1, 4):
+        out = tmp_path / f"h{block}.json"
+        code, _, _ = run_cli(["hessian", digits_ckpt, "--top-k", 2, "--tol", 1e-8, "--trace",
+                              "--trace-method", "hutch++", "--trace-samples", 24, "--density", "--density-runs", 3, "--density-steps", 8,
+                              "--num-samples", 100, "--dtype", "float64", "--block-size", block, "--out", out], capsys)
+        assert code == 0
+        results.append(json.loads(out.read_text()))
+    one, four = results
+    assert (one["metadata"]["settings"]["block_size"], four["metadata"]["settings"]["block_size"]) == (1, 4)
+    assert four["trace"] == pytest.approx(one["trace"], rel=1e-10)
+    np.testing.assert_allclose(four["density"]["nodes"], one["density"]["nodes"], atol=1e-9, rtol=0)
+    # Lanczos from min(4, top-k) = 2 start vectors: another basis, the same certified eigenvalues
+    np.testing.assert_allclose(four["eigenvalues"], one["eigenvalues"], rtol=1e-7)

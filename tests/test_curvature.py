@@ -236,6 +236,24 @@ def test_operator_matches_the_dense_reference(name, curvature, mode, references)
     torch.testing.assert_close(op.dense(), expected, atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.parametrize("curvature,mode", MODES)
+@pytest.mark.parametrize("name", CASES)
+def test_a_block_product_equals_its_single_products(name, curvature, mode, references):
+    # 5 rows in blocks of 3 (one graph each: 3 rows, then 2) over 2 batches: k = 1, k > the batches, a rest
+    case = make_case(name)
+    expected = references[name][curvature]
+    V = torch.randn(5, expected.shape[0], generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    single = make_operator(objective(case), curvature, mode=mode, block_size=1)
+    block = make_operator(objective(case), curvature, mode=mode, block_size=3)
+    rows = torch.stack([single.matvec(v) for v in V])
+    out = block.matmat(V)
+    assert block._vmap_blocks is True and out.shape == V.shape
+    torch.testing.assert_close(out, rows, atol=1e-13, rtol=1e-11)
+    torch.testing.assert_close(out, V @ expected, atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(block.matmat(V[:1]), rows[:1], atol=1e-13, rtol=1e-11)
+    assert single.num_matvecs == 6 and block.num_matvecs == 7  # per vector, the determinism check included
+
+
 def test_segmentation_counts_non_ignored_pixels(references):
     # The two batches hold 3*16-3 and 2*16-16-8 counted pixels: weighting them by batch size
     # (3 and 2 samples) or by pixel count including ignored ones gives another matrix.

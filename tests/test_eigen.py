@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from landscape.eigen import certify, lanczos, power_iteration, top_eigenvalues
+from landscape.eigen import KrylovBasis, as_block_operator, certify, lanczos, power_iteration, top_eigenvalues
 from landscape.errors import LandscapeError
 from landscape.objective import Objective
 from landscape.operators import HessianOperator
@@ -186,3 +186,57 @@ def test_bounds_hold_on_a_dense_float64_network_hessian(tol):
     errors = (result.eigenvalues - true).abs()
     assert (errors <= result.bounds).all(), (errors, result.bounds)
     assert (errors <= tol * true.abs().clamp_min(0.01 * true.abs().max())).all()
+# block steps: one block product per step, the basis of single steps
+# ----------------------------------------------------------------------------------------------
+def _basis(A: torch.Tensor, start: torch.Tensor, count: int, block_size: int, seed: int = 5) -> KrylovBasis:
+    matmat, n, dtype, device, _ = as_block_operator(A, block_size)
+    basis = KrylovBasis(matmat, n, dtype, device, start, torch.Generator().manual_seed(seed))
+    while basis.size < n:
+        basis.step(count)
+    return basis
+
+
+@pytest.mark.parametrize("spectrum", ["random", "few distinct values"])
+def test_block_steps_build_the_basis_of_single_steps(spectrum):
+    # "few distinct values": the block Krylov space of 2 start vectors is invariant after 6 vectors,
+    # so vanished vectors are replaced at random, in the same order with or without blocks.
+    n = 24
+    A = matrix_with_spectrum(SPECTRA["separated"], n=n) if spectrum == "random" else \
+        torch.diag(torch.tensor([1.0, 2.0, 3.0] * 8, dtype=torch.float64))
+    start = torch.randn(2, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    single = _basis(A, start, 1, 1)
+    for count, block_size in [(2, 2), (4, 4), (5, 2)]:
+        block = _basis(A, start, count, block_size)
+        assert block.size == single.size == n
+        for name in ("Q", "W", "H"):
+            torch.testing.assert_close(getattr(block, name), getattr(single, name), atol=1e-12, rtol=0)
+        assert block.beta == pytest.approx(single.beta, abs=1e-12)
+
+
+def test_block_lanczos_equals_lanczos_with_single_products():
+    from tests.test_operators import _cases
+
+    model, (x, y) = _cases()["cnn"]
+    objective = Objective(model, [(x[:7], y[:7]), (x[7:], y[7:])], dtype=torch.float64)
+    # the same block Krylov space of 3 start vectors, products one by one or 3 (then 2 + 1) per graph
+    single = lanczos(HessianOperator(objective, block_size=1), k=4, tol=1e-8, block_size=3, seed=2)
+    block = lanczos(HessianOperator(objective, block_size=2), k=4, tol=1e-8, block_size=3, seed=2)
+    assert all(block.converged) and block.num_matvecs == single.num_matvecs
+    assert block.num_matvecs % 3 == 0  # the stopping test runs after each block
+    torch.testing.assert_close(block.eigenvalues, single.eigenvalues, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(block.residuals, single.residuals, atol=1e-9, rtol=0)
+    torch.testing.assert_close(block.eigenvectors.abs(), single.eigenvectors.abs(), atol=1e-9, rtol=0)
+    dense = torch.linalg.eigvalsh(HessianOperator(objective).dense()).flip(0)[:4]
+    torch.testing.assert_close(block.eigenvalues, dense, atol=1e-8, rtol=1e-6)
+
+
+def test_as_block_operator_chunks_and_checks_the_block_size():
+    A = matrix_with_spectrum(SPECTRA["separated"], n=10)
+    V = torch.randn(7, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for size in (1, 3, 7, 20):
+        matmat, n, _, _, got = as_block_operator(A, size)
+        assert (n, got) == (10, size)
+        torch.testing.assert_close(matmat(V), V @ A, atol=1e-13, rtol=0)
+    assert as_block_operator(A)[4] == 1
+    with pytest.raises(LandscapeError, match="--block-size must be at least 1, got 0"):
+        as_block_operator(A, 0)

@@ -6,6 +6,7 @@ from torch import nn
 from torch.func import hessian
 
 from landscape import models
+from landscape.eigen import lanczos
 from landscape.errors import LandscapeError
 from landscape.objective import Objective
 from landscape.operators import HessianOperator
@@ -138,3 +139,102 @@ def test_gradient_matches_autograd():
     loss = nn.functional.cross_entropy(ref(x.double()), y)
     expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(ref.parameters()))])
     torch.testing.assert_close(objective.gradient(), expected)
+
+
+@pytest.mark.parametrize("mode", ["cached", "forward"])
+@pytest.mark.parametrize("name", ["cnn", "batchnorm-eval"])
+def test_block_products_match_the_dense_hessian(name, mode):
+    model, (x, y) = _cases()[name]
+    objective = Objective(model, [(x[:7], y[:7]), (x[7:], y[7:])], dtype=torch.float64)
+    H = dense_reference(objective, x, y)
+    V = torch.randn(4, H.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    op = HessianOperator(objective, mode=mode, block_size=4)
+    torch.testing.assert_close(op.matmat(V), V @ H, atol=1e-10, rtol=1e-9)
+    assert op._vmap_blocks is True and op.num_matvecs == 5
+
+
+class Scaled(torch.autograd.Function):
+    """2 x g, with a backward that reads a Python number (``.item()``: vmap cannot batch it)."""
+
+    @staticmethod
+    def forward(ctx, x, g):
+        ctx.save_for_backward(x, g)
+        return 2 * x * g
+
+    @staticmethod
+    def backward(ctx, h):
+        x, g = ctx.saved_tensors
+        assert h.sum().item() == h.sum().item()
+        return 2 * g * h, 2 * x * h
+
+
+class Square(torch.autograd.Function):
+    """x^2 by hand: its backward is :class:`Scaled`, so the Hessian's backward runs that."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return Scaled.apply(x, g)
+
+
+class SquareNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(5, 4), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(Square.apply(torch.tanh(self.fc1(x))))
+
+
+def test_block_products_fall_back_to_single_products_where_vmap_cannot():
+    _, (x, y) = _cases()["mlp"]
+    torch.manual_seed(0)
+    model = SquareNet()
+    single = HessianOperator(Objective(model, [(x, y)], dtype=torch.float64), mode="cached", block_size=1)
+    block = HessianOperator(Objective(model, [(x, y)], dtype=torch.float64), mode="cached", block_size=4)
+    V = torch.randn(6, single.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(block.matmat(V), torch.stack([single @ v for v in V]), atol=1e-13, rtol=1e-11)
+    assert block._vmap_blocks is False and block.num_matvecs == 7
+
+
+def test_block_shapes_and_sizes_are_checked():
+    model, (x, y) = _cases()["mlp"]
+    op = HessianOperator(Objective(model, [(x, y)]))
+    with pytest.raises(ValueError, match=r"block of shape \(k, "):
+        op.matmat(torch.zeros(op.shape[0]))
+    with pytest.raises(LandscapeError, match="--block-size must be at least 1, got 0"):
+        HessianOperator(Objective(model, [(x, y)]), block_size=0)
+
+
+def test_block_size_calibration_picks_a_measured_candidate():
+    model, (x, y) = _cases()["cnn"]
+    objective = Objective(model, [(x, y)], dtype=torch.float64)
+    assert HessianOperator(objective).block_size == 1  # the CPU's default, nothing measured
+    op = HessianOperator(objective)
+    op._block_size = None  # as on a device without a default: measured on first use
+    V = torch.randn(5, op.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = op.matmat(V)
+    assert op.block_size in (1, 2, 4, 8, 16) and op.num_matvecs >= 3 + 5 + 1  # 1 x (warm-up + 2 timed) at least
+    torch.testing.assert_close(out, V @ dense_reference(objective, x, y), atol=1e-10, rtol=1e-9)
+    assert op.calibrate_block_size((3,), reps=1) == 3 == op.block_size
+
+
+def test_single_products_measure_no_block_size():
+    model, (x, y) = _cases()["mlp"]
+    op = HessianOperator(Objective(model, [(x, y)]))
+    op._block_size = None  # as on a device without a default
+    lanczos(op, k=1, tol=1e-2)  # one vector per step: k = 1 Lanczos (the training tracker's) pays no calibration
+    assert op._block_size is None
+
+
+def test_calibration_reports_its_speedup():
+    model, (x, y) = _cases()["mlp"]
+    op = HessianOperator(Objective(model, [(x, y)]))
+    assert op.block_speedup == 1.0
+    op.calibrate_block_size((1, 2), reps=1)
+    assert op.block_speedup > 0 and (op.block_size == 1) == (op.block_speedup == 1.0)

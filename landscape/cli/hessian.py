@@ -45,6 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--curvature", choices=list(CURVATURES), default="hessian",
                    help="hessian, ggn (generalized Gauss-Newton J^T H_loss J) or fisher (empirical Fisher) "
                    "(default: hessian)")
+    p.add_argument("--block-size", type=common.integer(1), default=None, metavar="B",
+                   help="vectors per block product (one vmapped graph): Hutchinson probes, Hutch++ columns and SLQ "
+                   "runs go B at a time (the same estimates), Lanczos takes min(B, top-k) start vectors; memory grows "
+                   "with B (default: 1 on CPU; measured on the model on other devices, Lanczos then blocked only "
+                   "where that pays)")
     p.add_argument("--per-layer", action="store_true",
                    help="also lambda_max of each layer's parameter block alone (a table and 'per_layer' in the JSON)")
     common.add_objective_args(p)
@@ -80,7 +85,7 @@ def _analyze(args: argparse.Namespace, ckpt: Checkpoint, dataset: Dataset, model
         density=args.density or args.plot is not None, density_steps=args.density_steps,
         density_runs=args.density_runs, batch_size=args.batch_size, dtype=dtype, device=device,
         seed=args.seed, progress=sys.stderr.isatty(), loss=loss, curvature=args.curvature,
-        params=args.params, ignore_index=args.ignore_index, per_layer=args.per_layer,
+        params=args.params, ignore_index=args.ignore_index, per_layer=args.per_layer, block_size=args.block_size,
         vector_tol=args.vector_tol if args.vector_tol is not None or not args.save_eigenvectors else args.tol,
     )
     if not distributed.is_main():  # rank 0 prints and writes for all
