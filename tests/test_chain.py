@@ -15,6 +15,14 @@ from landscape import surface as S
 from landscape.chain import FirstLayer, find_chain, find_first_layer
 
 
+def assert_surface_equals_the_loop(model: nn.Module, dirs: D.Directions, axes: list, ds: data.Dataset) -> None:
+    """The surface (whatever path it takes) equals a one-point-at-a-time loop, float64."""
+    res = S.evaluate(model, dirs, axes, {"train": ds}, dtype=torch.float64, progress=False, points_per_batch=4)
+    loss, acc = loop_reference(model, dirs, axes, ds, None)
+    np.testing.assert_allclose(res["values"]["train/loss"], loss, rtol=1e-11)
+    np.testing.assert_array_equal(res["values"]["train/accuracy"], acc)
+
+
 class Residual(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -262,10 +270,7 @@ def test_cifar_cnn_takes_the_first_layer_path_and_equals_one_point_at_a_time() -
                              "eval", [], torch.float64, torch.device("cpu"))
     assert evaluator.first is not None and evaluator.first.name == "conv1"
     axes = [S.symmetric_axis(1.0, 3), S.symmetric_axis(1.0, 3)]
-    res = S.evaluate(model, dirs, axes, {"train": ds}, dtype=torch.float64, progress=False, points_per_batch=4)
-    loss, acc = loop_reference(model, dirs, axes, ds, None)
-    np.testing.assert_allclose(res["values"]["train/loss"], loss, rtol=1e-11)
-    np.testing.assert_array_equal(res["values"]["train/accuracy"], acc)
+    assert_surface_equals_the_loop(model, dirs, axes, ds)
 
 
 def test_a_frozen_first_conv_stays_at_its_value(monkeypatch) -> None:
@@ -344,10 +349,7 @@ def test_fallback_for_networks_whose_first_layer_is_not_fed_the_input(name: str)
                              "eval", [], torch.float64, torch.device("cpu"))
     assert evaluator.first is None and evaluator.chain is None
     axes = [S.symmetric_axis(1.0, 3), S.symmetric_axis(0.5, 3)]
-    res = S.evaluate(model, dirs, axes, {"train": ds}, dtype=torch.float64, progress=False, points_per_batch=4)
-    loss, acc = loop_reference(model, dirs, axes, ds, None)
-    np.testing.assert_allclose(res["values"]["train/loss"], loss, rtol=1e-11)
-    np.testing.assert_array_equal(res["values"]["train/accuracy"], acc)
+    assert_surface_equals_the_loop(model, dirs, axes, ds)
 
 
 def test_responses_beyond_the_memory_budget_take_the_plain_path(monkeypatch) -> None:
