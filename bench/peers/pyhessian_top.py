@@ -28,6 +28,8 @@ def main() -> None:
     ap = _user.parser(__doc__.split("\n")[0])
     ap.add_argument("--tol", type=float, default=1e-3)
     ap.add_argument("--max-iter", type=int, default=100)
+    ap.add_argument("--budget", type=int, default=None,
+                    help="stop unfinished after this many products (the result then has no eigenvalues)")
     args = ap.parse_args()
     model, x, y = _user.load(args.weights, args.data)
     t_loaded = time.perf_counter()
@@ -36,7 +38,12 @@ def main() -> None:
     count = [0]
     hvp = mod.hessian_vector_product
 
+    class Budget(Exception):
+        pass
+
     def counted(*a):
+        if args.budget is not None and count[0] >= args.budget:
+            raise Budget
         count[0] += 1
         return hvp(*a)
 
@@ -45,9 +52,13 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # backward(create_graph=True) reference-cycle warning
         h = pyhessian.hessian(model, torch.nn.CrossEntropyLoss(), data=(x, y), cuda=False)
-        values, _ = h.eigenvalues(maxIter=args.max_iter, tol=args.tol, top_n=args.top_k)
+        try:
+            values, _ = h.eigenvalues(maxIter=args.max_iter, tol=args.tol, top_n=args.top_k)
+            finished = True
+        except Budget:
+            values, finished = [], False
     _user.finish(args, T_START, T_IMPORTED, t_loaded, values, count[0], tool="pyhessian", tol=args.tol,
-                 max_iter=args.max_iter)
+                 max_iter=args.max_iter, finished=finished)
 
 
 if __name__ == "__main__":
