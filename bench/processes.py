@@ -259,7 +259,7 @@ def report(results: list[dict], su: dict | None, meta: dict) -> tuple[list[str],
         for name, s in su.items():
             if isinstance(s, float) and name != "importtime_total":
                 p(f"  {name:40s} {s:6.2f}")
-        p(f"  -X importtime of landscape hessian --help, top-level modules: " + ", ".join(
+        p("  -X importtime of landscape hessian --help, top-level modules: " + ", ".join(
             f"{name} {s:.2f} s" for s, name in su["importtime_top"]))
     for res in results:
         ref = res["reference"]
