@@ -414,12 +414,17 @@ def lanczos(
     basis = KrylovBasis(matmat, n, dtype, device, vectors, g)
     bar = tqdm(total=max_iter, desc=f"lanczos top-{k}", unit="hvp", disable=not progress, leave=False)
 
-    def certified(exact: bool, before: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
-                                                               list[str], torch.Tensor, torch.Tensor]:
+    def ritz_values() -> tuple[torch.Tensor, torch.Tensor]:
+        """Every Ritz value of the basis, with cheap residual estimates (float64, on the CPU)."""
+        theta, estimate = basis.estimate(basis.size)
+        return theta.double().cpu(), estimate.double().cpu()
+
+    def certified(exact: bool, before: torch.Tensor, now: tuple[torch.Tensor, torch.Tensor]
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, list[str], torch.Tensor, torch.Tensor]:
         """Of the top k: Ritz values, vectors (if exact), residuals, how certified, bounds, converged;
-        ``before`` the top Ritz values one step ago (how far they moved guards the gap bound)."""
-        theta, estimate = basis.estimate(basis.size)  # every Ritz value; cheap residual estimates
-        theta, estimate = theta.double().cpu(), estimate.double().cpu()
+        ``now`` the basis's :func:`ritz_values`, ``before`` the top Ritz values one step ago (how far
+        they moved guards the gap bound)."""
+        theta, estimate = now
         vectors, residuals = None, estimate[:k]
         if exact:
             values, vectors, residuals = basis.ritz(k)
@@ -434,19 +439,20 @@ def lanczos(
     before = after = torch.empty(0, dtype=torch.float64)
     while basis.size < max_iter:
         bar.update(basis.step(min(block_size, max_iter - basis.size)))  # one block product
-        before, after = after, basis.estimate(basis.size)[0].double().cpu()
+        now = ritz_values()
+        before, after = after, now[0]
         if basis.size < k + block_size - 1:
             continue
-        theta, _, _, _, _, likely = certified(False, before)
+        theta, _, _, _, _, likely = certified(False, before, now)
         bar.set_postfix(converged=f"{int(likely.sum())}/{k}", lam1=f"{float(theta[0]):.4g}")
         # The cheap estimate says when to pay for exact residuals (k passes over the basis);
         # only exact residuals stop the iteration.
         if bool(likely.all()):
             exact_checks += 1
-            if bool(certified(True, before)[-1].all()):
+            if bool(certified(True, before, now)[-1].all()):
                 break
     bar.close()
-    theta, vectors, res, how, bounds, met = certified(True, before)
+    theta, vectors, res, how, bounds, met = certified(True, before, ritz_values())
     converged = met.tolist()
     if not all(converged):
         warnings.warn(f"lanczos: {k - sum(converged)} of {k} eigenpairs missed tol={tol}"
