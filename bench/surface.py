@@ -6,7 +6,8 @@ samples) and the same N x N grid (default 21 x 21), in one run and one process:
 - ``landscape``: :func:`landscape.surface.evaluate` with filter-normalized random
   directions (direction set-up included), loss and accuracy at every point;
 - ``landscape, plain``: the same with its fast paths off (no first layer from precomputed
-  responses, no linear chain): one vmapped ``functional_call`` per chunk of points;
+  responses, no linear chain): one vmapped ``functional_call`` per chunk of points (the
+  memory layout and the cache-sized pieces of the batch still chosen as always);
 - ``loss-landscapes``: ``loss_landscapes.random_plane(model, Loss(...), distance=2,
   steps=N, normalization="filter", deepcopy_model=True)`` (loss only);
 - ``plain loop``: one point at a time, ``p.copy_(w + a d1 + b d2)`` then one forward
@@ -22,7 +23,18 @@ landscape,floor``, the GPU time target of issue 15; ``--precision tf32`` or ``bf
 reduced arithmetic). ``--methods landscape,plain,floor --workloads cnn`` is the issue-15 CPU check
 (``>= 1.25x`` the floor) without the slow peers.
 
-Measured on a quiet 2-core CPU (``python bench/surface.py --repeats 1``, about 10 minutes)::
+The CNN's issue-15 check, ``python bench/surface.py --methods landscape,plain,floor --workloads cnn
+--repeats 1`` on a quiet 2-core CPU (load 0.6; the CNN runs channels-last in 47-sample pieces of the
+512, measured fastest by ``surface.fastest_evaluation``; its first layer from responses lost there)::
+
+    21x21 grid, cpu, torch 2.13.0+cpu, 2 threads, precision float32, x86_64, load 0.64
+    workload                                 method               seconds   points/s  x floor  x loss-landscapes
+    CIFAR CNN (C=10), synthetic (512)        landscape             53.495        8.2     1.82                  -
+    CIFAR CNN (C=10), synthetic (512)        landscape, plain      52.828        8.3     1.85                  -
+    CIFAR CNN (C=10), synthetic (512)        floor                 97.542        4.5     1.00                  -
+    PASS: cnn 1.82x the floor (target >= 1.25x on a CPU, issue 15)
+
+Measured before the pieces and layouts (all methods, ``python bench/surface.py --repeats 1``, about 10 minutes)::
 
     21x21 grid, cpu, torch 2.13.0+cpu, 2 threads, loss-landscapes 3.0.6, x86_64
     workload                                 method             seconds   points/s  x floor  x loss-landscapes

@@ -149,7 +149,8 @@ def default_block_size(device: torch.device) -> int | None:
     return 1 if device.type == "cpu" else None
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (before reading a clock)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
@@ -231,11 +232,11 @@ class CurvatureOperator:
             V = torch.randn(b, self.shape[0], generator=g, dtype=self.dtype).to(self.device)
             times = []
             for _ in range(reps + 1):
-                _synchronize(self.device)
+                synchronize(self.device)
                 start = time.perf_counter()
                 self._rows(V)  # this rank's part: no collective, so ranks may stop at different sizes
                 self.num_matvecs += b
-                _synchronize(self.device)
+                synchronize(self.device)
                 times.append(time.perf_counter() - start)
             return statistics.median(times[1:]) / b
 

@@ -60,6 +60,10 @@ interface to :mod:`landscape.plots`::
                             "max_abs_accuracy": float | None, "points": [[c, ...], ...]},  # only: vs
                                           # float32 at a few grid points
         "points_per_batch": int, "batch_size": int | None,
+        "samples_per_forward": int | None,   # the samples of one forward (auto_chunks)
+        "evaluation": {"path": "chain" | "first-layer" | "plain",      # how the points were
+                       "layout": "contiguous" | "channels_last",       # computed (measured:
+                       "seconds": {candidate: float}},                 # fastest_evaluation)
         "grid": {"extent": [[start, stop], ...],      # of every axis, as evaluated
                  "rule": "range" | "cover" | "interval", ...},   # how it was chosen, if told:
                                           # range R (symmetric), cover (the markers, margin M),
@@ -120,6 +124,7 @@ from landscape.errors import LandscapeError, os_error
 from landscape.files import atomic_write
 from landscape.models import batchnorm_layers
 from landscape.objective import Forward, Loss, Objective
+from landscape.operators import synchronize
 
 FORMAT = "landscape-surface"
 FORMAT_VERSION = 1
@@ -135,15 +140,18 @@ METRICS = ("loss", "accuracy")
 PROGRESS_FIELDS = ("num_done", "complete", "nonfinite", "device", "num_processes")
 # Neither are the names of the axes (they do not change a value) nor the record of the grid
 # (its axes themselves are compared exactly): a run continued by a newer version may relabel.
-NOT_IDENTITY = (*PROGRESS_FIELDS, "axis_labels", "grid", "precision_error")
+# Nor is how the points are computed (the path, the memory layout and the samples per forward
+# change only the rounding; a continued run reuses the file's choice).
+NOT_IDENTITY = (*PROGRESS_FIELDS, "axis_labels", "grid", "precision_error", "evaluation", "samples_per_forward")
 #: Margin of a grid covering models, as a fraction of the extent it covers (on each side).
 MARGIN = 0.2
 #: The grid of a surface around one model alone (nothing else to cover): +-1 direction units [Li18].
 DEFAULT_RANGE = 1.0
 # Memory for one stacked forward (activations of all points in it) when choosing points_per_batch:
 # on a CPU about a last-level cache (measured on 2 cores: an MLP on digits is fastest at 24-48 points
-# per forward, 1.5x faster than at 128; LeNet-5 on 512 images 2x faster at 1 point than at 15); on a
-# GPU a quarter of the free memory, at most 8 GiB.
+# per forward, 1.5x faster than at 128; LeNet-5 on 512 images 2x faster at 1 point than at 15; the
+# CIFAR CNN on 512 images 1.6x faster in 64-sample pieces than in one forward); on a GPU a quarter of
+# the free memory, at most 8 GiB.
 BATCH_MEMORY_BYTES = 1 << 24
 GPU_BATCH_MEMORY_BYTES = 1 << 33
 MAX_POINTS_PER_BATCH = 128
@@ -154,6 +162,10 @@ MAX_POINTS = 10_000_000
 RESPONSE_MEMORY_BYTES = 1 << 30
 # Samples on which a fast path is checked against the plain forward before it is used.
 CHECK_SAMPLES = 64
+#: Memory layouts of image batches a convolutional network is evaluated in (:func:`fastest_evaluation`).
+LAYOUTS = ("contiguous", "channels_last")
+#: A grid this small is evaluated the default way (fast path, contiguous): measuring would cost more than it saves.
+MEASURE_MIN_POINTS = 32
 #: The margin of a covering grid is taken from at least this fraction of the models' largest spread.
 MIN_SIDE = 0.25
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -324,7 +336,12 @@ class _Evaluator:
     A fully connected network takes the faster :class:`~landscape.chain.LinearChain`
     path instead; any other network whose first layer is a Linear or a convolution fed the
     input gets that layer's output from its precomputed responses
-    (:class:`~landscape.chain.FirstLayer`) and runs the rest as above. Works on a private copy of the model; never writes to the caller's tensors.
+    (:class:`~landscape.chain.FirstLayer`) and runs the rest as above (``fast=False``: the
+    plain path always). ``layout="channels_last"`` keeps image batches channels-last, the
+    layout oneDNN's convolutions run fastest in on a CPU (the CIFAR CNN 1.5x). Which of
+    these is fastest for a model on a device is measured, not assumed
+    (:func:`fastest_evaluation`). Works on a private copy of the model; never writes to the
+    caller's tensors.
     """
 
     def __init__(
@@ -339,8 +356,10 @@ class _Evaluator:
         device: torch.device,
         precision: str = "float32",
         fast: bool = True,
+        layout: str = "contiguous",
     ) -> None:
-        self.precision = precision
+        self.precision, self.layout = precision, layout
+        self.dtype, self.device = dtype, device
         self.model = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
         self.names = list(origin)
         self.origin = {n: origin[n].detach().to(device, dtype) for n in self.names}
@@ -354,9 +373,8 @@ class _Evaluator:
             **{n: b.detach() for n, b in self.model.named_buffers()},
         }
         self.sources = {
-            s: [(x.to(device, dtype), y.to(device)) for x, y in batches] for s, batches in sources.items()
+            s: [(self._placed(x), y.to(device)) for x, y in batches] for s, batches in sources.items()
         }
-        self.dtype, self.device = dtype, device
         self.recalibrate = bn == "recalibrate" and bool(batchnorm_layers(self.model))
         if self.recalibrate:
             # Only the BatchNorm layers run in training mode (dropout stays off); momentum None
@@ -365,7 +383,7 @@ class _Evaluator:
             for _, m in batchnorm_layers(self.calibration_model):
                 m.train()
                 m.momentum = None
-            self.calibration = [(x.to(device, dtype), y.to(device)) for x, y in calibration]
+            self.calibration = [(self._placed(x), y.to(device)) for x, y in calibration]
         # The fast paths (:mod:`landscape.chain`): a Linear/elementwise chain whole, else the first
         # layer from its precomputed responses and the rest of the network as below.
         self.chain: LinearChain | None = None
@@ -378,6 +396,16 @@ class _Evaluator:
         if fast_path is not None:  # checked in float32; kept in the evaluation's precision (bf16: half the memory)
             with torch.no_grad(), compute_precision(self.precision, self.device):
                 self.responses = {s: [fast_path.responses(x) for x, _ in b] for s, b in self.sources.items()}
+
+    def _placed(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch of inputs on the evaluation's device and dtype, in its memory layout (image batches)."""
+        x = x.to(self.device, self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.layout == "channels_last" and x.dim() == 4 else x
+
+    @property
+    def path(self) -> str:
+        """Which evaluation runs: ``"chain"``, ``"first-layer"`` (:mod:`landscape.chain`) or ``"plain"``."""
+        return "chain" if self.chain is not None else "first-layer" if self.first is not None else "plain"
 
     def _fast_path(self) -> LinearChain | FirstLayer | None:
         """The fast path for this model, if it has one and it is affordable: the whole
@@ -559,17 +587,24 @@ def _metrics(source: str, logits: Iterable[torch.Tensor], labels: Sequence[torch
     return {f"{source}/loss": (loss_sum / n).cpu().numpy(), f"{source}/accuracy": (correct / n).cpu().numpy()}
 
 
-def auto_points_per_batch(
-    model: nn.Module, x: torch.Tensor, batch_size: int, num_params: int, dtype: torch.dtype, device: torch.device
-) -> int:
-    """How many points one stacked forward holds: activations of all K points within a memory budget.
+def auto_chunks(
+    model: nn.Module, x: torch.Tensor, batch_size: int, num_params: int, dtype: torch.dtype, device: torch.device,
+    points_per_batch: int | None = None,
+) -> tuple[int, int]:
+    """Points per forward K and samples per forward S: the activations of one stacked forward
+    (K points on S samples) within a memory budget.
 
-    The activation size per sample is measured with forward hooks on one sample; a
-    point costs ``batch_size * activations + num_params`` elements. The budget is
-    ``BATCH_MEMORY_BYTES`` on a CPU and a quarter of the free memory (at most
-    ``GPU_BATCH_MEMORY_BYTES``) on a GPU. Large models on large batches get K = 1 (one
-    forward per point is already compute-bound); small ones get many points per
-    forward, which removes the per-call overhead that dominates them.
+    The activation size per sample is measured with forward hooks on one sample; K points
+    on S samples cost ``K (S * activations + num_params)`` elements. The budget is
+    ``BATCH_MEMORY_BYTES`` on a CPU (about a last-level cache) and a quarter of the free
+    memory (at most ``GPU_BATCH_MEMORY_BYTES``) on a GPU. Small models on small batches get
+    many points per forward (K > 1), which removes the per-call overhead that dominates
+    them; when one point on the whole batch exceeds the budget, K = 1 and the batch is cut
+    into S-sample pieces that fit it: on a CPU the activations then stay in the cache
+    (the CIFAR CNN on 512 images: 64-sample pieces 1.6x faster than one forward of 512).
+    ``points_per_batch`` (given K) fixes K and chooses S alone. ``batch_size`` bounds S. The
+    pieces are used only when the model's outputs on ``2 S`` samples equal its outputs on two
+    pieces of S (an eval forward that mixes the samples of a batch keeps it whole).
     """
     sizes: list[int] = []
 
@@ -586,8 +621,72 @@ def auto_points_per_batch(
     budget = BATCH_MEMORY_BYTES
     if device.type == "cuda":
         budget = min(GPU_BATCH_MEMORY_BYTES, torch.cuda.mem_get_info(device)[0] // 4)
-    per_point = (batch_size * sum(sizes) + num_params) * torch.finfo(dtype).bits // 8
-    return int(min(MAX_POINTS_PER_BATCH, max(1, budget // max(per_point, 1))))
+    item = torch.finfo(dtype).bits // 8
+    per_sample, params = max(sum(sizes), 1) * item, num_params * item
+    if points_per_batch is None:
+        points_per_batch = int(min(MAX_POINTS_PER_BATCH, max(1, budget // max(batch_size * per_sample + params, 1))))
+    samples = int(min(batch_size, max(1, (budget // points_per_batch - params) // per_sample)))
+    if samples < batch_size and not _pieces_agree(probe, x[: 2 * samples].to(device=device, dtype=dtype), samples):
+        samples = batch_size  # its eval forward couples the samples of a batch: keep the batch whole
+    return points_per_batch, samples
+
+
+def _pieces_agree(model: nn.Module, x: torch.Tensor, size: int) -> bool:
+    """Whether the model's (eval) outputs on the batch x equal its outputs on pieces of ``size`` samples."""
+    with torch.no_grad():
+        whole = model(x)
+        pieces = torch.cat([model(x[i : i + size]) for i in range(0, len(x), size)])
+    tol = 1e-4 if x.dtype != torch.float64 else 1e-10
+    return whole.shape == pieces.shape and torch.allclose(
+        whole, pieces, rtol=tol, atol=tol * max(float(whole.abs().max()), 1.0))
+
+
+def fastest_evaluation(model: nn.Module, origin: Mapping[str, torch.Tensor], directions: Directions,
+                       batch: Batch, bn: str, calibration: Sequence[Batch], dtype: torch.dtype, device: torch.device,
+                       precision: str, points: int) -> dict[str, Any]:
+    """The fastest way to evaluate this model on this device, measured: ``{"path", "layout", "seconds"}``.
+
+    The candidates are the plain path and the fast path of :mod:`landscape.chain` (if the
+    model has one and it passes its check), each in the contiguous and, for convolutional
+    networks on image batches, the channels-last layout. Each evaluates ``points`` random
+    points on ``batch`` (one forward's samples) once; a candidate that fails or whose losses
+    differ from the plain contiguous path's by more than rounding is dropped (a model that
+    reshapes with ``view``, say, cannot run channels-last); the others run twice more, timed,
+    and the fastest wins. ``seconds`` holds each kept candidate's best time.
+    """
+    layouts = ["contiguous"]
+    if batch[0].dim() == 4 and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        layouts.append("channels_last")
+    coords = np.random.default_rng(0).uniform(-1.0, 1.0, (points, len(directions)))
+    tol = 1e-10 if dtype == torch.float64 else {"float32": 1e-4, "tf32": 1e-2}.get(precision, 5e-2)
+    reference: dict[str, np.ndarray] | None = None
+    timings: dict[tuple[str, str], float] = {}
+    for layout in layouts:
+        for fast in (False, True):
+            try:
+                evaluator = _Evaluator(model, origin, directions, {"probe": [batch]}, bn, calibration, dtype, device,
+                                       precision, fast=fast, layout=layout)
+                if (evaluator.path, layout) in timings:
+                    continue  # no fast path: the plain one, already timed
+                values = evaluator(coords)
+            except Exception:  # noqa: BLE001 - a layout the model cannot run in; the plain contiguous one must run
+                if reference is None:
+                    raise
+                continue
+            if reference is None:
+                reference = values
+            elif not np.allclose(values["probe/loss"], reference["probe/loss"], rtol=tol, atol=tol, equal_nan=True):
+                continue
+            best = math.inf
+            for _ in range(2):
+                synchronize(device)
+                t0 = time.perf_counter()
+                evaluator(coords)
+                synchronize(device)
+                best = min(best, time.perf_counter() - t0)
+            timings[evaluator.path, layout] = best
+    path, layout = min(timings, key=timings.__getitem__)
+    return {"path": path, "layout": layout, "seconds": {f"{p}/{lay}": round(t, 6) for (p, lay), t in timings.items()}}
 
 
 def _dataset_description(ds: Dataset | Iterable[Batch], objective: Objective | None = None) -> dict[str, Any]:
@@ -649,7 +748,10 @@ def evaluate(
         calibration: the fixed subset for ``bn="recalibrate"``.
         batch_size: samples per forward (default: each source in one batch).
         points_per_batch: points per forward (default: continue with the file's value,
-            else :func:`auto_points_per_batch`).
+            else :func:`auto_chunks`, which also cuts the batches into pieces that fit the
+            cache or device memory). The path and memory layout are measured on grids of
+            ``MEASURE_MIN_POINTS`` points or more (:func:`fastest_evaluation`) and recorded in
+            ``metadata["evaluation"]``; a continued run keeps the file's choices.
         dtype, device: precision and place of the computation; the data moves there once.
         precision: the arithmetic of a float32 evaluation (:func:`compute_precision`):
             ``"float32"`` (no TF32 on a GPU either), ``"tf32"`` (a GPU only) or ``"bf16"``
@@ -734,18 +836,24 @@ def evaluate(
     objectives = {s: Objective(model, ds.batches(batch_size) if isinstance(ds, Dataset) else ds, dtype, device,
                                list(base), loss=loss, forward=forward, ignore_index=ignore_index, data_parallel=False)
                   for s, ds in sources.items()} if generic else {}
+    # How the points are computed: continued from the file's choices, else chosen now (see auto_chunks)
+    old = previous["metadata"] if previous is not None else {}
+    samples_per_forward = batch_size
     if generic:
         points_per_batch = 1
-    elif points_per_batch is None:
-        if previous is not None and isinstance(previous["metadata"].get("points_per_batch"), int):
-            points_per_batch = int(previous["metadata"]["points_per_batch"])
+    else:
+        if points_per_batch is None and isinstance(old.get("points_per_batch"), int):
+            points_per_batch = int(old["points_per_batch"])
+        if isinstance(old.get("samples_per_forward"), int) and points_per_batch is not None:
+            samples_per_forward = int(old["samples_per_forward"])
         else:
             first = next(iter(sources.values()))
             per_forward = len(first) if batch_size is None else min(batch_size, len(first))
             num = sum(t.numel() for t in base.values())
-            points_per_batch = auto_points_per_batch(model, first.x, per_forward, num, dtype, device)
+            points_per_batch, samples_per_forward = auto_chunks(model, first.x, per_forward, num, dtype, device,
+                                                                points_per_batch)
             if world is not None:  # one chunking for all ranks (free GPU memory may differ)
-                points_per_batch = world.min_int(points_per_batch)
+                points_per_batch, samples_per_forward = world.min_int(points_per_batch), world.min_int(samples_per_forward)
     meta: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -766,6 +874,7 @@ def evaluate(
         "precision": precision,
         "batch_size": batch_size,
         "points_per_batch": points_per_batch,
+        "samples_per_forward": samples_per_forward,
         "axis_labels": list(axis_labels or ["alpha", "beta", "gamma"][: len(axes)]),
         "markers": [dict(m) for m in markers],
         "device": str(device),
@@ -777,8 +886,9 @@ def evaluate(
     done = np.zeros(coords.shape[0], dtype=bool)
     if previous is not None:
         _check_same_run(out, previous, meta, axes)
-        if "precision_error" in previous["metadata"]:
-            meta["precision_error"] = previous["metadata"]["precision_error"]
+        for key in ("precision_error", "evaluation"):
+            if key in previous["metadata"]:
+                meta[key] = previous["metadata"][key]
         for k in keys:
             values[k] = previous["values"][k].reshape(-1).copy()
         done = previous["done"].reshape(-1).copy()
@@ -799,11 +909,25 @@ def evaluate(
 
     pending = [i for i in range(0, len(coords), points_per_batch) if not done[i : i + points_per_batch].all()]
     if pending:
-        evaluator = _ObjectiveEvaluator(base, directions, objectives) if generic else _Evaluator(
-            model, base, directions,
-            {s: ds.batches(batch_size) for s, ds in sources.items()},
-            bn, calibration.batches(batch_size) if calibration is not None else [], dtype, device, precision,
-        )
+        evaluator: Callable[[np.ndarray], dict[str, np.ndarray]]
+        if generic:
+            evaluator = _ObjectiveEvaluator(base, directions, objectives)
+        else:
+            calibrate = calibration.batches(batch_size) if calibration is not None else []
+            how = old.get("evaluation") if isinstance(old.get("evaluation"), dict) else None
+            if how is None and (len(coords) - int(done.sum())) >= MEASURE_MIN_POINTS:
+                probe = next(iter(sources.values())).batches(samples_per_forward)[0]
+
+                def measure() -> dict[str, Any]:
+                    return fastest_evaluation(model, base, directions, probe, bn, calibrate, dtype, device, precision,
+                                              points_per_batch)
+
+                how = measure() if world is None else world.from_first(measure)  # one choice for all ranks
+            how = how or {"path": "fast", "layout": LAYOUTS[0]}
+            evaluator = _Evaluator(model, base, directions, {s: ds.batches(samples_per_forward) for s, ds in sources.items()},
+                                   bn, calibrate, dtype, device, precision, fast=how.get("path") != "plain",
+                                   layout=how.get("layout") if how.get("layout") in LAYOUTS else LAYOUTS[0])
+            meta["evaluation"] = {**how, "path": evaluator.path, "layout": evaluator.layout}
         bar = tqdm(total=len(coords), initial=int(done.sum()), unit="pt", desc=kind,
                    disable=_no_bar(progress) if main else True)
         last_save = time.monotonic()

@@ -550,3 +550,127 @@ def test_bad_precision(kwargs: dict, match: str) -> None:
     with pytest.raises(LandscapeError, match=match):
         S.evaluate(model, D.random_directions(model, 2, seed=0), [axis, axis], {"train": tiny_data()},
                    progress=False, **kwargs)
+
+
+# --- how the points are computed: pieces of a batch, memory layouts, the measured path ----------------
+# The CIFAR CNN's activations per sample, from its layer shapes (conv1 64x28x28, pool 64x14x14, conv2 64x10x10,
+# pool 64x5x5, fc 384, 192, 10, the model's output 10), and its parameters (C = 10).
+CNN_ACTIVATIONS = 64 * 28 * 28 + 64 * 14 * 14 + 64 * 10 * 10 + 64 * 5 * 5 + 384 + 192 + 10 + 10
+CNN_PARAMS = (3 * 64 * 25 + 64) + (64 * 64 * 25 + 64) + (1600 * 384 + 384) + (384 * 192 + 192) + (192 * 10 + 10)
+
+
+def test_auto_chunks_cuts_a_batch_that_overflows_the_budget_into_pieces_that_fit() -> None:
+    model = build("cnn", num_classes=10).eval()
+    assert sum(p.numel() for p in model.parameters()) == CNN_PARAMS
+    x, cpu = torch.randn(512, 3, 32, 32), torch.device("cpu")
+    k, s = S.auto_chunks(model, x, 512, CNN_PARAMS, torch.float32, cpu)
+    cost = lambda samples, points=1: points * (samples * CNN_ACTIVATIONS + CNN_PARAMS) * 4  # noqa: E731
+    assert k == 1 and cost(s) <= S.BATCH_MEMORY_BYTES < cost(s + 1)
+    k4, s4 = S.auto_chunks(model, x, 512, CNN_PARAMS, torch.float32, cpu, points_per_batch=4)
+    assert k4 == 4 and cost(s4, 4) <= S.BATCH_MEMORY_BYTES < cost(s4 + 1, 4) and s4 < s
+    # a batch that fits stays whole, with as many points per forward as fit
+    assert S.auto_chunks(model, x, 8, CNN_PARAMS, torch.float32, cpu) == (S.BATCH_MEMORY_BYTES // cost(8), 8)
+    mlp = build("mlp")
+    k, s = S.auto_chunks(mlp, torch.randn(100, 64), 100, sum(p.numel() for p in mlp.parameters()), torch.float32, cpu)
+    assert k > 1 and s == 100  # small model, small batch: several points per forward on the whole batch
+
+
+class BatchCoupled(nn.Module):
+    """An eval forward that mixes the samples of a batch (centres them on the batch mean)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x - x.mean(0))
+
+
+def test_auto_chunks_keeps_the_batch_of_a_model_that_couples_its_samples(monkeypatch) -> None:
+    # room for the 15 parameters and 10 samples of 6 activations (the Linear's 3 outputs and the model's 3)
+    monkeypatch.setattr(S, "BATCH_MEMORY_BYTES", 4 * (15 + 6 * 10))
+    x, cpu = torch.randn(40, 4), torch.device("cpu")
+    assert S.auto_chunks(nn.Sequential(nn.Linear(4, 3)), x, 40, 15, torch.float32, cpu) == (1, 10)
+    assert S.auto_chunks(BatchCoupled(), x, 40, 15, torch.float32, cpu) == (1, 40)
+
+
+class ViewNet(nn.Module):
+    """A CNN that flattens with ``view``: it cannot run on channels-last batches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 6 * 6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(h.shape[0], -1))
+
+
+def _images(n: int, size: int = 32) -> Dataset:
+    g = torch.Generator().manual_seed(0)
+    return Dataset(torch.randn(n, 3, size, size, generator=g, dtype=torch.float64),
+                   torch.randint(0, 10, (n,), generator=g), 10, {"name": "images"})
+
+
+@pytest.mark.parametrize("layout", S.LAYOUTS)
+@pytest.mark.parametrize("fast", [True, False])
+def test_every_way_of_evaluating_gives_the_same_surface(fast: bool, layout: str) -> None:
+    """Plain or first-layer path, contiguous or channels-last, in pieces of 5 samples: the values of
+    the plain path on the whole batch (float64)."""
+    model = build("cnn", num_classes=10).double().eval()
+    ds = _images(12)
+    dirs = D.random_directions(model, 2, seed=0)
+    origin = dict(D.trainable_parameters(model))
+    coords = np.random.default_rng(1).uniform(-1, 1, (4, 2))
+    want = S._Evaluator(model, origin, dirs, {"train": ds.batches(None)}, "eval", [], torch.float64,
+                        torch.device("cpu"), fast=False)(coords)
+    evaluator = S._Evaluator(model, origin, dirs, {"train": ds.batches(5)}, "eval", [], torch.float64,
+                             torch.device("cpu"), fast=fast, layout=layout)
+    assert evaluator.path == ("first-layer" if fast else "plain") and evaluator.layout == layout
+    assert evaluator.sources["train"][0][0].is_contiguous(
+        memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+    got = evaluator(coords)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-12, atol=1e-12)
+
+
+def test_a_large_grid_runs_the_measured_fastest_evaluation_in_pieces(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(S, "BATCH_MEMORY_BYTES", 4 * (CNN_PARAMS + 16 * CNN_ACTIVATIONS))  # 16-sample pieces
+    model = build("cnn", num_classes=10).eval()
+    ds = data.load("synthetic:n=40")
+    dirs = D.random_directions(model, 2, seed=0)
+    axis = S.symmetric_axis(1.0, 6)  # 36 points >= MEASURE_MIN_POINTS
+    out = tmp_path / "s.npz"
+    result = S.evaluate(model, dirs, [axis, axis], {"train": ds}, progress=False, out=out)
+    meta = result["metadata"]
+    how = meta["evaluation"]
+    assert meta["samples_per_forward"] == 16 and meta["points_per_batch"] == 1 and meta["batch_size"] is None
+    assert set(how["seconds"]) == {f"{p}/{lay}" for p in ("plain", "first-layer") for lay in S.LAYOUTS}
+    assert how["seconds"][f"{how['path']}/{how['layout']}"] == min(how["seconds"].values())
+    # the default way (small grid: no measuring; one batch) computes the same values
+    monkeypatch.setattr(S, "MEASURE_MIN_POINTS", 10**9)
+    whole = S.evaluate(model, dirs, [axis, axis], {"train": ds}, progress=False, batch_size=40, points_per_batch=1)
+    assert whole["metadata"]["evaluation"] == {"path": "first-layer", "layout": "contiguous"}
+    for key in whole["values"]:
+        np.testing.assert_allclose(result["values"][key], whole["values"][key], rtol=1e-5, atol=1e-6)
+    # a continued run keeps the file's choices (nothing is measured again) and computes the same values
+    monkeypatch.setattr(S, "MEASURE_MIN_POINTS", 1)
+    partial = S.load_result(out)
+    partial["done"][3:] = False
+    for v in partial["values"].values():
+        v[~partial["done"]] = np.nan
+    S.save_result(out, partial)
+    monkeypatch.setattr(S, "fastest_evaluation", lambda *a, **k: pytest.fail("measured again"))
+    again = S.evaluate(model, dirs, [axis, axis], {"train": ds}, progress=False, out=out)
+    assert again["metadata"]["evaluation"] == how and again["metadata"]["samples_per_forward"] == 16
+    for key in result["values"]:
+        np.testing.assert_array_equal(again["values"][key], result["values"][key])
+
+
+def test_a_model_that_cannot_run_channels_last_is_measured_without_it() -> None:
+    model = ViewNet().double().eval()
+    ds = _images(8, size=8)
+    dirs = D.random_directions(model, 1, seed=0)
+    how = S.fastest_evaluation(model, dict(D.trainable_parameters(model)), dirs, ds.batches(None)[0], "eval", [],
+                               torch.float64, torch.device("cpu"), "float32", 1)
+    assert how["layout"] == "contiguous" and set(how["seconds"]) == {"plain/contiguous", "first-layer/contiguous"}
