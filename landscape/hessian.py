@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from landscape import __version__
+from landscape import __version__, distributed, pieces
 from landscape.data import Dataset
 from landscape.eigen import EigenResult, top_eigenvalues
 from landscape.errors import LandscapeError, os_error
@@ -143,7 +143,8 @@ def analyze(
 
     Args:
         model: the network.
-        data: a :class:`~landscape.data.Dataset` (split into ``batch_size`` batches) or any
+        data: a :class:`~landscape.data.Dataset` (split into ``batch_size`` batches; None: into the
+            cache-sized pieces of :func:`landscape.pieces.samples_per_forward`) or any
             re-iterable of batches (a list, a DataLoader without shuffling; see
             :mod:`landscape.objective`).
         loss, forward, params, ignore_index: the objective (:class:`~landscape.objective.Objective`).
@@ -168,7 +169,13 @@ def analyze(
         LandscapeError: NaN/inf loss, k out of range, bad options, data or losses that do not fit.
     """
     start = time.perf_counter()
-    batches = data.batches(batch_size) if isinstance(data, Dataset) else data
+    samples = batch_size
+    if isinstance(data, Dataset) and batch_size is None and forward is None and not data.named:
+        # cache-sized pieces (the same function, other rounding): a product on 512 CIFAR images 1.65x faster
+        samples = pieces.samples_per_forward(model, data.x, len(data), dtype, device)
+        if distributed.current() is not None:
+            samples = distributed.current().min_int(samples)
+    batches = data.batches(samples) if isinstance(data, Dataset) else data
 
     def objective_of(names: str | Sequence[str] | None) -> Objective:
         return Objective(model, batches, dtype=dtype, device=device, params=names, loss=loss, forward=forward,
@@ -201,7 +208,7 @@ def analyze(
         "curvature": curvature, "top_k": top_k, "method": method, "tol": tol, "vector_tol": vector_tol,
         "max_iter": max_iter, "trace": trace,
         "trace_method": trace_method if trace else None, "density": density, "per_layer": per_layer,
-        "batch_size": batch_size, "dtype": str(dtype).replace("torch.", ""), "device": str(device), "seed": seed,
+        "batch_size": batch_size, "samples_per_forward": samples, "dtype": str(dtype).replace("torch.", ""), "device": str(device), "seed": seed,
         "hvp_mode": op.mode, "block_size": op.block_size,
         "params": params if isinstance(params, (str, type(None))) else list(params),
         "num_processes": objective.world.size if objective.world is not None else 1,

@@ -410,9 +410,13 @@ class HessianOperator(CurvatureOperator):
         batched = k > 1
         if self.mode == "cached":
             leaves, g = self._cached_graph()
-            # d(g . v)/dw = H v: one backward pass through the kept graph of the gradient, vmapped over the rows
-            return _flat(torch.autograd.grad(g, leaves, grad_outputs=V if batched else V[0], retain_graph=True,
-                                             allow_unused=True, is_grads_batched=batched), leaves, k)
+            # d(g . v)/dw = H v: one backward pass through the kept graph of the gradient, vmapped over the
+            # rows. One row differentiates the scalar g . v: a tensor grad_outputs would make autograd import
+            # torch's symbolic shapes (sympy, 0.5 s of a process's start) to compare its shape.
+            if not batched:
+                return _flat(torch.autograd.grad(g @ V[0], leaves, retain_graph=True, allow_unused=True), leaves, 1)
+            return _flat(torch.autograd.grad(g, leaves, grad_outputs=V, retain_graph=True, allow_unused=True,
+                                             is_grads_batched=True), leaves, k)
         out = torch.zeros(k, obj.num_params, device=self.device, dtype=self.dtype)
         for batch in obj.batches():
             def term(p: dict[str, torch.Tensor], batch: Batch = batch) -> torch.Tensor:

@@ -116,7 +116,7 @@ from torch.func import functional_call, vmap
 from tqdm import tqdm
 
 import landscape
-from landscape import distributed
+from landscape import distributed, pieces
 from landscape.chain import FirstLayer, LinearChain, find_chain, find_first_layer
 from landscape.data import Dataset
 from landscape.directions import Directions, Plane, project
@@ -147,13 +147,6 @@ NOT_IDENTITY = (*PROGRESS_FIELDS, "axis_labels", "grid", "precision_error", "eva
 MARGIN = 0.2
 #: The grid of a surface around one model alone (nothing else to cover): +-1 direction units [Li18].
 DEFAULT_RANGE = 1.0
-# Memory for one stacked forward (activations of all points in it) when choosing points_per_batch:
-# on a CPU about a last-level cache (measured on 2 cores: an MLP on digits is fastest at 24-48 points
-# per forward, 1.5x faster than at 128; LeNet-5 on 512 images 2x faster at 1 point than at 15; the
-# CIFAR CNN on 512 images 1.6x faster in 64-sample pieces than in one forward); on a GPU a quarter of
-# the free memory, at most 8 GiB.
-BATCH_MEMORY_BYTES = 1 << 24
-GPU_BATCH_MEMORY_BYTES = 1 << 33
 MAX_POINTS_PER_BATCH = 128
 #: The most points one result may hold (a 51x51x51 volume has 132,651); more is a typo, not a plan.
 MAX_POINTS = 10_000_000
@@ -592,53 +585,22 @@ def auto_chunks(
     points_per_batch: int | None = None,
 ) -> tuple[int, int]:
     """Points per forward K and samples per forward S: the activations of one stacked forward
-    (K points on S samples) within a memory budget.
+    (K points on S samples) within :func:`landscape.pieces.budget`.
 
-    The activation size per sample is measured with forward hooks on one sample; K points
-    on S samples cost ``K (S * activations + num_params)`` elements. The budget is
-    ``BATCH_MEMORY_BYTES`` on a CPU (about a last-level cache) and a quarter of the free
-    memory (at most ``GPU_BATCH_MEMORY_BYTES``) on a GPU. Small models on small batches get
-    many points per forward (K > 1), which removes the per-call overhead that dominates
-    them; when one point on the whole batch exceeds the budget, K = 1 and the batch is cut
-    into S-sample pieces that fit it: on a CPU the activations then stay in the cache
-    (the CIFAR CNN on 512 images: 64-sample pieces 1.6x faster than one forward of 512).
-    ``points_per_batch`` (given K) fixes K and chooses S alone. ``batch_size`` bounds S. The
-    pieces are used only when the model's outputs on ``2 S`` samples equal its outputs on two
-    pieces of S (an eval forward that mixes the samples of a batch keeps it whole).
+    K points on S samples cost ``K (S * activations + num_params)`` elements. Small models on
+    small batches get many points per forward (K > 1), which removes the per-call overhead
+    that dominates them; when one point on the whole batch exceeds the budget, K = 1 and the
+    batch is cut into S-sample pieces that fit it (:func:`landscape.pieces.samples_per_forward`:
+    on a CPU the activations then stay in the cache). ``points_per_batch`` (given K) fixes K and
+    chooses S alone. ``batch_size`` bounds S.
     """
-    sizes: list[int] = []
-
-    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-        if isinstance(output, torch.Tensor):
-            sizes.append(output.numel())
-
-    probe = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
-    handles = [m.register_forward_hook(hook) for m in probe.modules()]
-    with torch.no_grad():
-        probe(x[:1].to(device=device, dtype=dtype))
-    for h in handles:
-        h.remove()
-    budget = BATCH_MEMORY_BYTES
-    if device.type == "cuda":
-        budget = min(GPU_BATCH_MEMORY_BYTES, torch.cuda.mem_get_info(device)[0] // 4)
     item = torch.finfo(dtype).bits // 8
-    per_sample, params = max(sum(sizes), 1) * item, num_params * item
     if points_per_batch is None:
-        points_per_batch = int(min(MAX_POINTS_PER_BATCH, max(1, budget // max(batch_size * per_sample + params, 1))))
-    samples = int(min(batch_size, max(1, (budget // points_per_batch - params) // per_sample)))
-    if samples < batch_size and not _pieces_agree(probe, x[: 2 * samples].to(device=device, dtype=dtype), samples):
-        samples = batch_size  # its eval forward couples the samples of a batch: keep the batch whole
+        per_point = batch_size * pieces.activation_bytes(model, x, dtype, device) + num_params * item
+        points_per_batch = int(min(MAX_POINTS_PER_BATCH, max(1, pieces.budget(device) // per_point)))
+    samples = pieces.samples_per_forward(model, x, batch_size, dtype, device, points=points_per_batch,
+                                         fixed_bytes=num_params * item)
     return points_per_batch, samples
-
-
-def _pieces_agree(model: nn.Module, x: torch.Tensor, size: int) -> bool:
-    """Whether the model's (eval) outputs on the batch x equal its outputs on pieces of ``size`` samples."""
-    with torch.no_grad():
-        whole = model(x)
-        pieces = torch.cat([model(x[i : i + size]) for i in range(0, len(x), size)])
-    tol = 1e-4 if x.dtype != torch.float64 else 1e-10
-    return whole.shape == pieces.shape and torch.allclose(
-        whole, pieces, rtol=tol, atol=tol * max(float(whole.abs().max()), 1.0))
 
 
 def fastest_evaluation(model: nn.Module, origin: Mapping[str, torch.Tensor], directions: Directions,

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from landscape import checkpoint, data
+from landscape import checkpoint, data, pieces
 from landscape import directions as D
 from landscape import surface as S
 from landscape.cli import main
@@ -19,6 +19,7 @@ from landscape.data import Dataset
 from landscape.errors import LandscapeError
 from landscape.models import build
 from landscape.partition import client_data
+from tests.test_pieces import CNN_ACTIVATIONS, BatchCoupled
 
 C0 = 0.7  # the quadratic's minimum value
 
@@ -553,9 +554,7 @@ def test_bad_precision(kwargs: dict, match: str) -> None:
 
 
 # --- how the points are computed: pieces of a batch, memory layouts, the measured path ----------------
-# The CIFAR CNN's activations per sample, from its layer shapes (conv1 64x28x28, pool 64x14x14, conv2 64x10x10,
-# pool 64x5x5, fc 384, 192, 10, the model's output 10), and its parameters (C = 10).
-CNN_ACTIVATIONS = 64 * 28 * 28 + 64 * 14 * 14 + 64 * 10 * 10 + 64 * 5 * 5 + 384 + 192 + 10 + 10
+# The CIFAR CNN's activations per sample (tests/test_pieces.py) and its parameters (C = 10).
 CNN_PARAMS = (3 * 64 * 25 + 64) + (64 * 64 * 25 + 64) + (1600 * 384 + 384) + (384 * 192 + 192) + (192 * 10 + 10)
 
 
@@ -565,30 +564,19 @@ def test_auto_chunks_cuts_a_batch_that_overflows_the_budget_into_pieces_that_fit
     x, cpu = torch.randn(512, 3, 32, 32), torch.device("cpu")
     k, s = S.auto_chunks(model, x, 512, CNN_PARAMS, torch.float32, cpu)
     cost = lambda samples, points=1: points * (samples * CNN_ACTIVATIONS + CNN_PARAMS) * 4  # noqa: E731
-    assert k == 1 and cost(s) <= S.BATCH_MEMORY_BYTES < cost(s + 1)
+    assert k == 1 and cost(s) <= pieces.BATCH_MEMORY_BYTES < cost(s + 1)
     k4, s4 = S.auto_chunks(model, x, 512, CNN_PARAMS, torch.float32, cpu, points_per_batch=4)
-    assert k4 == 4 and cost(s4, 4) <= S.BATCH_MEMORY_BYTES < cost(s4 + 1, 4) and s4 < s
+    assert k4 == 4 and cost(s4, 4) <= pieces.BATCH_MEMORY_BYTES < cost(s4 + 1, 4) and s4 < s
     # a batch that fits stays whole, with as many points per forward as fit
-    assert S.auto_chunks(model, x, 8, CNN_PARAMS, torch.float32, cpu) == (S.BATCH_MEMORY_BYTES // cost(8), 8)
+    assert S.auto_chunks(model, x, 8, CNN_PARAMS, torch.float32, cpu) == (pieces.BATCH_MEMORY_BYTES // cost(8), 8)
     mlp = build("mlp")
     k, s = S.auto_chunks(mlp, torch.randn(100, 64), 100, sum(p.numel() for p in mlp.parameters()), torch.float32, cpu)
     assert k > 1 and s == 100  # small model, small batch: several points per forward on the whole batch
 
 
-class BatchCoupled(nn.Module):
-    """An eval forward that mixes the samples of a batch (centres them on the batch mean)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x - x.mean(0))
-
-
 def test_auto_chunks_keeps_the_batch_of_a_model_that_couples_its_samples(monkeypatch) -> None:
     # room for the 15 parameters and 10 samples of 6 activations (the Linear's 3 outputs and the model's 3)
-    monkeypatch.setattr(S, "BATCH_MEMORY_BYTES", 4 * (15 + 6 * 10))
+    monkeypatch.setattr(pieces, "BATCH_MEMORY_BYTES", 4 * (15 + 6 * 10))
     x, cpu = torch.randn(40, 4), torch.device("cpu")
     assert S.auto_chunks(nn.Sequential(nn.Linear(4, 3)), x, 40, 15, torch.float32, cpu) == (1, 10)
     assert S.auto_chunks(BatchCoupled(), x, 40, 15, torch.float32, cpu) == (1, 40)
@@ -635,7 +623,7 @@ def test_every_way_of_evaluating_gives_the_same_surface(fast: bool, layout: str)
 
 
 def test_a_large_grid_runs_the_measured_fastest_evaluation_in_pieces(monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(S, "BATCH_MEMORY_BYTES", 4 * (CNN_PARAMS + 16 * CNN_ACTIVATIONS))  # 16-sample pieces
+    monkeypatch.setattr(pieces, "BATCH_MEMORY_BYTES", 4 * (CNN_PARAMS + 16 * CNN_ACTIVATIONS))  # 16-sample pieces
     model = build("cnn", num_classes=10).eval()
     ds = data.load("synthetic:n=40")
     dirs = D.random_directions(model, 2, seed=0)
