@@ -236,8 +236,10 @@ class KrylovBasis:
     Gram-Schmidt, repeated: "twice is enough"), and its product A q is queued as a future
     basis vector, so ``block_size`` start vectors give the block Krylov space. When a
     queued vector vanishes (an invariant subspace), a random vector orthogonal to the basis
-    replaces it. H grows by one column per vector (m n work), and storage grows by
-    doubling, so a vector costs O(m n) besides its product. Memory: 2 m n numbers.
+    replaces it. H grows by one column per vector (m n work), which is also the first
+    Gram-Schmidt pass of the product when it joins the basis (kept with it in the queue), and
+    storage grows by doubling, so a vector costs 4 passes over the basis besides its product.
+    Memory: 2 m n numbers.
 
     ``step(count)`` adds up to ``count`` vectors with one block product: the queued vectors
     of a block Krylov space do not depend on each other's products, so Q, W and H are those
@@ -260,7 +262,8 @@ class KrylovBasis:
         self._W = torch.empty(8, n, dtype=dtype, device=device)
         self.H = torch.empty(0, 0, dtype=torch.float64, device=device)
         self.beta: list[float] = []  # norm of each product's part outside the basis when it was added
-        self.queue = list(start)
+        # vectors still to join the basis, each with its coefficients on the first rows of Q (None: unknown)
+        self.queue: list[tuple[torch.Tensor, torch.Tensor | None]] = [(v, None) for v in start]
 
     @property
     def Q(self) -> torch.Tensor:
@@ -273,11 +276,16 @@ class KrylovBasis:
     def _random(self) -> torch.Tensor:
         return torch.randn(self.n, generator=self.generator, dtype=self.dtype).to(self.device)
 
-    def _orthonormal(self, v: torch.Tensor) -> torch.Tensor | None:
+    def _orthonormal(self, v: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor | None:
+        """v orthonormalized against the basis (None if nothing is left of it); ``known``: Q[:j] v."""
         basis = self.Q
         norm0 = v.norm()
-        for _ in range(2):
-            v = v - basis.T @ (basis @ v)
+        for i in range(2):
+            if i == 0 and known is not None:
+                c = torch.cat([known, basis[len(known):] @ v]) if len(known) < len(basis) else known
+            else:
+                c = basis @ v
+            v = v - basis.T @ c
         norm = v.norm()
         if norm <= 1e-10 * norm0 or norm == 0:
             return None
@@ -294,7 +302,7 @@ class KrylovBasis:
         while self.size - start < min(count, self.n - start):
             q = None
             while q is None and self.queue:
-                q = self._orthonormal(self.queue.pop(0))
+                q = self._orthonormal(*self.queue.pop(0))
             while q is None and self.size == start:
                 q = self._orthonormal(self._random())
             if q is None:
@@ -309,15 +317,17 @@ class KrylovBasis:
     def _record(self, m: int, w: torch.Tensor) -> None:
         """Store the product w = A q_m and H's column m (over the basis up to q_m)."""
         self._W[m] = w
-        column = (self._Q[: m + 1] @ w).double()  # H[:, m] = Q^T A q_m (= H[m, :] by symmetry)
+        projection = self._Q[: m + 1] @ w  # H[:, m] = Q^T A q_m (= H[m, :] by symmetry)
+        column = projection.double()
         H = torch.zeros(m + 1, m + 1, dtype=torch.float64, device=self.device)
         H[:-1, :-1] = self.H
         H[:, -1] = column
         H[-1, :] = column
         self.H = H
-        self.beta.append(max(float(w.double().square().sum()) - float(column.square().sum()), 0.0) ** 0.5)
+        norm2 = float(torch.linalg.vector_norm(w, dtype=torch.float64)) ** 2
+        self.beta.append(max(norm2 - float(column.square().sum()), 0.0) ** 0.5)
         if m + 1 < self.n:
-            self.queue.append(w)
+            self.queue.append((w, projection))
 
     @staticmethod
     def step_all(bases: Sequence[KrylovBasis], count: int = 1) -> int:

@@ -57,7 +57,8 @@ def add_data_args(p: argparse.ArgumentParser, default_samples: int | None = None
     p.add_argument("--num-samples", type=integer(1), default=default_samples, metavar="N",
                    help=f"use a seeded random subset of N samples (default: {default_samples or 'all'})")
     p.add_argument("--batch-size", type=integer(1), default=None, metavar="B",
-                   help="samples per forward pass (default: all at once)")
+                   help="samples per forward pass (default: hessian, surface and plane cut the data into "
+                   "cache-sized pieces, flatness takes it all at once; the results are the same up to rounding)")
 
 
 def add_objective_args(p: argparse.ArgumentParser, params: bool = True) -> None:
