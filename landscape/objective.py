@@ -443,18 +443,20 @@ class Objective:
         return g if self.world is None else self.world.sum_(g.detach())
 
     def gradient_of(self, leaves: dict[str, torch.Tensor], create_graph: bool,
-                    losses: list[float] | None = None) -> torch.Tensor:
+                    losses: list[float] | None = None, terms: list[torch.Tensor] | None = None) -> torch.Tensor:
         """This rank's part of grad f at autograd ``leaves`` (all of it for one process), batch
         by batch (with its graph when ``create_graph``); each batch's term of f is appended to
-        ``losses`` when given (the pass's own loss, for the determinism check)."""
+        ``losses`` and its flat gradient term to ``terms`` when given (for the determinism check)."""
         total = [torch.zeros(self.num_params, device=self.device, dtype=self.dtype)]
 
         def add(term: torch.Tensor, _: int) -> None:
             if losses is not None:
                 losses.append(float(term.detach().double()))
             g = torch.autograd.grad(term, list(leaves.values()), create_graph=create_graph, allow_unused=True)
-            total[0] = total[0] + torch.cat([
-                (t if t is not None else torch.zeros_like(p)).reshape(-1) for t, p in zip(g, leaves.values())])
+            flat = torch.cat([(t if t is not None else torch.zeros_like(p)).reshape(-1) for t, p in zip(g, leaves.values())])
+            if terms is not None:
+                terms.append(flat)
+            total[0] = total[0] + flat
 
         self.weighted(leaves, add)
         return total[0]

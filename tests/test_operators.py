@@ -238,3 +238,59 @@ def test_calibration_reports_its_speedup():
     assert op.block_speedup == 1.0
     op.calibrate_block_size((1, 2), reps=1)
     assert op.block_speedup > 0 and (op.block_size == 1) == (op.block_speedup == 1.0)
+
+
+class _NoisyBackBack(torch.autograd.Function):
+    """Identity whose backward draws noise: a second-order pass that differs each time."""
+
+    @staticmethod
+    def forward(ctx, g):
+        return g.clone()
+
+    @staticmethod
+    def backward(ctx, gg):
+        return gg * (1 + 1e-3 * torch.randn_like(gg))
+
+
+class _NoisySecondOrder(torch.autograd.Function):
+    """Identity with a deterministic first backward and a noisy second one (GPU atomics stand-in)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return _NoisyBackBack.apply(g)
+
+
+class NoisyHvpMLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(5, 4), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.tanh(_NoisySecondOrder.apply(self.fc1(x))))
+
+
+@pytest.mark.parametrize("num_batches", [1, 3])
+def test_the_cached_check_repeats_the_first_batch_and_catches_a_noisy_second_order_pass(num_batches):
+    """Cached mode over several batches repeats only the first batch's term of the first product (through
+    its part of the kept graph); a backward that differs between passes is caught either way."""
+    torch.manual_seed(0)
+    x, y = torch.randn(12, 5, dtype=torch.float64), torch.randint(0, 3, (12,))
+    batches = [(x[i::num_batches], y[i::num_batches]) for i in range(num_batches)]
+    with pytest.raises(LandscapeError, match="not deterministic"):
+        HessianOperator(Objective(NoisyHvpMLP(), batches, torch.float64), mode="cached") @ torch.randn(39, dtype=torch.float64)
+    model = models.build("mlp", in_features=5, hidden=[4], num_classes=3)
+    objective = Objective(model, batches, torch.float64)
+    op = HessianOperator(objective, mode="cached")
+    v = torch.randn(op.shape[0], dtype=torch.float64)
+    out = op @ v
+    assert op.num_matvecs == 2  # the check counts as one product
+    if num_batches > 1:  # the kept first term is the first batch's share of the gradient
+        leaves = objective.leaves()
+        value, count = objective.batch_value(leaves, batches[0])
+        want = torch.cat([g.reshape(-1) for g in torch.autograd.grad(value * count / 12, list(leaves.values()))])
+        torch.testing.assert_close(op._first_term.detach(), want, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(out, op @ v, rtol=1e-12, atol=1e-14)
