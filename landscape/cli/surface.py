@@ -198,9 +198,12 @@ def format_summary(result: dict[str, Any], seconds: float) -> str:
     plane) and the range over the grid."""
     meta = result["metadata"]
     shape = "x".join(str(n) for n in meta["shape"])
+    how = meta.get("evaluation") or {}
+    way = f", {how['path']} path, {how['layout'].replace('_', '-')}" if {"path", "layout"} <= set(how) else ""
+    pieces = f" on {meta['samples_per_forward']} samples" if meta.get("samples_per_forward") else ""
     lines = [
         f"{result['kind']} {shape} ({meta['directions']['kind']} directions, {meta['num_done']} of "
-        f"{int(np.prod(meta['shape']))} points, {meta['points_per_batch']} per forward, {seconds:.1f} s)",
+        f"{int(np.prod(meta['shape']))} points, {meta['points_per_batch']} per forward{pieces}{way}, {seconds:.1f} s)",
         f"{'source':<12} {'loss at 0':>12} {'min loss':>10} {'max loss':>10} {'acc at 0':>10}",
     ]
     origin = tuple(int(np.argmin(np.abs(a))) for a in result["axes"])
