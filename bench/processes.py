@@ -32,6 +32,37 @@ Python caches bytecode) after one unmeasured warm-up of each command.
 Run:  python bench/processes.py      (128 samples: top-5 and top-20, PyHessian's defaults; 512: top-5, PyHessian tighter)
       python bench/processes.py --sizes 128,512,2048 --top20-sizes 512 --json out.json
       python bench/processes.py --sizes 32 --top20-sizes "" --pyh-tight "" --cl-tols 1e-3   (smoke)
+
+Measured on a quiet 2-core CPU (load < 2), ``--sizes 128,512 --top20-sizes 128 --pyh-tight-sizes 512
+--pyh-tight 1e-4 --pyh-budget 160 --cl-tols 1e-3`` (6 minutes; ratios 2.5x / 2.3x / 1.7x / >= 11.1x / 5.0x
+wall; the 512-sample curvlinops ratio was 2.9x in an earlier run, its products cost 2.0 s there)::
+
+    --- 128 samples --- reference: 200 float64 products, 219 s, max rel residual 1.2e-07; top: 74.604, 42.536, 37.311, 35.762, 29.87
+        k  tool       setting                             wall s solve s  out s  prod s/prod      err <=1e-3  note
+      ------------------------------------------------------------------------------------------------------------
+        5  landscape  defaults (tol=1e-3)                    4.5     3.2    1.3    18   0.18  3.0e-05    yes  certified 8e-05
+        5  PyHessian  defaults (tol=1e-3 maxIter=100)       11.4    10.1    1.3    56   0.18  1.4e-02     no
+        5  curvlinops eigsh tol=0.001                       10.3     8.5    1.8    23   0.37  1.3e-08    yes
+       20  landscape  defaults (tol=1e-3)                   30.1    28.9    1.2   135   0.21  7.3e-06    yes  certified 4e-04
+       20  curvlinops eigsh tol=0.001                       50.3    48.6    1.7   144   0.34  2.4e-06    yes
+
+    --- 512 samples --- reference: 38 float64 products, 257 s, max rel residual 2.5e-15; top: 75.937, 42.951, 36.901, 35.743, 30.146
+        k  tool       setting                             wall s solve s  out s  prod s/prod      err <=1e-3  note
+      ------------------------------------------------------------------------------------------------------------
+        5  landscape  defaults (tol=1e-3)                   13.2    12.0    1.2    18   0.66  2.4e-05    yes  certified 9e-05
+        5  PyHessian  tol=0.0001 maxIter=1000              146.8   145.3    1.5   155   0.94  1.5e-03     no
+        5  curvlinops eigsh tol=0.001                       65.7    62.1    3.6    23   2.70  1.5e-08    yes
+
+and ``--sizes 2048 --top20-sizes "" --pyh-defaults-sizes "" --pyh-tight-sizes 2048 --pyh-tight 1e-4
+--pyh-budget 140 --cl-tols 1e-3 --startup-reps 0`` (25 minutes, 10 of them the float64 reference; ratios
+>= 12.2x PyHessian, 2.9x curvlinops wall)::
+
+    --- 2048 samples --- reference: 27 float64 products, 603 s, max rel residual 3.3e-07; top: 75.244, 42.968, 37.073, 35.338, 29.816
+        k  tool       setting                             wall s solve s  out s  prod s/prod      err <=1e-3  note
+      ------------------------------------------------------------------------------------------------------------
+        5  landscape  defaults (tol=1e-3)                   52.6    49.6    3.0    16   3.10  3.2e-05    yes  certified 8e-04
+        5  PyHessian  tol=0.0001 maxIter=1000              643.2   640.9    2.4   140   4.58        -      -  cut at the budget, unfinished
+        5  curvlinops eigsh tol=0.001                      152.8   150.6    2.2    23   6.55  1.9e-08    yes
 """
 
 from __future__ import annotations
