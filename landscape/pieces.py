@@ -70,14 +70,16 @@ def agree(model: nn.Module, x: torch.Tensor, size: int) -> bool:
 
 
 def samples_per_forward(model: nn.Module, x: torch.Tensor, batch_size: int, dtype: torch.dtype,
-                        device: torch.device, points: int = 1, fixed_bytes: int = 0) -> int:
+                        device: torch.device, points: int = 1, fixed_bytes: int = 0,
+                        per_sample: int | None = None) -> int:
     """Samples per forward, at most ``batch_size``: as many as fit :func:`budget` with ``points``
     parameter settings at once (``fixed_bytes`` each, e.g. their parameters), at least one.
+    ``per_sample``: :func:`activation_bytes`, if the caller has measured it.
 
     Below ``batch_size`` only if the model's outputs on ``2 S`` samples of x equal its outputs on
     two pieces of S (:func:`agree`); otherwise the batch stays whole.
     """
-    per_sample = activation_bytes(model, x, dtype, device)
+    per_sample = activation_bytes(model, x, dtype, device) if per_sample is None else per_sample
     samples = int(min(batch_size, max(1, (budget(device) // points - fixed_bytes) // per_sample)))
     if samples < batch_size and not agree(model, x[: 2 * samples].to(device=device, dtype=dtype), samples):
         return batch_size  # its eval forward couples the samples of a batch: keep the batch whole

@@ -594,12 +594,12 @@ def auto_chunks(
     on a CPU the activations then stay in the cache). ``points_per_batch`` (given K) fixes K and
     chooses S alone. ``batch_size`` bounds S.
     """
-    item = torch.finfo(dtype).bits // 8
+    item, per_sample = torch.finfo(dtype).bits // 8, pieces.activation_bytes(model, x, dtype, device)
     if points_per_batch is None:
-        per_point = batch_size * pieces.activation_bytes(model, x, dtype, device) + num_params * item
+        per_point = batch_size * per_sample + num_params * item
         points_per_batch = int(min(MAX_POINTS_PER_BATCH, max(1, pieces.budget(device) // per_point)))
     samples = pieces.samples_per_forward(model, x, batch_size, dtype, device, points=points_per_batch,
-                                         fixed_bytes=num_params * item)
+                                         fixed_bytes=num_params * item, per_sample=per_sample)
     return points_per_batch, samples
 
 
@@ -885,7 +885,7 @@ def evaluate(
                                               points_per_batch)
 
                 how = measure() if world is None else world.from_first(measure)  # one choice for all ranks
-            how = how or {"path": "fast", "layout": LAYOUTS[0]}
+            how = how or {"layout": LAYOUTS[0]}  # unmeasured: the fast path if the model has one, contiguous
             evaluator = _Evaluator(model, base, directions, {s: ds.batches(samples_per_forward) for s, ds in sources.items()},
                                    bn, calibrate, dtype, device, precision, fast=how.get("path") != "plain",
                                    layout=how.get("layout") if how.get("layout") in LAYOUTS else LAYOUTS[0])
