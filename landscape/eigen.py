@@ -280,12 +280,9 @@ class KrylovBasis:
         """v orthonormalized against the basis (None if nothing is left of it); ``known``: Q[:j] v."""
         basis = self.Q
         norm0 = v.norm()
-        for i in range(2):
-            if i == 0 and known is not None:
-                c = torch.cat([known, basis[len(known):] @ v]) if len(known) < len(basis) else known
-            else:
-                c = basis @ v
-            v = v - basis.T @ c
+        c = basis @ v if known is None else torch.cat([known, basis[len(known):] @ v])
+        v = v - basis.T @ c
+        v = v - basis.T @ (basis @ v)  # twice is enough
         norm = v.norm()
         if norm <= 1e-10 * norm0 or norm == 0:
             return None

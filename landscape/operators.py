@@ -157,6 +157,18 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def clock(fn: Callable[[], Any], device: torch.device, calls: int) -> list[float]:
+    """Wall seconds of each of ``calls`` calls of ``fn``, the device's queue drained around each."""
+    times = []
+    for _ in range(calls):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
 class CurvatureOperator:
     """A symmetric P x P curvature matrix of an objective, matrix-free: ``op @ v`` for flat ``v``.
 
@@ -230,15 +242,12 @@ class CurvatureOperator:
 
         def seconds_per_vector(b: int) -> float:
             V = torch.randn(b, self.shape[0], generator=g, dtype=self.dtype).to(self.device)
-            times = []
-            for _ in range(reps + 1):
-                synchronize(self.device)
-                start = time.perf_counter()
+
+            def rows() -> None:
                 self._rows(V)  # this rank's part: no collective, so ranks may stop at different sizes
                 self.num_matvecs += b
-                synchronize(self.device)
-                times.append(time.perf_counter() - start)
-            return statistics.median(times[1:]) / b
+
+            return statistics.median(clock(rows, self.device, reps + 1)[1:]) / b
 
         best, best_time, first_time = candidates[0], math.inf, None
         with torch.enable_grad():

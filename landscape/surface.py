@@ -124,7 +124,7 @@ from landscape.errors import LandscapeError, os_error
 from landscape.files import atomic_write
 from landscape.models import batchnorm_layers
 from landscape.objective import Forward, Loss, Objective
-from landscape.operators import synchronize
+from landscape.operators import clock
 
 FORMAT = "landscape-surface"
 FORMAT_VERSION = 1
@@ -639,14 +639,7 @@ def fastest_evaluation(model: nn.Module, origin: Mapping[str, torch.Tensor], dir
                 reference = values
             elif not np.allclose(values["probe/loss"], reference["probe/loss"], rtol=tol, atol=tol, equal_nan=True):
                 continue
-            best = math.inf
-            for _ in range(2):
-                synchronize(device)
-                t0 = time.perf_counter()
-                evaluator(coords)
-                synchronize(device)
-                best = min(best, time.perf_counter() - t0)
-            timings[evaluator.path, layout] = best
+            timings[evaluator.path, layout] = min(clock(lambda e=evaluator: e(coords), device, 2))
     path, layout = min(timings, key=timings.__getitem__)
     return {"path": path, "layout": layout, "seconds": {f"{p}/{lay}": round(t, 6) for (p, lay), t in timings.items()}}
 
