@@ -76,11 +76,15 @@ def samples_per_forward(model: nn.Module, x: torch.Tensor, batch_size: int, dtyp
     parameter settings at once (``fixed_bytes`` each, e.g. their parameters), at least one.
     ``per_sample``: :func:`activation_bytes`, if the caller has measured it.
 
-    Below ``batch_size`` only if the model's outputs on ``2 S`` samples of x equal its outputs on
-    two pieces of S (:func:`agree`); otherwise the batch stays whole.
+    The pieces are balanced: a batch that needs ``m`` pieces is cut into ``m`` of about equal size
+    (``ceil(batch_size / m)`` samples, e.g. 64 into 32 + 32, not 47 + 17), so none is a small
+    remainder that pays a forward's fixed costs for few samples. Below ``batch_size`` only if the
+    model's outputs on ``2 S`` samples of x equal its outputs on two pieces of S (:func:`agree`);
+    otherwise the batch stays whole.
     """
     per_sample = activation_bytes(model, x, dtype, device) if per_sample is None else per_sample
     samples = int(min(batch_size, max(1, (budget(device) // points - fixed_bytes) // per_sample)))
+    samples = -(-batch_size // -(-batch_size // samples))  # ceil(batch_size / number of pieces)
     if samples < batch_size and not agree(model, x[: 2 * samples].to(device=device, dtype=dtype), samples):
         return batch_size  # its eval forward couples the samples of a batch: keep the batch whole
     return samples

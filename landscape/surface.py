@@ -157,8 +157,11 @@ RESPONSE_MEMORY_BYTES = 1 << 30
 CHECK_SAMPLES = 64
 #: Memory layouts of image batches a convolutional network is evaluated in (:func:`fastest_evaluation`).
 LAYOUTS = ("contiguous", "channels_last")
-#: A grid this small is evaluated the default way (fast path, contiguous): measuring would cost more than it saves.
-MEASURE_MIN_POINTS = 32
+#: Measuring the fastest evaluation (:func:`fastest_evaluation`: up to four candidates, each set up, checked
+#: and run three times) costs about 50-60 forwards of one chunk (measured on the CIFAR CNN); a surface of fewer
+#: chunk forwards than this is evaluated the default way (fast path, contiguous): measuring would cost more
+#: than it could save.
+MEASURE_MIN_FORWARDS = 64
 #: The margin of a covering grid is taken from at least this fraction of the models' largest spread.
 MIN_SIDE = 0.25
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -704,8 +707,9 @@ def evaluate(
         batch_size: samples per forward (default: each source in one batch).
         points_per_batch: points per forward (default: continue with the file's value,
             else :func:`auto_chunks`, which also cuts the batches into pieces that fit the
-            cache or device memory). The path and memory layout are measured on grids of
-            ``MEASURE_MIN_POINTS`` points or more (:func:`fastest_evaluation`) and recorded in
+            cache or device memory). The path and memory layout are measured when the surface
+            takes ``MEASURE_MIN_FORWARDS`` forwards (K points on S samples) or more
+            (:func:`fastest_evaluation`) and recorded in
             ``metadata["evaluation"]``; a continued run keeps the file's choices.
         dtype, device: precision and place of the computation; the data moves there once.
         precision: the arithmetic of a float32 evaluation (:func:`compute_precision`):
@@ -870,7 +874,9 @@ def evaluate(
         else:
             calibrate = calibration.batches(batch_size) if calibration is not None else []
             how = old.get("evaluation") if isinstance(old.get("evaluation"), dict) else None
-            if how is None and (len(coords) - int(done.sum())) >= MEASURE_MIN_POINTS:
+            forwards = (math.ceil((len(coords) - int(done.sum())) / points_per_batch)
+                        * sum(math.ceil(len(ds) / (samples_per_forward or len(ds))) for ds in sources.values()))
+            if how is None and forwards >= MEASURE_MIN_FORWARDS:
                 probe = next(iter(sources.values())).batches(samples_per_forward)[0]
 
                 def measure() -> dict[str, Any]:

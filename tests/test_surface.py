@@ -623,26 +623,26 @@ def test_every_way_of_evaluating_gives_the_same_surface(fast: bool, layout: str)
 
 
 def test_a_large_grid_runs_the_measured_fastest_evaluation_in_pieces(monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(pieces, "BATCH_MEMORY_BYTES", 4 * (CNN_PARAMS + 16 * CNN_ACTIVATIONS))  # 16-sample pieces
+    monkeypatch.setattr(pieces, "BATCH_MEMORY_BYTES", 4 * (CNN_PARAMS + 16 * CNN_ACTIVATIONS))  # 16 fit: 40 = 3 x 14
     model = build("cnn", num_classes=10).eval()
     ds = data.load("synthetic:n=40")
     dirs = D.random_directions(model, 2, seed=0)
-    axis = S.symmetric_axis(1.0, 6)  # 36 points >= MEASURE_MIN_POINTS
+    axis = S.symmetric_axis(1.0, 6)  # 36 points on 3 pieces: 108 forwards >= MEASURE_MIN_FORWARDS
     out = tmp_path / "s.npz"
     result = S.evaluate(model, dirs, [axis, axis], {"train": ds}, progress=False, out=out)
     meta = result["metadata"]
     how = meta["evaluation"]
-    assert meta["samples_per_forward"] == 16 and meta["points_per_batch"] == 1 and meta["batch_size"] is None
+    assert meta["samples_per_forward"] == 14 and meta["points_per_batch"] == 1 and meta["batch_size"] is None
     assert set(how["seconds"]) == {f"{p}/{lay}" for p in ("plain", "first-layer") for lay in S.LAYOUTS}
     assert how["seconds"][f"{how['path']}/{how['layout']}"] == min(how["seconds"].values())
     # the default way (small grid: no measuring; one batch) computes the same values
-    monkeypatch.setattr(S, "MEASURE_MIN_POINTS", 10**9)
+    monkeypatch.setattr(S, "MEASURE_MIN_FORWARDS", 10**9)
     whole = S.evaluate(model, dirs, [axis, axis], {"train": ds}, progress=False, batch_size=40, points_per_batch=1)
     assert whole["metadata"]["evaluation"] == {"path": "first-layer", "layout": "contiguous"}
     for key in whole["values"]:
         np.testing.assert_allclose(result["values"][key], whole["values"][key], rtol=1e-5, atol=1e-6)
     # a continued run keeps the file's choices (nothing is measured again) and computes the same values
-    monkeypatch.setattr(S, "MEASURE_MIN_POINTS", 1)
+    monkeypatch.setattr(S, "MEASURE_MIN_FORWARDS", 1)
     partial = S.load_result(out)
     partial["done"][3:] = False
     for v in partial["values"].values():
@@ -650,9 +650,27 @@ def test_a_large_grid_runs_the_measured_fastest_evaluation_in_pieces(monkeypatch
     S.save_result(out, partial)
     monkeypatch.setattr(S, "fastest_evaluation", lambda *a, **k: pytest.fail("measured again"))
     again = S.evaluate(model, dirs, [axis, axis], {"train": ds}, progress=False, out=out)
-    assert again["metadata"]["evaluation"] == how and again["metadata"]["samples_per_forward"] == 16
+    assert again["metadata"]["evaluation"] == how and again["metadata"]["samples_per_forward"] == 14
     for key in result["values"]:
         np.testing.assert_array_equal(again["values"][key], result["values"][key])
+
+
+def test_the_evaluation_is_measured_when_the_surface_takes_enough_forwards(monkeypatch) -> None:
+    """The measuring threshold counts forwards (chunks of points times pieces of data), not points: 25
+    points on 3 pieces (75 forwards) are measured, 16 points on 3 pieces (48) and 25 on 1 piece are not."""
+    monkeypatch.setattr(pieces, "BATCH_MEMORY_BYTES", 4 * (CNN_PARAMS + 16 * CNN_ACTIVATIONS))  # 16 fit: 40 = 3 x 14
+    model = build("cnn", num_classes=10).eval()
+    ds = data.load("synthetic:n=40")
+    dirs = D.random_directions(model, 2, seed=0)
+
+    def how(steps: int, **kw: object) -> dict:
+        axis = S.symmetric_axis(1.0, steps)
+        return S.evaluate(model, dirs, [axis, axis], {"train": ds}, progress=False, **kw)["metadata"]["evaluation"]
+
+    assert "seconds" in how(5)
+    assert how(4) == {"path": "first-layer", "layout": "contiguous"}
+    monkeypatch.setattr(pieces, "BATCH_MEMORY_BYTES", 1 << 40)  # one piece, 25 points per forward
+    assert how(5) == {"path": "first-layer", "layout": "contiguous"}
 
 
 def test_a_model_that_cannot_run_channels_last_is_measured_without_it() -> None:
