@@ -84,3 +84,31 @@ def test_the_cli_reports_the_tracking_cost(tmp_path) -> None:  # noqa: ANN001
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [("curvature" in r) for r in lines] == [False, True, False, True]
     assert np.isfinite(lines[-1]["curvature"]["global_lambda_max"])
+
+
+def test_the_tracked_objective_is_cut_into_pieces_with_the_same_lambda_max(monkeypatch) -> None:  # noqa: ANN001
+    """On data larger than the cache budget the tracker's objective is in pieces (as `landscape hessian`
+    cuts it); lambda_max is the one-batch value to rounding (float64), and the dense one within TOL."""
+    from landscape import models, pieces
+    from landscape.train.engine import FederatedData
+    from landscape.train.track import CurvatureTracker
+
+    torch.manual_seed(0)
+    digits = data.load("digits").sample(60)
+    model = models.build("mlp", num_classes=10, hidden=[4]).double().eval()
+    fdata = FederatedData.build(digits.x, digits.y, [np.arange(60)], torch.device("cpu"), torch.float64)
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def tracked() -> tuple[float, int]:
+        tracker = CurvatureTracker(model, fdata, every=1, samples=60, seed=0)
+        return tracker.lambda_max(weights, fdata.client_indices[0], "global"), len(
+            list(tracker._objective(weights, fdata.client_indices[0]).batches()))
+
+    whole, one = tracked()
+    per_sample = pieces.activation_bytes(model, fdata.x[:1], torch.float64, torch.device("cpu"))
+    monkeypatch.setattr(pieces, "BATCH_MEMORY_BYTES", 25 * per_sample)  # 25 fit: 60 = 3 x 20
+    cut, three = tracked()
+    assert (one, three) == (1, 3)
+    assert cut == pytest.approx(whole, rel=1e-10)
+    H, _ = flat_hessian_and_gradient(model, fdata.x, fdata.y)
+    assert cut == pytest.approx(float(torch.linalg.eigvalsh((H + H.T) / 2)[-1]), rel=TOL)

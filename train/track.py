@@ -21,7 +21,7 @@ model's for x, client k's own for x_k, else the global one): the models move lit
 so a few Hessian-vector products suffice. ``hvps`` and ``seconds`` are logged per record and the
 run's total is reported next to the training time. The run's first product is checked for
 determinism as every analysis does (``landscape.operators``), the later ones are not. Un-augmented data, eval mode (running
-statistics for BatchNorm), as ``landscape hessian`` computes it.
+statistics for BatchNorm), in the cache-sized pieces of :mod:`landscape.pieces`, as ``landscape hessian`` computes it.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from landscape import pieces
 from landscape.eigen import lanczos
 from landscape.flatness import global_over_local
 from landscape.objective import Objective
@@ -69,15 +70,17 @@ class CurvatureTracker:
         """Whether 1-based round ``round`` is tracked."""
         return self.every > 0 and round % self.every == 0
 
-    def _batch(self, idx: Tensor) -> list[tuple[Tensor, Tensor]]:
-        idx = idx.to(self.data.x.device)
-        return [(self.data.x[idx], self.data.y[idx])]
-
     def _objective(self, weights: State, idx: Tensor) -> Objective:
         self.model.load_state_dict(weights)
         ref = next(iter(weights.values()))
+        idx = idx.to(self.data.x.device)
+        x, y = self.data.x[idx], self.data.y[idx]
+        # in cache-sized pieces (landscape.pieces, as `landscape hessian` cuts a data set): the same sum
+        # over the samples, cheaper products on a CPU
+        size = pieces.samples_per_forward(self.model, x, len(x), ref.dtype, ref.device)
+        batches = [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
         # rank 0 alone tracks under torchrun: its own data, not a shard of a data-parallel objective
-        return Objective(self.model, self._batch(idx), ref.dtype, ref.device, data_parallel=False)
+        return Objective(self.model, batches, ref.dtype, ref.device, data_parallel=False)
 
     def lambda_max(self, weights: State, idx: Tensor, key: Any, fallback: Any = None) -> float:
         """lambda_max of the Hessian of the mean loss on samples ``idx`` at ``weights`` (warm-started)."""
