@@ -22,7 +22,9 @@ bench/hessian.py: scipy eigsh on our operator in float64, ``--ref-tol``), comput
 the process reports for its own analysis (ours: the JSON's ``seconds``, from building the objective
 to the eigenvalues; the peers: from the loaded model to the eigenvalues, operator set-up included),
 so ``wall - solve`` is start-up + imports + loading + writing. Ratios are peer / landscape; "at equal
-accuracy" takes, for each tool, its fastest run whose measured error is <= 1e-3.
+accuracy" takes, for each tool, its fastest run whose measured error is <= 1e-3; against PyHessian's
+defaults (the issue's target: ours at PyHessian's accuracy at its defaults) ours is our fastest run at
+least as accurate as that PyHessian run (``--our-extra-tols 1e-2`` gives it a looser run to choose).
 
 Start-up alone: ``python -c "import torch"``, ``python -m landscape hessian --help``, the peers'
 imports, each the median of ``--startup-reps`` runs; and ``-X importtime`` of ``landscape hessian
@@ -246,10 +248,19 @@ def ratio_lines(res: dict, verdicts: list) -> list[str]:
                 out.append(f"  top-{k:<2d} PyHessian defaults (err {fmt(d['err'])}) / ours defaults (err "
                            f"{fmt(ours_default['err'])}): {x:.1f}x wall, {d['solve'] / ours_default['solve']:.1f}x "
                            f"solve, {d['products'] / ours_default['products']:.1f}x products")
+                # the target: ours at PyHessian's accuracy at its defaults (our fastest run at least as accurate)
+                as_good = [r for r in rows if r["tool"] == "landscape" and r["k"] == k and r["finished"]
+                           and r["err"] <= max(d["err"], ACCURACY)]
+                if as_good:
+                    mine = min(as_good, key=lambda r: r["wall"])
+                    xa = d["wall"] / mine["wall"]
+                    out.append(f"  top-{k:<2d} PyHessian defaults / ours at its accuracy ({mine['setting']}, err "
+                               f"{fmt(mine['err'])}, {mine['products']} products): {xa:.1f}x wall, "
+                               f"{d['solve'] / mine['solve']:.1f}x solve")
                 if k == 5 and n <= 128:
-                    ok = x >= TARGETS["defaults"] and ours_default["err"] <= max(d["err"], ACCURACY)
-                    verdicts.append((ok, f"top-5 vs PyHessian at its defaults, {n} samples: {x:.1f}x "
-                                         f"(target >= {TARGETS['defaults']:g}x)"))
+                    xa = d["wall"] / mine["wall"] if as_good else 0.0
+                    verdicts.append((xa >= TARGETS["defaults"], f"top-5 vs PyHessian at its defaults, {n} samples, "
+                                     f"ours at its accuracy: {xa:.1f}x (target >= {TARGETS['defaults']:g}x)"))
             theirs_ok = best(rows, tool, k)
             if ours is None:
                 out.append(f"  top-{k:<2d} {tool}: no landscape run reached {ACCURACY:g}")
