@@ -6,8 +6,9 @@
 #   4. the batched training engine against the sequential one (target: at least 5x).
 # Usage, on the GPU machine from the repository root:  bash bench/gpu.sh OUT_DIR [STEP ...]
 # (steps: block surface resnet_top50 train; default all, about 14 minutes at most: split them over two
-# calls where one command may run 10 minutes). Each step's output goes to OUT_DIR/<step>.txt; a step that
-# fails or runs out of time does not stop the others.
+# calls where one command may run 10 minutes; surface_tf32, not in the default, is the surface in TF32 with
+# its loss error against float32). Each step's output goes to OUT_DIR/<step>.txt; a step that fails or runs
+# out of time does not stop the others. Every step was run on a CPU at small sizes (bench/*.py --device cpu).
 set -uo pipefail
 out=${1:-gpu-results}
 shift || true
@@ -24,6 +25,7 @@ step() {  # step NAME SECONDS COMMAND...
 }
 step block 120 python bench/block.py --device cuda --ks 5 --modes cached --reps 2 --json "$out/block.json"
 step surface 150 python bench/surface.py --gpu-target --repeats 1
+step surface_tf32 150 python bench/surface.py --gpu-target --repeats 1 --precision tf32
 [[ $steps == *" resnet_top50 "* ]] && python - "$out/resnet18gn.pt" <<'PY'
 import sys
 from landscape import checkpoint, models

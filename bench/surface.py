@@ -102,8 +102,12 @@ def workload(model: nn.Module, ds: data.Dataset, n: int, device: torch.device, r
     def ours(steps: int) -> None:
         axis = surface.symmetric_axis(1.0, steps)
         dirs = directions.random_directions(model, 2, seed=0)
-        surface.evaluate(model, dirs, [axis, axis], {"train": on_device}, device=device, progress=False,
-                         precision=precision)
+        meta = surface.evaluate(model, dirs, [axis, axis], {"train": on_device}, device=device, progress=False,
+                                precision=precision)["metadata"]
+        chosen.update({k: meta.get(k) for k in ("evaluation", "points_per_batch", "samples_per_forward",
+                                                "precision_error")})
+
+    chosen: dict = {}  # how the last run of ours evaluated (printed by main)
 
     def plain(steps: int) -> None:
         fast_path = surface._Evaluator._fast_path
@@ -143,7 +147,15 @@ def workload(model: nn.Module, ds: data.Dataset, n: int, device: torch.device, r
             nn.functional.cross_entropy(model(x), y)
 
     fns = {"landscape": ours, "plain": plain, "loss-landscapes": theirs, "plain loop": loop, "floor": floor}
-    return timed({LABELS.get(m, m): fns[m] for m in methods}, n, repeats, device)
+    secs = timed({LABELS.get(m, m): fns[m] for m in methods}, n, repeats, device)
+    if "landscape" in methods and chosen:
+        how, err = chosen["evaluation"] or {}, chosen["precision_error"]
+        print(f"  # landscape evaluated {how.get('path')}/{how.get('layout')}, {chosen['points_per_batch']} points x "
+              f"{chosen['samples_per_forward']} samples per forward"
+              + (f"; measured s per probe: {how['seconds']}" if "seconds" in how else "")
+              + (f"; {precision} vs float32: max |loss error| {err['max_abs_loss']:.2e} (relative "
+                 f"{err['max_rel_loss']:.2e})" if err else ""))
+    return secs
 
 
 def main() -> None:
