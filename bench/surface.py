@@ -99,13 +99,14 @@ def workload(model: nn.Module, ds: data.Dataset, n: int, device: torch.device, r
     x, y = ds.x.to(device), ds.y.to(device)
     on_device = data.Dataset(x, y, ds.num_classes, ds.spec)
 
-    def ours(steps: int) -> None:
+    def ours(steps: int, record: bool = True) -> None:
         axis = surface.symmetric_axis(1.0, steps)
         dirs = directions.random_directions(model, 2, seed=0)
         meta = surface.evaluate(model, dirs, [axis, axis], {"train": on_device}, device=device, progress=False,
                                 precision=precision)["metadata"]
-        chosen.update({k: meta.get(k) for k in ("evaluation", "points_per_batch", "samples_per_forward",
-                                                "precision_error")})
+        if record:
+            chosen.update({k: meta.get(k) for k in ("evaluation", "points_per_batch", "samples_per_forward",
+                                                    "precision_error")})
 
     chosen: dict = {}  # how the last run of ours evaluated (printed by main)
 
@@ -113,7 +114,7 @@ def workload(model: nn.Module, ds: data.Dataset, n: int, device: torch.device, r
         fast_path = surface._Evaluator._fast_path
         surface._Evaluator._fast_path = lambda self: None
         try:
-            ours(steps)
+            ours(steps, record=False)
         finally:
             surface._Evaluator._fast_path = fast_path
 
