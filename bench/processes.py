@@ -55,12 +55,6 @@ wall; the 512-sample curvlinops ratio was 2.9x in an earlier run, its products c
         5  PyHessian  tol=0.0001 maxIter=1000              146.8   145.3    1.5   155   0.94  1.5e-03     no
         5  curvlinops eigsh tol=0.001                       65.7    62.1    3.6    23   2.70  1.5e-08    yes
 
-Re-measured on 2026-12-02, a slower day for this VM (``import torch`` 2.1 s instead of 1.2 s):
-128 samples (``--sizes 128 --top20-sizes "" --our-extra-tols 1e-2 --cl-tols 1e-3 --pyh-tight-sizes ""``):
-landscape 7.0 s (18 products; ``--tol 1e-2``: 16 products, error 1.5e-3), PyHessian's defaults 15.7 s,
-curvlinops 15.2 s: 2.2x and 2.2x wall; 512 samples (``--sizes 512 --top20-sizes "" --pyh-defaults-sizes ""
---pyh-tight-sizes "" --cl-tols 1e-3 --startup-reps 0``): 17.6 s against curvlinops' 55.2 s, 3.1x wall.
-
 and ``--sizes 2048 --top20-sizes "" --pyh-defaults-sizes "" --pyh-tight-sizes 2048 --pyh-tight 1e-4
 --pyh-budget 140 --cl-tols 1e-3 --startup-reps 0`` (25 minutes, 10 of them the float64 reference; ratios
 >= 12.2x PyHessian, 2.9x curvlinops wall)::
@@ -71,6 +65,12 @@ and ``--sizes 2048 --top20-sizes "" --pyh-defaults-sizes "" --pyh-tight-sizes 20
         5  landscape  defaults (tol=1e-3)                   52.6    49.6    3.0    16   3.10  3.2e-05    yes  certified 8e-04
         5  PyHessian  tol=0.0001 maxIter=1000              643.2   640.9    2.4   140   4.58        -      -  cut at the budget, unfinished
         5  curvlinops eigsh tol=0.001                      152.8   150.6    2.2    23   6.55  1.9e-08    yes
+
+Re-measured on 2026-12-02, a slower day for this VM (``import torch`` 2.1 s instead of 1.2 s):
+128 samples (``--sizes 128 --top20-sizes "" --our-extra-tols 1e-2 --cl-tols 1e-3 --pyh-tight-sizes ""``):
+landscape 7.0 s (18 products; ``--tol 1e-2``: 16 products, error 1.5e-3), PyHessian's defaults 15.7 s,
+curvlinops 15.2 s: 2.2x and 2.2x wall; 512 samples (``--sizes 512 --top20-sizes "" --pyh-defaults-sizes ""
+--pyh-tight-sizes "" --cl-tols 1e-3 --startup-reps 0``): 17.6 s against curvlinops' 55.2 s, 3.1x wall.
 """
 
 from __future__ import annotations
