@@ -84,7 +84,8 @@ def samples_per_forward(model: nn.Module, x: torch.Tensor, batch_size: int, dtyp
     """
     per_sample = activation_bytes(model, x, dtype, device) if per_sample is None else per_sample
     samples = int(min(batch_size, max(1, (budget(device) // points - fixed_bytes) // per_sample)))
-    samples = -(-batch_size // -(-batch_size // samples))  # ceil(batch_size / number of pieces)
+    count = -(-batch_size // samples)  # the pieces needed (ceil), then the balanced size of each
+    samples = -(-batch_size // count)
     if samples < batch_size and not agree(model, x[: 2 * samples].to(device=device, dtype=dtype), samples):
         return batch_size  # its eval forward couples the samples of a batch: keep the batch whole
     return samples

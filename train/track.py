@@ -78,7 +78,7 @@ class CurvatureTracker:
         # in cache-sized pieces (landscape.pieces, as `landscape hessian` cuts a data set): the same sum
         # over the samples, cheaper products on a CPU
         size = pieces.samples_per_forward(self.model, x, len(x), ref.dtype, ref.device)
-        batches = [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
+        batches = list(zip(x.split(size), y.split(size)))
         # rank 0 alone tracks under torchrun: its own data, not a shard of a data-parallel objective
         return Objective(self.model, batches, ref.dtype, ref.device, data_parallel=False)
 
