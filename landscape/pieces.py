@@ -63,7 +63,7 @@ def agree(model: nn.Module, x: torch.Tensor, size: int) -> bool:
     model = copy.deepcopy(model).to(device=x.device, dtype=x.dtype).eval()
     with torch.no_grad():
         whole = model(x)
-        pieces = torch.cat([model(x[i : i + size]) for i in range(0, len(x), size)])
+        pieces = torch.cat([model(piece) for piece in x.split(size)])
     tol = 1e-4 if x.dtype != torch.float64 else 1e-10
     return whole.shape == pieces.shape and torch.allclose(
         whole, pieces, rtol=tol, atol=tol * max(float(whole.abs().max()), 1.0))

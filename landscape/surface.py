@@ -874,8 +874,8 @@ def evaluate(
         else:
             calibrate = calibration.batches(batch_size) if calibration is not None else []
             how = old.get("evaluation") if isinstance(old.get("evaluation"), dict) else None
-            forwards = (math.ceil((len(coords) - int(done.sum())) / points_per_batch)
-                        * sum(math.ceil(len(ds) / (samples_per_forward or len(ds))) for ds in sources.values()))
+            forwards = len(pending) * sum(math.ceil(len(ds) / (samples_per_forward or len(ds)))
+                                          for ds in sources.values())
             if how is None and forwards >= MEASURE_MIN_FORWARDS:
                 probe = next(iter(sources.values())).batches(samples_per_forward)[0]
 
